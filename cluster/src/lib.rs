@@ -1,0 +1,2 @@
+//! The ipsec-ddns cluster: replication of gateway-ID records between members.
+#![forbid(unsafe_code)]

@@ -1,0 +1,2 @@
+//! Gateway IDs and the embedded authoritative DNS server (seed 003, chapter 4).
+#![forbid(unsafe_code)]

@@ -1,0 +1,5 @@
+//! headend: clustered IKEv2/IPsec VPN head-end.
+fn main() {
+    eprintln!("headend: under construction");
+    std::process::exit(2);
+}
