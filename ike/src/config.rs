@@ -165,11 +165,16 @@ pub struct InitiatorConfig {
     pub remote_ts: Vec<TrafficSelector>,
     /// Send INITIAL_CONTACT in IKE_AUTH.
     pub initial_contact: bool,
+    /// The responder's NAT-T port to move to when NAT is detected (4500 normally).
+    pub remote_natt_port: u16,
 }
 
 /// Whole-endpoint configuration.
 #[derive(Debug, Clone)]
 pub struct EndpointConfig {
+    /// Local port of the NAT-T socket (4500 by default); the engine sends from it once
+    /// NAT is detected (RFC 7296 2.23).
+    pub local_natt_port: u16,
     /// `None` makes an initiator-only endpoint (peer routers, load generator).
     pub responder: Option<ResponderConfig>,
     pub lifetimes: Lifetimes,
