@@ -1,0 +1,299 @@
+//! The built `headend` binary (`headend run` / `headend peer`) with a generated TOML
+//! config (format: src/config.rs, sample: examples/headend.toml).
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::netns::Netns;
+use super::{try_wait_for, Proc, TestCtx};
+
+/// Path of the headend binary cargo built for this test run.
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_headend"))
+}
+
+/// A TOML string literal.
+fn q(s: &str) -> String {
+    let mut o = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => o.push_str("\\\""),
+            '\\' => o.push_str("\\\\"),
+            '\n' => o.push_str("\\n"),
+            c => o.push(c),
+        }
+    }
+    o.push('"');
+    o
+}
+
+fn qlist(v: &[String]) -> String {
+    let items: Vec<String> = v.iter().map(|s| q(s)).collect();
+    format!("[{}]", items.join(", "))
+}
+
+/// Settings for `headend run` (responder) and `headend peer` (initiator).
+#[derive(Debug, Clone)]
+pub struct HeadendConf {
+    pub listen: Vec<String>,
+    pub port: u16,
+    pub natt_port: u16,
+    pub local_id: String,
+    /// IKE proposals (strongSwan syntax); empty keeps the daemon's defaults.
+    pub proposals: Vec<String>,
+    pub esp_proposals: Vec<String>,
+    pub local_ts: Vec<String>,
+    pub ike_lifetime: Option<String>,
+    pub child_lifetime: Option<String>,
+    pub rekey_jitter: Option<String>,
+    pub dpd_delay: Option<String>,
+    pub retransmit_timeout: Option<String>,
+    pub retransmit_tries: Option<u32>,
+    pub psk_default: Option<String>,
+    pub psk_peers: Vec<(String, String)>,
+    pub pool_v4: Option<String>,
+    pub pool_dns: Vec<String>,
+    pub log_level: String,
+    pub peer: Option<PeerConf>,
+    /// Raw TOML appended at the end (extra sections).
+    pub extra: String,
+}
+
+/// The `[peer]` section for `headend peer`.
+#[derive(Debug, Clone)]
+pub struct PeerConf {
+    pub local_id: String,
+    pub remote_id: Option<String>,
+    pub psk: Option<String>,
+    /// `ip:port` of each head-end, with its NAT-T port.
+    pub headends: Vec<(String, u16)>,
+    pub policy: Option<String>,
+    pub bind: Option<String>,
+    pub remote_ts: Vec<String>,
+}
+
+impl HeadendConf {
+    /// A responder on `listen` ports 500/4500 with one default PSK and a v4 pool.
+    pub fn responder(listen: &str, psk: &str, pool: &str) -> HeadendConf {
+        HeadendConf {
+            listen: vec![listen.into()],
+            port: 500,
+            natt_port: 4500,
+            local_id: "headend.test".into(),
+            proposals: vec![],
+            esp_proposals: vec![],
+            local_ts: vec![super::netns::INSIDE_NET.into()],
+            ike_lifetime: None,
+            child_lifetime: None,
+            rekey_jitter: None,
+            dpd_delay: None,
+            retransmit_timeout: None,
+            retransmit_tries: None,
+            psk_default: Some(psk.into()),
+            psk_peers: vec![],
+            pool_v4: Some(pool.into()),
+            pool_dns: vec![],
+            log_level: "debug".into(),
+            peer: None,
+            extra: String::new(),
+        }
+    }
+
+    /// A peer router (`headend peer`) connecting to `headends`.
+    pub fn peer(local_id: &str, psk: &str, headends: &[(String, u16)]) -> HeadendConf {
+        let mut c = HeadendConf::responder("0.0.0.0", psk, "10.98.0.0/24");
+        c.pool_v4 = None;
+        c.local_ts = vec![];
+        c.peer = Some(PeerConf {
+            local_id: local_id.into(),
+            remote_id: None,
+            psk: Some(psk.into()),
+            headends: headends.to_vec(),
+            policy: None,
+            bind: None,
+            remote_ts: vec![],
+        });
+        c
+    }
+
+    pub fn render(&self) -> String {
+        let mut s = String::from("[ike]\n");
+        let _ = writeln!(s, "listen = {}", qlist(&self.listen));
+        let _ = writeln!(s, "port = {}\nnatt_port = {}", self.port, self.natt_port);
+        let _ = writeln!(s, "local_id = {}", q(&self.local_id));
+        if !self.proposals.is_empty() {
+            let _ = writeln!(s, "proposals = {}", qlist(&self.proposals));
+        }
+        if !self.esp_proposals.is_empty() {
+            let _ = writeln!(s, "esp_proposals = {}", qlist(&self.esp_proposals));
+        }
+        if !self.local_ts.is_empty() {
+            let _ = writeln!(s, "local_ts = {}", qlist(&self.local_ts));
+        }
+        for (k, v) in [
+            ("ike_lifetime", &self.ike_lifetime),
+            ("child_lifetime", &self.child_lifetime),
+            ("rekey_jitter", &self.rekey_jitter),
+            ("dpd_delay", &self.dpd_delay),
+            ("retransmit_timeout", &self.retransmit_timeout),
+        ] {
+            if let Some(v) = v {
+                let _ = writeln!(s, "{k} = {}", q(v));
+            }
+        }
+        if let Some(t) = self.retransmit_tries {
+            let _ = writeln!(s, "retransmit_tries = {t}");
+        }
+        s.push_str("\n[psk]\n");
+        if let Some(d) = &self.psk_default {
+            let _ = writeln!(s, "default = {}", q(d));
+        }
+        if !self.psk_peers.is_empty() {
+            s.push_str("[psk.peers]\n");
+            for (id, k) in &self.psk_peers {
+                let _ = writeln!(s, "{} = {}", q(id), q(k));
+            }
+        }
+        if self.pool_v4.is_some() || !self.pool_dns.is_empty() {
+            s.push_str("\n[pool]\n");
+            if let Some(v4) = &self.pool_v4 {
+                let _ = writeln!(s, "v4 = {}", q(v4));
+            }
+            if !self.pool_dns.is_empty() {
+                let _ = writeln!(s, "dns = {}", qlist(&self.pool_dns));
+            }
+        }
+        let _ = writeln!(
+            s,
+            "\n[log]\nformat = \"text\"\nlevel = {}",
+            q(&self.log_level)
+        );
+        if let Some(p) = &self.peer {
+            s.push_str("\n[peer]\n");
+            let _ = writeln!(s, "local_id = {}", q(&p.local_id));
+            if let Some(r) = &p.remote_id {
+                let _ = writeln!(s, "remote_id = {}", q(r));
+            }
+            if let Some(k) = &p.psk {
+                let _ = writeln!(s, "psk = {}", q(k));
+            }
+            if let Some(pol) = &p.policy {
+                let _ = writeln!(s, "policy = {}", q(pol));
+            }
+            if let Some(b) = &p.bind {
+                let _ = writeln!(s, "bind = {}", q(b));
+            }
+            if !p.remote_ts.is_empty() {
+                let _ = writeln!(s, "remote_ts = {}", qlist(&p.remote_ts));
+            }
+            let hs: Vec<String> = p
+                .headends
+                .iter()
+                .map(|(a, natt)| format!("{{ addr = {}, natt_port = {natt} }}", q(a)))
+                .collect();
+            let _ = writeln!(s, "headends = [{}]", hs.join(", "));
+        }
+        if !self.extra.is_empty() {
+            s.push('\n');
+            s.push_str(&self.extra);
+            s.push('\n');
+        }
+        s
+    }
+}
+
+/// A running `headend run` or `headend peer`.
+pub struct Headend {
+    pub proc: Proc,
+    pub config: PathBuf,
+}
+
+impl Headend {
+    /// Starts `headend run --config <generated>` inside `ns` (or in the test's own
+    /// namespace when `None`) and waits until its IKE and NAT-T ports are bound.
+    pub fn run(ctx: &TestCtx, ns: Option<&Netns>, name: &str, conf: &HeadendConf) -> Headend {
+        let h = Self::spawn(ctx, ns, name, "run", conf, &[]);
+        let ports = [conf.port, conf.natt_port];
+        let bound = try_wait_for(Duration::from_secs(20), || {
+            let pid = h.proc.pid()?;
+            let udp = std::fs::read_to_string(format!("/proc/{pid}/net/udp")).ok()?;
+            let udp6 = std::fs::read_to_string(format!("/proc/{pid}/net/udp6")).unwrap_or_default();
+            let listening = bound_udp_ports(&udp, &udp6);
+            ports.iter().all(|p| listening.contains(p)).then_some(())
+        });
+        if bound.is_none() {
+            panic!(
+                "headend {name} did not bind UDP ports {ports:?} within 20 s (log {}):\n{}",
+                h.proc.log.display(),
+                h.proc.log_text()
+            );
+        }
+        h
+    }
+
+    /// Starts `headend peer --config <generated> [args]` inside `ns`.
+    pub fn peer(
+        ctx: &TestCtx,
+        ns: Option<&Netns>,
+        name: &str,
+        conf: &HeadendConf,
+        args: &[&str],
+    ) -> Headend {
+        Self::spawn(ctx, ns, name, "peer", conf, args)
+    }
+
+    fn spawn(
+        ctx: &TestCtx,
+        ns: Option<&Netns>,
+        name: &str,
+        cmd: &str,
+        conf: &HeadendConf,
+        args: &[&str],
+    ) -> Headend {
+        let bin = bin();
+        assert!(bin.exists(), "headend binary missing at {}", bin.display());
+        let config = ctx.write(&format!("{name}.toml"), &conf.render());
+        let mut argv: Vec<String> = vec![
+            bin.display().to_string(),
+            cmd.into(),
+            "--config".into(),
+            config.display().to_string(),
+        ];
+        argv.extend(args.iter().map(|s| s.to_string()));
+        let env = [("RUST_BACKTRACE", "1"), ("NO_COLOR", "1")];
+        let proc = match ns {
+            Some(ns) => ns.spawn(ctx, name, &argv, &env),
+            None => Proc::spawn(ctx, name, &argv, &env),
+        };
+        Headend { proc, config }
+    }
+
+    pub fn log_text(&self) -> String {
+        self.proc.log_text()
+    }
+
+    /// Panics if the process exited (crashed) — the daemon must stay up.
+    pub fn assert_running(&mut self) {
+        if let Some(code) = self.proc.exited() {
+            panic!(
+                "headend {} exited with {code}; log {}:\n{}",
+                self.proc.name,
+                self.proc.log.display(),
+                self.proc.log_text()
+            );
+        }
+    }
+}
+
+/// UDP ports in state "listening" (bound, any address) from /proc/net/udp{,6} text.
+pub fn bound_udp_ports(udp: &str, udp6: &str) -> Vec<u16> {
+    udp.lines()
+        .chain(udp6.lines())
+        .skip(1)
+        .filter_map(|l| {
+            let local = l.split_whitespace().nth(1)?;
+            let port = local.rsplit(':').next()?;
+            u16::from_str_radix(port, 16).ok()
+        })
+        .collect()
+}
