@@ -1,12 +1,62 @@
 //! IKEv2 message data model and wire codec (RFC 7296 section 3).
 //!
-//! Decoding is bounded and never panics: every rejection is a [`DecodeError`].
+//! Decoding is bounded and never panics: every rejection is a typed [`crate::Error`].
 //! Encrypted (SK, RFC 7296 3.14) and encrypted-fragment (SKF, RFC 7383 2.5) payloads are
 //! carried opaque here; `crate::crypto` seals and opens them.
+//!
+//! Entry points: [`Header::decode`] (demux), [`Message::decode`] /
+//! [`Message::decode_locating_sk`], [`Message::encode`], [`encode_payloads`] /
+//! [`decode_payloads`] for the inner chain of SK, and [`encode_sk_prefix`] /
+//! [`encode_skf_prefix`] for the bytes the crypto layer seals after.
 
 use std::net::IpAddr;
 
 use crate::event::{Identity, Spi, TrafficSelector};
+
+mod codec;
+#[cfg(test)]
+mod tests;
+
+pub use codec::*;
+
+/// Payload type numbers (RFC 7296 3.2, RFC 7383 2.5).
+pub mod payload_type {
+    /// No Next Payload.
+    pub const NONE: u8 = 0;
+    pub const SA: u8 = 33;
+    pub const KE: u8 = 34;
+    pub const IDI: u8 = 35;
+    pub const IDR: u8 = 36;
+    pub const CERT: u8 = 37;
+    pub const CERTREQ: u8 = 38;
+    pub const AUTH: u8 = 39;
+    pub const NONCE: u8 = 40;
+    pub const NOTIFY: u8 = 41;
+    pub const DELETE: u8 = 42;
+    pub const VENDOR_ID: u8 = 43;
+    pub const TSI: u8 = 44;
+    pub const TSR: u8 = 45;
+    pub const SK: u8 = 46;
+    pub const CP: u8 = 47;
+    pub const EAP: u8 = 48;
+    pub const SKF: u8 = 53;
+}
+
+/// Identification types (RFC 7296 3.5).
+pub mod id_type {
+    pub const IPV4_ADDR: u8 = 1;
+    pub const FQDN: u8 = 2;
+    pub const RFC822_ADDR: u8 = 3;
+    pub const IPV6_ADDR: u8 = 5;
+    pub const DER_ASN1_DN: u8 = 9;
+    pub const KEY_ID: u8 = 11;
+}
+
+/// Traffic selector types (RFC 7296 3.13.1).
+pub mod ts_type {
+    pub const IPV4_ADDR_RANGE: u8 = 7;
+    pub const IPV6_ADDR_RANGE: u8 = 8;
+}
 
 /// Exchange types (RFC 7296 3.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -47,11 +97,27 @@ pub enum ProtocolId {
 }
 
 /// One transform (RFC 7296 3.3.2): type, ID and an optional key length attribute.
+///
+/// On decode, a transform carrying an attribute other than Key Length is dropped from its
+/// proposal, which makes it unacceptable as RFC 7296 3.3.6 requires.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Transform {
     pub kind: u8,
     pub id: u16,
     pub key_length: Option<u16>,
+}
+
+impl Transform {
+    /// Transform type 1: encryption algorithm (RFC 7296 3.3.2).
+    pub const ENCR: u8 = 1;
+    /// Transform type 2: pseudo-random function.
+    pub const PRF: u8 = 2;
+    /// Transform type 3: integrity algorithm.
+    pub const INTEG: u8 = 3;
+    /// Transform type 4: key exchange method (Diffie-Hellman group).
+    pub const DH: u8 = 4;
+    /// Transform type 5: extended sequence numbers.
+    pub const ESN: u8 = 5;
 }
 
 /// One proposal (RFC 7296 3.3.1).
@@ -194,11 +260,23 @@ pub enum Payload {
     /// (IV, ciphertext, padding, ICV).
     Sk { first_inner: u8, body: Vec<u8> },
     /// Configuration (47).
-    Cfg { kind: CfgType, attributes: Vec<CfgAttribute> },
+    Cfg {
+        kind: CfgType,
+        attributes: Vec<CfgAttribute>,
+    },
     /// Encrypted and Authenticated Fragment (53, RFC 7383 2.5).
-    Skf { first_inner: u8, number: u16, total: u16, body: Vec<u8> },
+    Skf {
+        first_inner: u8,
+        number: u16,
+        total: u16,
+        body: Vec<u8>,
+    },
     /// A payload type this engine does not know, with its critical bit.
-    Unknown { kind: u8, critical: bool, body: Vec<u8> },
+    Unknown {
+        kind: u8,
+        critical: bool,
+        body: Vec<u8>,
+    },
 }
 
 /// A decoded message: header plus payloads in order.
