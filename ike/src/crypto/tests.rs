@@ -1,0 +1,1 @@
+//! Known-answer and round-trip tests for key derivation, AUTH, NAT-D and the SK payload.
