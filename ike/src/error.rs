@@ -62,6 +62,10 @@ pub enum Error {
     TemporaryFailure(&'static str),
     #[error("no such SA")]
     NoSuchSa,
+
+    // --- ESP data plane (RFC 4303): a dropped packet, by reason ---
+    #[error("ESP packet dropped: {0}")]
+    Esp(crate::esp::EspDrop),
 }
 
 /// Which side is at fault.
@@ -97,6 +101,7 @@ impl Error {
             | InternalAddressFailure
             | FailedCpRequired => ErrorKind::Incompatible,
             Crypto(_) | Limit(_) | TemporaryFailure(_) | NoSuchSa => ErrorKind::Local,
+            Esp(d) => d.kind(),
         }
     }
 
@@ -127,6 +132,7 @@ impl Error {
             Limit(_) => "limit",
             TemporaryFailure(_) => "temporary",
             NoSuchSa => "no_such_sa",
+            Esp(d) => d.label(),
         }
     }
 }
@@ -154,7 +160,7 @@ impl TryFrom<&Error> for NotifyType {
             InvalidMessageId { .. } => NotifyType::INVALID_MESSAGE_ID,
             InvalidIkeSpi => NotifyType::INVALID_IKE_SPI,
             Oversized(_) | IntegrityCheckFailed | UnexpectedMessage(_) | Crypto(_) | Limit(_)
-            | NoSuchSa => return Err(()),
+            | NoSuchSa | Esp(_) => return Err(()),
         })
     }
 }
