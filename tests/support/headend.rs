@@ -212,15 +212,28 @@ impl Headend {
     /// Starts `headend run --config <generated>` inside `ns` (or in the test's own
     /// namespace when `None`) and waits until its IKE and NAT-T ports are bound.
     pub fn run(ctx: &TestCtx, ns: Option<&Netns>, name: &str, conf: &HeadendConf) -> Headend {
-        let h = Self::spawn(ctx, ns, name, "run", conf, &[]);
+        let mut h = Self::spawn(ctx, ns, name, "run", conf, &[]);
         let ports = [conf.port, conf.natt_port];
         let bound = try_wait_for(Duration::from_secs(20), || {
+            if let Some(code) = h.proc.exited() {
+                return Some(Err(code));
+            }
             let pid = h.proc.pid()?;
             let udp = std::fs::read_to_string(format!("/proc/{pid}/net/udp")).ok()?;
             let udp6 = std::fs::read_to_string(format!("/proc/{pid}/net/udp6")).unwrap_or_default();
             let listening = bound_udp_ports(&udp, &udp6);
-            ports.iter().all(|p| listening.contains(p)).then_some(())
+            ports
+                .iter()
+                .all(|p| listening.contains(p))
+                .then_some(Ok(()))
         });
+        if let Some(Err(code)) = bound {
+            panic!(
+                "headend {name} exited with {code} at startup (log {}):\n{}",
+                h.proc.log.display(),
+                h.proc.log_text()
+            );
+        }
         if bound.is_none() {
             panic!(
                 "headend {name} did not bind UDP ports {ports:?} within 20 s (log {}):\n{}",
@@ -296,4 +309,47 @@ pub fn bound_udp_ports(udp: &str, udp6: &str) -> Vec<u16> {
             u16::from_str_radix(port, 16).ok()
         })
         .collect()
+}
+
+/// Lines of the daemon log that report a tunnel (gateway) event for `gateway_id`.
+/// The daemon logs one line per GatewayEvent with the `gateway_id` field; "up" lines
+/// say established/up, "down" lines say deleted/down.
+fn event_lines<'a>(log: &'a str, gateway_id: &'a str, words: &'a [&'a str]) -> Vec<&'a str> {
+    log.lines()
+        .filter(|l| l.contains(gateway_id))
+        .filter(|l| {
+            let lower = l.to_ascii_lowercase();
+            words.iter().any(|w| lower.contains(w))
+        })
+        .collect()
+}
+
+const UP_WORDS: &[&str] = &["tunnel up", "established", "gateway up"];
+const DOWN_WORDS: &[&str] = &["tunnel down", "deleted", "gateway down"];
+
+/// True once the daemon logged the tunnel for `gateway_id` as up.
+pub fn saw_up(he: &Headend, gateway_id: &str) -> bool {
+    !event_lines(&he.proc.log_text(), gateway_id, UP_WORDS).is_empty()
+}
+
+/// Waits until the daemon logs the tunnel for `gateway_id` as up.
+pub fn wait_up(he: &Headend, gateway_id: &str, timeout: Duration) {
+    let ok = try_wait_for(timeout, || saw_up(he, gateway_id).then_some(()));
+    assert!(
+        ok.is_some(),
+        "headend did not log tunnel up for gateway {gateway_id} within {timeout:?}; log {}",
+        he.proc.log.display()
+    );
+}
+
+/// Waits until the daemon logs (after byte `from`) the tunnel for `gateway_id` as down.
+pub fn wait_down(he: &Headend, from: u64, gateway_id: &str, timeout: Duration) {
+    let ok = try_wait_for(timeout, || {
+        (!event_lines(&he.proc.log_since(from), gateway_id, DOWN_WORDS).is_empty()).then_some(())
+    });
+    assert!(
+        ok.is_some(),
+        "headend did not log tunnel down for gateway {gateway_id} within {timeout:?}; log {}",
+        he.proc.log.display()
+    );
 }

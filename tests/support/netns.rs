@@ -196,3 +196,41 @@ impl Natted {
         }
     }
 }
+
+/// One peer router linked to `n` head-ends: peer `eth<i>` 10.1.<i>.2 <-> head-end `i`
+/// 10.1.<i>.1, each head-end with the inside network on its `lo`.
+pub struct Star {
+    pub peer: Netns,
+    pub hes: Vec<Netns>,
+}
+
+impl Star {
+    pub fn new(ctx: &TestCtx, n: usize) -> Star {
+        let peer = Netns::new(ctx, "peer");
+        let mut hes = Vec::new();
+        for i in 0..n {
+            let he = Netns::new(ctx, &format!("he{i}"));
+            veth(
+                &peer,
+                &format!("eth{i}"),
+                &format!("10.1.{i}.2/24"),
+                &he,
+                "eth0",
+                &format!("10.1.{i}.1/24"),
+            );
+            he.add_lo_addr(&format!("{INSIDE_ADDR}/16"));
+            hes.push(he);
+        }
+        Star { peer, hes }
+    }
+
+    /// Address of head-end `i` on its link.
+    pub fn he_addr(i: usize) -> String {
+        format!("10.1.{i}.1")
+    }
+
+    /// The peer's address on the link to head-end `i`.
+    pub fn peer_addr(i: usize) -> String {
+        format!("10.1.{i}.2")
+    }
+}
