@@ -1,2 +1,14 @@
-//! The ipsec-ddns cluster: replication of gateway-ID records between members.
+//! The ipsec-ddns cluster: replication of gateway-ID records between members (seed 003,
+//! chapter 4; issue 5).
+//!
+//! Mechanism: scuttlebutt anti-entropy (as in Cassandra and chitchat) built here, because
+//! chitchat is UDP-shaped, unauthenticated and stores strings. [`node`] is the sans-IO core,
+//! [`store`] the on-disk state, [`net`] the TLS transport and [`Cluster`] the daemon's handle.
 #![forbid(unsafe_code)]
+
+pub mod error;
+pub mod hlc;
+pub mod node;
+pub mod store;
+
+pub use error::Error;
