@@ -140,3 +140,70 @@ fn charon_wrong_psk_reports_authentication_failed() {
         resp.list_sas().is_empty().then_some(())
     });
 }
+
+/// The log lines and SA fields the headend tests rely on, observed with a charon peer
+/// that rekeys, probes and deletes as the responder (the role headend plays).
+#[test]
+fn charon_log_markers_for_rekey_dpd_delete_by_the_responder() {
+    let ctx = TestCtx::new("charon_markers");
+    let net = Direct::new(&ctx);
+    let resp = Charon::start(&ctx, &net.he, "resp");
+    let init = Charon::start(&ctx, &net.peer, "init");
+    let mut rc = responder_conf(&net.he_addr.to_string(), PSK);
+    rc.conns[0].rekey_time = Some("6s".into());
+    rc.conns[0].child_rekey_time = Some("3s".into());
+    rc.conns[0].dpd_delay = Some("1s".into());
+    resp.load(&ctx, &rc);
+    init.load(
+        &ctx,
+        &initiator_conf(&net.peer_addr.to_string(), &net.he_addr.to_string(), PSK),
+    );
+    init.initiate_ok("net");
+    let sa = init.wait_established("net", Duration::from_secs(10));
+    assert!(sa.initiator);
+    let log0 = init.log_len();
+
+    init.wait_log_since(
+        log0,
+        "parsed INFORMATIONAL request",
+        Duration::from_secs(10),
+    );
+    init.wait_log_since(
+        log0,
+        "generating INFORMATIONAL response",
+        Duration::from_secs(5),
+    );
+    init.wait_log_since(
+        log0,
+        "parsed CREATE_CHILD_SA request",
+        Duration::from_secs(10),
+    );
+    init.wait_log_since(
+        log0,
+        "generating CREATE_CHILD_SA response",
+        Duration::from_secs(5),
+    );
+    // After the responder rekeyed the IKE SA, the initiator's new SA has initiator=no.
+    let rekeyed = support::wait_for(
+        "IKE SA rekeyed by responder",
+        Duration::from_secs(15),
+        || {
+            init.list_sas()
+                .into_iter()
+                .find(|s| s.state == "ESTABLISHED" && s.initiator_spi != sa.initiator_spi)
+        },
+    );
+    assert!(!rekeyed.initiator, "{rekeyed:?}");
+    assert_eq!(rekeyed.local_vips, sa.local_vips);
+    assert!(!init
+        .log_since(log0)
+        .contains("generating CREATE_CHILD_SA request"));
+
+    let log1 = init.log_len();
+    let t = resp.terminate_ike("rw");
+    assert!(t.ok(), "{}", t.all());
+    init.wait_log_since(log1, "received DELETE for IKE_SA", Duration::from_secs(5));
+    support::wait_for("initiator SA gone", Duration::from_secs(5), || {
+        init.list_sas().is_empty().then_some(())
+    });
+}
