@@ -15,7 +15,7 @@ use crate::event::{Identity, Spi, TrafficSelector};
 
 mod codec;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 pub use codec::*;
 
