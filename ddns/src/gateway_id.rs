@@ -151,8 +151,7 @@ pub fn cn_from_dn(dn: &str) -> Option<&str> {
             let (k, v) = rdn.split_once('=')?;
             k.trim().eq_ignore_ascii_case("CN").then_some(v.trim())
         })
-        .filter(|v| !v.is_empty())
-        .last()
+        .rfind(|v| !v.is_empty())
 }
 
 fn hash8(raw: &[u8]) -> String {
