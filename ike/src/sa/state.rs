@@ -1,0 +1,172 @@
+//! Internal per-SA state of the engine.
+use std::collections::VecDeque;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
+
+use rand_chacha::ChaCha20Rng;
+use zeroize::Zeroizing;
+
+use crate::config::{EspProposal, InitiatorConfig, PrfAlg};
+use crate::crypto::{IkeSuite, KeyExchange, SkCipher};
+use crate::event::{ChildSa, Identity, IkeSaId, SocketKind, Spi};
+
+use super::{IkeSaState, Reassembly};
+
+/// Keys of an IKE SA after IKE_SA_INIT (RFC 7296 2.14).
+pub(crate) struct SaKeys {
+    pub prf: PrfAlg,
+    pub sk_d: Zeroizing<Vec<u8>>,
+    pub sk_pi: Zeroizing<Vec<u8>>,
+    pub sk_pr: Zeroizing<Vec<u8>>,
+    /// Protects what we send.
+    pub out: SkCipher,
+    /// Opens what we receive.
+    pub inb: SkCipher,
+}
+
+/// Lifecycle of one CHILD SA.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ChildState {
+    Installed,
+    /// We sent a rekey request for it.
+    Rekeying,
+    /// Replaced by a rekey; deleted when the Delete exchange completes (2.8).
+    Rekeyed,
+    /// We sent a Delete for it.
+    Deleting,
+}
+
+pub(crate) struct Child {
+    pub sa: ChildSa,
+    pub state: ChildState,
+    pub proposal_pfs: bool,
+    pub established_at: Instant,
+    pub rekey_at: Option<Instant>,
+    /// Set when the peer rekeyed this SA while our own rekey of it was in flight
+    /// (2.8.1): the new inbound SPI and the two nonces of the peer's exchange.
+    pub peer_rekey: Option<(Spi, Vec<u8>, Vec<u8>)>,
+}
+
+/// A request we want to send, waiting for the window (size 1, RFC 7296 2.3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum LocalReq {
+    RekeyChild(Spi),
+    RekeyIke,
+    DeleteChild(Vec<Spi>),
+    DeleteIke,
+    Dpd,
+}
+
+/// What an outstanding request of ours was about.
+pub(crate) enum PendingKind {
+    IkeSaInit,
+    IkeAuth,
+    RekeyChild {
+        old: Spi,
+        our_spi: Spi,
+        ni: Vec<u8>,
+        ke: Option<KeyExchange>,
+    },
+    RekeyIke {
+        new_spi: u64,
+        ni: Vec<u8>,
+        ke: Option<KeyExchange>,
+    },
+    DeleteChild(Vec<Spi>),
+    DeleteIke,
+    Dpd,
+}
+
+/// Our outstanding request (window size 1): sent datagrams, for retransmission (2.1).
+pub(crate) struct Pending {
+    pub msg_id: u32,
+    pub packets: Vec<Vec<u8>>,
+    pub tries: u32,
+    pub next_at: Instant,
+    pub kind: PendingKind,
+}
+
+/// The last response we sent, replayed when its request is retransmitted (2.1).
+pub(crate) struct Cached {
+    pub msg_id: u32,
+    pub request_hash: [u8; 32],
+    pub packets: Vec<Vec<u8>>,
+}
+
+/// Initiator-side material for the first CHILD SA, created in IKE_AUTH.
+pub(crate) struct FirstChild {
+    pub our_spi: Spi,
+    pub proposals: Vec<EspProposal>,
+}
+
+pub(crate) struct IkeSa {
+    pub id: IkeSaId,
+    pub state: IkeSaState,
+    /// We are the original initiator (sets the I flag, RFC 7296 3.1).
+    pub initiator: bool,
+    pub spi_i: u64,
+    pub spi_r: u64,
+    pub socket: SocketKind,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub udp_encap: bool,
+    pub rng: ChaCha20Rng,
+    pub icfg: Option<Arc<InitiatorConfig>>,
+    pub suite: Option<IkeSuite>,
+    /// Initiator: our key exchange until the IKE_SA_INIT response arrives.
+    pub ke: Option<KeyExchange>,
+    pub ni: Vec<u8>,
+    pub nr: Vec<u8>,
+    /// IKE_SA_INIT request and response as sent (RealMessage1/2 of 2.15).
+    pub init_req: Vec<u8>,
+    pub init_resp: Vec<u8>,
+    pub cookie: Option<Vec<u8>>,
+    pub keys: Option<SaKeys>,
+    pub local_id: Option<Identity>,
+    pub remote_id: Option<Identity>,
+    pub peer_frag: bool,
+    pub next_msg_id: u32,
+    pub pending: Option<Pending>,
+    pub queue: VecDeque<LocalReq>,
+    /// Message ID expected in the peer's next request.
+    pub peer_msg_id: u32,
+    pub cached: Option<Cached>,
+    pub reassembly: Option<Reassembly>,
+    pub children: Vec<Child>,
+    pub first_child: Option<FirstChild>,
+    pub vips: Vec<IpAddr>,
+    pub created: Instant,
+    pub established_at: Option<Instant>,
+    pub last_inbound: Instant,
+    pub ike_rekey_at: Option<Instant>,
+    /// Hard expiry (half-open SAs, lingering rekeyed SAs).
+    pub expire_at: Option<Instant>,
+    /// The deadline currently registered in the endpoint's timer heap.
+    pub deadline: Option<Instant>,
+    /// Counted in the endpoint's half-open total.
+    pub half_open: bool,
+    /// Key into the responder's IKE_SA_INIT retransmission index.
+    pub init_key: Option<(SocketAddr, u64)>,
+    /// Why the SA goes away once a pending Delete completes.
+    pub delete_reason: Option<crate::event::DeleteReason>,
+}
+
+impl IkeSa {
+    /// Our own SPI: the key of the endpoint's SPI map.
+    pub fn our_spi(&self) -> u64 {
+        if self.initiator {
+            self.spi_i
+        } else {
+            self.spi_r
+        }
+    }
+
+    pub fn child_by_inbound(&mut self, spi: Spi) -> Option<&mut Child> {
+        self.children.iter_mut().find(|c| c.sa.inbound.spi == spi)
+    }
+
+    pub fn child_index_by_outbound(&self, spi: Spi) -> Option<usize> {
+        self.children.iter().position(|c| c.sa.outbound.spi == spi)
+    }
+}
