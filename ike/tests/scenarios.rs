@@ -5,6 +5,7 @@
 mod util;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use ike::{DeleteReason, Event};
 use util::*;
@@ -119,4 +120,304 @@ fn wrong_psk_fails_with_authentication_failed_and_leaves_nothing() {
     assert_eq!(p.responder.ep.pool().leased(), 0);
     assert!(p.responder.established().is_empty());
     assert_eq!(p.responder.ep.counters().failed, 1);
+}
+
+fn established_pair(seed: u64) -> (Pair, ike::IkeSaId) {
+    let mut p = pair(&SUITES, seed);
+    let id = p.connect(Arc::new(initiator_config(
+        SUITES[0],
+        "router1.example",
+        PSK,
+    )));
+    p.drive();
+    assert_eq!(p.initiator.established().len(), 1);
+    (p, id)
+}
+
+fn children(n: &Node) -> Vec<(ike::Spi, ike::Spi)> {
+    n.ep.ike_sas()
+        .iter()
+        .flat_map(|s| s.child_sas.iter().map(|c| (c.inbound, c.outbound)))
+        .collect()
+}
+
+fn rekeyed(n: &Node) -> Vec<(ike::Spi, ike::ChildSa)> {
+    n.events
+        .iter()
+        .filter_map(|e| match e {
+            Event::ChildSaRekeyed { old_inbound, new } => Some((*old_inbound, new.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn child_deleted(n: &Node) -> Vec<ike::Spi> {
+    n.events
+        .iter()
+        .filter_map(|e| match e {
+            Event::ChildSaDeleted { inbound, .. } => Some(*inbound),
+            _ => None,
+        })
+        .collect()
+}
+
+/// After a rekey both ends hold exactly one CHILD SA, the same pair, with matching keys.
+fn assert_one_matching_child(p: &Pair) {
+    let ci = children(&p.initiator);
+    let cr = children(&p.responder);
+    assert_eq!(ci.len(), 1, "initiator children {ci:?}");
+    assert_eq!(cr.len(), 1, "responder children {cr:?}");
+    assert_eq!(ci[0], (cr[0].1, cr[0].0));
+}
+
+#[test]
+fn child_rekey_from_initiator_and_from_responder() {
+    let (mut p, _) = established_pair(3);
+    let (old_in, _) = children(&p.initiator)[0];
+    p.initiator.ep.rekey_child_sa(p.now, old_in).unwrap();
+    p.drive();
+    let ri = rekeyed(&p.initiator);
+    let rr = rekeyed(&p.responder);
+    assert_eq!(ri.len(), 1);
+    assert_eq!(rr.len(), 1);
+    assert_eq!(ri[0].0, old_in);
+    assert_eq!(ri[0].1.inbound.spi, rr[0].1.outbound.spi);
+    assert_eq!(*ri[0].1.outbound.encr_key, *rr[0].1.inbound.encr_key);
+    assert_eq!(child_deleted(&p.initiator), vec![old_in]);
+    assert_eq!(child_deleted(&p.responder).len(), 1);
+    assert_one_matching_child(&p);
+    // Now the responder rekeys (its own timer path through the public API).
+    let (r_in, _) = children(&p.responder)[0];
+    p.responder.ep.rekey_child_sa(p.now, r_in).unwrap();
+    p.drive();
+    assert_eq!(rekeyed(&p.responder).len(), 2);
+    assert_eq!(rekeyed(&p.initiator).len(), 2);
+    assert_one_matching_child(&p);
+    assert!(
+        p.responder.ep.rekey_child_sa(p.now, r_in).is_err(),
+        "old SPI is gone"
+    );
+}
+
+#[test]
+fn child_rekey_by_lifetime_timer() {
+    let mut icfg = base_config(None);
+    icfg.lifetimes.child_rekey = Duration::from_secs(600);
+    icfg.lifetimes.rekey_jitter = Duration::from_secs(30);
+    let r = Arc::new(base_config(Some(responder_config(&SUITES))));
+    let mut p = Pair::new(Arc::new(icfg), r, 4);
+    p.connect(Arc::new(initiator_config(
+        SUITES[1],
+        "router1.example",
+        PSK,
+    )));
+    p.drive();
+    assert!(rekeyed(&p.initiator).is_empty());
+    p.advance(Duration::from_secs(569));
+    assert!(
+        rekeyed(&p.initiator).is_empty(),
+        "rekeyed before lifetime minus jitter"
+    );
+    p.advance(Duration::from_secs(32));
+    assert_eq!(rekeyed(&p.initiator).len(), 1);
+    p.drive();
+    assert_one_matching_child(&p);
+}
+
+#[test]
+fn simultaneous_child_rekey_collision_leaves_one_child() {
+    for seed in 10..16 {
+        let (mut p, _) = established_pair(seed);
+        let (i_in, i_out) = children(&p.initiator)[0];
+        p.initiator.ep.rekey_child_sa(p.now, i_in).unwrap();
+        p.responder.ep.rekey_child_sa(p.now, i_out).unwrap();
+        p.drive();
+        // Both exchanges completed, the redundant SA and the old one are gone (2.8.1).
+        assert_eq!(rekeyed(&p.initiator).len(), 2, "seed {seed}");
+        assert_eq!(rekeyed(&p.responder).len(), 2, "seed {seed}");
+        assert_one_matching_child(&p);
+        let survivor = children(&p.initiator)[0].0;
+        assert_ne!(survivor, i_in);
+        // The survivor works for a further rekey.
+        p.initiator.ep.rekey_child_sa(p.now, survivor).unwrap();
+        p.drive();
+        assert_one_matching_child(&p);
+    }
+}
+
+#[test]
+fn ike_rekey_moves_children_and_deletes_old_sa() {
+    let (mut p, id) = established_pair(5);
+    let child_before = children(&p.initiator);
+    p.initiator.ep.rekey_ike_sa(p.now, id).unwrap();
+    p.drive();
+    let new_i: Vec<_> = p
+        .initiator
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Event::IkeSaRekeyed { old, new } => Some((*old, *new)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(new_i.len(), 1);
+    assert_eq!(new_i[0].0, id);
+    assert_eq!(p.initiator.deleted(), vec![(id, DeleteReason::Rekeyed)]);
+    assert_eq!(p.responder.deleted().len(), 1);
+    assert_eq!(p.responder.deleted()[0].1, DeleteReason::Rekeyed);
+    let si = p.initiator.ep.ike_sas();
+    let sr = p.responder.ep.ike_sas();
+    assert_eq!((si.len(), sr.len()), (1, 1));
+    assert_eq!(si[0].id, new_i[0].1);
+    assert_eq!((si[0].spi_i, si[0].spi_r), (sr[0].spi_i, sr[0].spi_r));
+    assert_eq!(
+        children(&p.initiator),
+        child_before,
+        "CHILD SAs move unchanged"
+    );
+    assert!(child_deleted(&p.initiator).is_empty());
+    // The responder's lease moved with the SA.
+    let vip = sr[0].virtual_ips[0];
+    assert_eq!(p.responder.ep.pool().owner(vip), Some(sr[0].id));
+    // The new IKE SA carries further exchanges: a CHILD rekey and a delete.
+    p.initiator
+        .ep
+        .rekey_child_sa(p.now, child_before[0].0)
+        .unwrap();
+    p.drive();
+    assert_one_matching_child(&p);
+    p.responder.ep.rekey_ike_sa(p.now, sr[0].id).unwrap();
+    p.drive();
+    assert_eq!(p.initiator.ep.ike_sas().len(), 1);
+    assert_eq!(p.responder.ep.ike_sas().len(), 1);
+    assert_one_matching_child(&p);
+}
+
+#[test]
+fn ike_rekey_by_lifetime_timer() {
+    let mut rcfg = base_config(Some(responder_config(&SUITES)));
+    rcfg.lifetimes.ike_rekey = Duration::from_secs(300);
+    let mut p = Pair::new(Arc::new(base_config(None)), Arc::new(rcfg), 6);
+    p.connect(Arc::new(initiator_config(
+        SUITES[2],
+        "router1.example",
+        PSK,
+    )));
+    p.drive();
+    p.advance(Duration::from_secs(301));
+    p.drive();
+    assert_eq!(
+        p.responder
+            .count(|e| matches!(e, Event::IkeSaRekeyed { .. })),
+        1
+    );
+    assert_eq!(
+        p.initiator
+            .count(|e| matches!(e, Event::IkeSaRekeyed { .. })),
+        1
+    );
+    assert_eq!(p.initiator.ep.ike_sas().len(), 1);
+    assert_one_matching_child(&p);
+}
+
+#[test]
+fn dpd_declares_a_vanished_peer_dead() {
+    let mut icfg = base_config(None);
+    icfg.lifetimes.dpd_delay = Some(Duration::from_secs(10));
+    let r = Arc::new(base_config(Some(responder_config(&SUITES))));
+    let mut p = Pair::new(Arc::new(icfg), r, 7);
+    p.horizon = Duration::from_secs(5);
+    let id = p.connect(Arc::new(initiator_config(
+        SUITES[0],
+        "router1.example",
+        PSK,
+    )));
+    p.drive();
+    // While the peer answers, liveness checks keep the SA up.
+    p.advance(Duration::from_secs(60));
+    assert!(p.initiator.deleted().is_empty());
+    assert!(p.initiator.ep.counters().sent >= 2 + 5);
+    p.blackhole = Some(Side::Responder);
+    // 10 s DPD delay, then 0.5+1+2+4+8 s of retransmissions.
+    p.advance(Duration::from_secs(40));
+    assert_eq!(p.initiator.deleted(), vec![(id, DeleteReason::Timeout)]);
+    assert!(p.initiator.ep.ike_sas().is_empty());
+    assert_eq!(child_deleted(&p.initiator).len(), 1);
+}
+
+#[test]
+fn delete_from_initiator() {
+    let (mut p, id) = established_pair(8);
+    p.initiator.ep.delete_ike_sa(p.now, id).unwrap();
+    p.drive();
+    assert_eq!(p.initiator.deleted(), vec![(id, DeleteReason::LocalDelete)]);
+    assert_eq!(p.responder.deleted().len(), 1);
+    assert_eq!(p.responder.deleted()[0].1, DeleteReason::PeerDeleted);
+    assert!(p.initiator.ep.ike_sas().is_empty());
+    assert!(p.responder.ep.ike_sas().is_empty());
+    assert_eq!(p.responder.ep.pool().leased(), 0, "lease released");
+    assert_eq!(child_deleted(&p.responder).len(), 1);
+}
+
+#[test]
+fn delete_from_responder() {
+    let (mut p, id) = established_pair(9);
+    let rid = p.responder.ep.ike_sas()[0].id;
+    p.responder.ep.delete_ike_sa(p.now, rid).unwrap();
+    p.drive();
+    assert_eq!(
+        p.responder.deleted(),
+        vec![(rid, DeleteReason::LocalDelete)]
+    );
+    assert_eq!(p.initiator.deleted(), vec![(id, DeleteReason::PeerDeleted)]);
+    assert!(p.initiator.ep.ike_sas().is_empty());
+    assert!(p.responder.ep.ike_sas().is_empty());
+    assert_eq!(p.responder.ep.pool().leased(), 0);
+}
+
+#[test]
+fn invalid_ke_payload_round_trip() {
+    // The responder only takes ECP-256; the initiator guesses Curve25519 first.
+    let mut p = pair(&["aes128-sha256-ecp256"], 11);
+    let mut cfg = initiator_config("aes128-sha256-ecp256", "router1.example", PSK);
+    cfg.ike_proposals[0].dh = vec![ike::DhGroup::Curve25519, ike::DhGroup::Ecp256];
+    p.connect(Arc::new(cfg));
+    p.drive();
+    assert_eq!(p.initiator.established().len(), 1);
+    assert_eq!(p.responder.ep.counters().dropped("invalid_ke"), 1);
+    assert_eq!(p.responder.ep.ike_sas().len(), 1);
+    // An initiator that did not offer the group at all gets NO_PROPOSAL_CHOSEN.
+    let mut p = pair(&["aes128-sha256-ecp256"], 12);
+    let mut cfg = initiator_config("aes128-sha256-ecp256", "router1.example", PSK);
+    cfg.ike_proposals[0].dh = vec![ike::DhGroup::Curve25519];
+    p.connect(Arc::new(cfg));
+    p.drive();
+    assert!(p.initiator.established().is_empty());
+    assert!(p.responder.ep.ike_sas().is_empty());
+    assert!(p
+        .initiator
+        .negotiation_failures()
+        .iter()
+        .any(|r| r.contains("NO_PROPOSAL_CHOSEN")));
+}
+
+#[test]
+fn responder_refuses_unknown_suite_with_no_proposal_chosen() {
+    let mut p = pair(&["aes256gcm16-prfsha256-x25519"], 13);
+    p.connect(Arc::new(initiator_config(
+        "aes256-sha384-modp2048",
+        "router1.example",
+        PSK,
+    )));
+    p.drive();
+    assert!(p.initiator.established().is_empty());
+    assert!(
+        p.initiator
+            .negotiation_failures()
+            .iter()
+            .any(|r| r.contains("NO_PROPOSAL_CHOSEN")),
+        "{:?}",
+        p.initiator.events
+    );
+    assert!(p.responder.ep.ike_sas().is_empty());
 }

@@ -149,6 +149,8 @@ pub struct Pair {
     pub lost: u64,
     /// How far ahead `drive` looks for timers when the network is quiet.
     pub horizon: Duration,
+    /// Longest virtual time one `drive` call runs.
+    pub max_drive: Duration,
     rng: TestRng,
     seq: u64,
     queue: BinaryHeap<Reverse<(Instant, u64)>>,
@@ -175,6 +177,7 @@ impl Pair {
             delivered: 0,
             lost: 0,
             horizon: Duration::from_secs(20),
+            max_drive: Duration::from_secs(120),
             rng,
             seq: 0,
             queue: BinaryHeap::new(),
@@ -373,15 +376,17 @@ impl Pair {
         true
     }
 
-    /// Run until the network is empty and no timer is due within `horizon`.
+    /// Run until the network is empty and no timer is due within `horizon`, or until
+    /// `max_drive` of virtual time has passed (periodic timers such as DPD never go quiet).
     pub fn drive(&mut self) {
-        for _ in 0..1_000_000 {
+        let end = self.now + self.max_drive;
+        for _ in 0..10_000_000 {
             self.collect();
-            let limit = self.now + self.horizon;
+            let limit = (self.now + self.horizon).min(end);
             if self.queue.is_empty() && self.next_timer().is_none_or(|t| t > limit) {
                 return;
             }
-            if !self.step(limit) {
+            if !self.step(end) {
                 return;
             }
         }
