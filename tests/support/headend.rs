@@ -55,6 +55,8 @@ pub struct HeadendConf {
     pub pool_dns: Vec<String>,
     pub log_level: String,
     pub peer: Option<PeerConf>,
+    /// Extra `key = value` lines (raw TOML values) for the `[ike]` section.
+    pub ike_extra: Vec<(String, String)>,
     /// Raw TOML appended at the end (extra sections).
     pub extra: String,
 }
@@ -95,6 +97,7 @@ impl HeadendConf {
             pool_dns: vec![],
             log_level: "debug".into(),
             peer: None,
+            ike_extra: vec![],
             extra: String::new(),
         }
     }
@@ -143,6 +146,9 @@ impl HeadendConf {
         }
         if let Some(t) = self.retransmit_tries {
             let _ = writeln!(s, "retransmit_tries = {t}");
+        }
+        for (k, v) in &self.ike_extra {
+            let _ = writeln!(s, "{k} = {v}");
         }
         s.push_str("\n[psk]\n");
         if let Some(d) = &self.psk_default {
