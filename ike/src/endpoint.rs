@@ -399,9 +399,6 @@ impl Endpoint {
         if sa.half_open && sa.state != IkeSaState::InitDone {
             sa.half_open = false;
             self.half_open = self.half_open.saturating_sub(1);
-            if let Some(k) = sa.init_key.take() {
-                self.init_index.remove(&k);
-            }
         }
     }
 

@@ -421,3 +421,259 @@ fn responder_refuses_unknown_suite_with_no_proposal_chosen() {
     );
     assert!(p.responder.ep.ike_sas().is_empty());
 }
+
+#[test]
+fn lost_packets_are_retransmitted() {
+    let mut p = pair(&SUITES, 21);
+    p.loss = 0.3;
+    let cfg = Arc::new(initiator_config(SUITES[0], "router1.example", PSK));
+    let mut ok = 0;
+    for port in 0..10 {
+        p.connect_from(20000 + port, cfg.clone());
+    }
+    p.drive();
+    ok += p.initiator.established().len();
+    assert!(p.lost > 0);
+    assert!(p.initiator.ep.counters().retransmitted > 0);
+    // With 4 retries at 30 % loss nearly all get through; each one that did is
+    // established on both ends exactly once.
+    assert!(ok >= 8, "only {ok} of 10 established");
+    assert_eq!(p.responder.established().len(), ok);
+    assert_eq!(p.responder.live_established(), ok);
+}
+
+#[test]
+fn duplicated_datagrams_are_answered_from_the_cache() {
+    let mut p = pair(&SUITES, 22);
+    p.duplicate = 1.0;
+    p.connect(Arc::new(initiator_config(SUITES[3], "router1.example", PSK)));
+    p.drive();
+    assert_eq!(p.initiator.established().len(), 1);
+    assert_eq!(p.responder.established().len(), 1);
+    assert_eq!(p.responder.ep.ike_sas().len(), 1);
+    // Every duplicated request was replayed from the cache, not processed again.
+    assert!(p.responder.ep.counters().replayed >= 2, "{:?}", p.responder.ep.counters());
+    // Duplicated responses are dropped by the initiator (message ID already done).
+    assert!(p.initiator.ep.counters().dropped("invalid_message_id") + p.initiator.ep.counters().dropped("unexpected") >= 1);
+}
+
+#[test]
+fn replayed_old_requests_create_nothing() {
+    let (mut p, _) = established_pair(23);
+    let before = p.responder.ep.counters().clone();
+    // Replay everything the initiator ever sent, from its real address.
+    let sent: Vec<_> = p.initiator.sent.clone();
+    for t in &sent {
+        p.inject_to_responder(t.socket, t.local, &t.payload);
+    }
+    p.drive();
+    assert_eq!(p.responder.ep.ike_sas().len(), 1);
+    assert_eq!(p.responder.established().len(), 1);
+    let after = p.responder.ep.counters();
+    // The IKE_AUTH request is the last answered request: its replay gets the cached
+    // response; the IKE_SA_INIT replay is refused (the SA with that SPIi moved on).
+    assert!(after.replayed > before.replayed);
+    assert_eq!(p.initiator.ep.ike_sas().len(), 1, "initiator still fine");
+}
+
+#[test]
+fn fragmentation_with_a_small_mtu() {
+    let mut rc = base_config(Some(responder_config(&SUITES)));
+    rc.limits.fragment_mtu = 200;
+    let mut ic = base_config(None);
+    ic.limits.fragment_mtu = 200;
+    let mut p = Pair::new(Arc::new(ic), Arc::new(rc), 24);
+    p.connect(Arc::new(initiator_config(SUITES[2], "router1.example", PSK)));
+    p.drive();
+    assert_eq!(p.initiator.established().len(), 1);
+    assert_eq!(p.responder.established().len(), 1);
+    const SKF: u8 = 53;
+    for n in [&p.initiator, &p.responder] {
+        let frags = n.sent.iter().filter(|t| t.payload.get(16) == Some(&SKF)).count();
+        assert!(frags >= 2, "expected IKE_AUTH to go out in fragments");
+        for t in n.sent.iter().filter(|t| t.payload.get(18) != Some(&34)) {
+            assert!(t.payload.len() <= 200, "{} octet datagram above the MTU", t.payload.len());
+        }
+    }
+    // And with loss, fragments are retransmitted and reassembled.
+    let mut rc = base_config(Some(responder_config(&SUITES)));
+    rc.limits.fragment_mtu = 200;
+    let mut ic = base_config(None);
+    ic.limits.fragment_mtu = 200;
+    let mut p = Pair::new(Arc::new(ic), Arc::new(rc), 25);
+    p.loss = 0.2;
+    p.reorder = Duration::from_millis(30);
+    for port in 0..5 {
+        p.connect_from(21000 + port, Arc::new(initiator_config(SUITES[0], &format!("r{port}.example"), PSK)));
+    }
+    p.drive();
+    assert!(p.initiator.established().len() >= 4, "{}", p.initiator.established().len());
+}
+
+#[test]
+fn nat_moves_to_the_natt_port() {
+    let mut p = pair(&SUITES, 26);
+    p.nat = true;
+    let id = p.connect(Arc::new(initiator_config(SUITES[0], "router1.example", PSK)));
+    p.drive();
+    assert_eq!(p.initiator.established().len(), 1);
+    let si = p.initiator.ep.ike_sa(id).unwrap();
+    assert!(si.udp_encap);
+    assert_eq!(si.remote.port(), NATT_PORT);
+    assert_eq!(si.local.port(), NATT_PORT);
+    let sr = &p.responder.ep.ike_sas()[0];
+    assert!(sr.udp_encap);
+    assert_eq!(sr.remote.ip(), std::net::IpAddr::V4(NAT_IP));
+    assert_ne!(sr.remote.port(), IKE_PORT, "responder follows the NAT mapping of port 4500");
+    let ci = child_installed(&p.initiator);
+    assert!(ci[0].udp_encap);
+    let cr = child_installed(&p.responder);
+    assert!(cr[0].udp_encap);
+    assert_eq!(cr[0].remote, sr.remote);
+    // IKE_AUTH and later went over the NAT-T socket with the non-ESP marker.
+    let natt: Vec<_> = p.initiator.sent.iter().filter(|t| t.socket == ike::SocketKind::NatT).collect();
+    assert!(!natt.is_empty());
+    assert!(natt.iter().all(|t| t.payload[..4] == [0, 0, 0, 0]));
+    // Without NAT nothing moves.
+    let (p2, id2) = established_pair(27);
+    let s2 = p2.initiator.ep.ike_sa(id2).unwrap();
+    assert!(!s2.udp_encap);
+    assert_eq!(s2.remote.port(), IKE_PORT);
+}
+
+#[test]
+fn responder_follows_a_nat_rebinding() {
+    let mut p = pair(&SUITES, 28);
+    p.nat = true;
+    let id = p.connect(Arc::new(initiator_config(SUITES[0], "router1.example", PSK)));
+    p.drive();
+    let old = p.responder.ep.ike_sas()[0].remote;
+    // The NAT forgets its mapping: the next request arrives from a new port.
+    p.reset_nat(50000);
+    let (child_in, _) = children(&p.initiator)[0];
+    p.initiator.ep.rekey_child_sa(p.now, child_in).unwrap();
+    p.drive();
+    let new = p.responder.ep.ike_sas()[0].remote;
+    assert_ne!(old, new);
+    assert_eq!(new.port(), 50000);
+    assert!(p.responder.events.iter().any(|e| matches!(e, Event::IkeSaAddressChanged { remote, .. } if *remote == new)));
+    assert_one_matching_child(&p);
+    let _ = id;
+}
+
+#[test]
+fn initial_contact_replaces_the_old_sa_and_keeps_the_address() {
+    let mut p = pair(&SUITES, 29);
+    let mut cfg = initiator_config(SUITES[0], "router1.example", PSK);
+    cfg.initial_contact = true;
+    let cfg = Arc::new(cfg);
+    p.connect_from(30001, cfg.clone());
+    p.drive();
+    let first = p.responder.ep.ike_sas()[0].clone();
+    // The router reboots: a new IKE SA from a new port, old state lost on its side.
+    p.connect_from(30002, cfg);
+    p.drive();
+    let live = p.responder.ep.ike_sas();
+    assert_eq!(live.len(), 1, "old SA removed");
+    assert_ne!(live[0].id, first.id);
+    assert_eq!(p.responder.deleted(), vec![(first.id, DeleteReason::InitialContact)]);
+    assert_eq!(live[0].virtual_ips, first.virtual_ips, "same identity gets its address back");
+    // Without INITIAL_CONTACT both stay and get distinct addresses.
+    let mut p = pair(&SUITES, 30);
+    let cfg = Arc::new(initiator_config(SUITES[0], "router1.example", PSK));
+    p.connect_from(30001, cfg.clone());
+    p.connect_from(30002, cfg);
+    p.drive();
+    let live = p.responder.ep.ike_sas();
+    assert_eq!(live.len(), 2);
+    assert_ne!(live[0].virtual_ips, live[1].virtual_ips);
+}
+
+#[test]
+fn pool_is_exclusive_and_exhaustion_is_reported() {
+    let mut rcfg = responder_config(&SUITES);
+    rcfg.pool.v4 = Some("100.64.0.0/29".parse().unwrap()); // 6 addresses
+    let mut p = Pair::new(Arc::new(base_config(None)), Arc::new(base_config(Some(rcfg))), 31);
+    for i in 0..8u16 {
+        p.connect_from(31000 + i, Arc::new(initiator_config(SUITES[0], &format!("r{i}.example"), PSK)));
+    }
+    p.drive();
+    let live = p.responder.ep.ike_sas();
+    let mut vips: Vec<_> = live.iter().flat_map(|s| s.virtual_ips.clone()).collect();
+    let n = vips.len();
+    vips.sort();
+    vips.dedup();
+    assert_eq!(vips.len(), n, "an address was handed out twice");
+    assert_eq!(n, 6);
+    // The two that found the pool empty got INTERNAL_ADDRESS_FAILURE for their CHILD SA
+    // and deleted their IKE SA.
+    let failed = p
+        .initiator
+        .deleted()
+        .into_iter()
+        .filter(|(_, r)| matches!(r, DeleteReason::Failed(s) if s.contains("INTERNAL_ADDRESS_FAILURE")))
+        .count();
+    assert_eq!(failed, 2, "{:?}", p.initiator.deleted());
+    assert_eq!(p.responder.ep.pool().leased(), 6);
+}
+
+#[test]
+fn cookie_under_load() {
+    let mut rcfg = base_config(Some(responder_config(&SUITES)));
+    rcfg.limits.cookie_threshold = 2;
+    let mut p = Pair::new(Arc::new(base_config(None)), Arc::new(rcfg), 32);
+    for i in 0..12u16 {
+        p.connect_from(32000 + i, Arc::new(initiator_config(SUITES[0], &format!("r{i}.example"), PSK)));
+    }
+    p.drive();
+    assert!(p.responder.ep.counters().cookies_sent > 0);
+    assert_eq!(p.initiator.established().len(), 12);
+    assert_eq!(p.responder.ep.half_open(), 0);
+}
+
+#[test]
+fn cookie_challenge_keeps_no_state() {
+    let mut rcfg = base_config(Some(responder_config(&SUITES)));
+    rcfg.limits.cookie_threshold = 0;
+    let mut p = Pair::new(Arc::new(base_config(None)), Arc::new(rcfg), 33);
+    // A spoofed flood that never returns the cookie.
+    p.blackhole = Some(Side::Responder);
+    for i in 0..50u16 {
+        p.connect_from(33000 + i, Arc::new(initiator_config(SUITES[0], &format!("r{i}.example"), PSK)));
+    }
+    p.advance(Duration::from_secs(1));
+    // Every IKE_SA_INIT (first tries and retransmissions) got a cookie, nothing else.
+    assert!(p.responder.ep.counters().cookies_sent >= 50);
+    assert_eq!(p.responder.ep.counters().cookies_sent, p.responder.ep.counters().received);
+    assert_eq!(p.responder.ep.half_open(), 0);
+    assert!(p.responder.ep.ike_sas().is_empty());
+}
+
+#[test]
+fn many_half_open_sas_are_bounded_and_expire() {
+    let mut rcfg = base_config(Some(responder_config(&SUITES)));
+    rcfg.limits.cookie_threshold = usize::MAX;
+    rcfg.limits.half_open_max = 40;
+    rcfg.limits.half_open_timeout = Duration::from_secs(10);
+    let mut p = Pair::new(Arc::new(base_config(None)), Arc::new(rcfg), 34);
+    // Initiators that never send IKE_AUTH: their IKE_SA_INIT responses are lost.
+    p.blackhole = Some(Side::Responder);
+    for i in 0..100u16 {
+        p.connect_from(34000 + i, Arc::new(initiator_config(SUITES[0], &format!("r{i}.example"), PSK)));
+    }
+    p.advance(Duration::from_millis(100));
+    assert_eq!(p.responder.ep.half_open(), 40);
+    assert_eq!(p.responder.ep.ike_sas().len(), 40);
+    assert!(p.responder.ep.counters().dropped("limit") >= 60);
+    p.advance(Duration::from_secs(60));
+    assert_eq!(p.responder.ep.half_open(), 0);
+    assert!(p.responder.ep.ike_sas().is_empty());
+    assert!(p.responder.ep.counters().half_open_expired >= 40);
+    // The initiators gave up: Timeout for each.
+    assert_eq!(p.initiator.deleted().len(), 100);
+    // And a good peer still gets in afterwards.
+    p.blackhole = None;
+    p.connect_from(35000, Arc::new(initiator_config(SUITES[0], "good.example", PSK)));
+    p.drive();
+    assert_eq!(p.initiator.established().len(), 1);
+}

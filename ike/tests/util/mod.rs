@@ -156,6 +156,7 @@ pub struct Pair {
     queue: BinaryHeap<Reverse<(Instant, u64)>>,
     flights: HashMap<u64, InFlight>,
     nat_map: HashMap<SocketAddr, u16>,
+    nat_base: u16,
     nat_rev: HashMap<u16, SocketAddr>,
 }
 
@@ -183,6 +184,7 @@ impl Pair {
             queue: BinaryHeap::new(),
             flights: HashMap::new(),
             nat_map: HashMap::new(),
+            nat_base: 40000,
             nat_rev: HashMap::new(),
         }
     }
@@ -302,8 +304,15 @@ impl Pair {
         }
     }
 
+    /// Forget every NAT mapping; new ones start at `first_port` (a NAT rebinding).
+    pub fn reset_nat(&mut self, first_port: u16) {
+        self.nat_map.clear();
+        self.nat_rev.clear();
+        self.nat_base = first_port;
+    }
+
     fn nat_out(&mut self, inside: SocketAddr) -> SocketAddr {
-        let next = 40000 + self.nat_map.len() as u16;
+        let next = self.nat_base + self.nat_map.len() as u16;
         let port = *self.nat_map.entry(inside).or_insert(next);
         self.nat_rev.insert(port, inside);
         SocketAddr::new(IpAddr::V4(NAT_IP), port)
