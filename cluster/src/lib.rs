@@ -6,9 +6,16 @@
 //! [`store`] the on-disk state, [`net`] the TLS transport and [`Cluster`] the daemon's handle.
 #![forbid(unsafe_code)]
 
+pub mod config;
 pub mod error;
 pub mod hlc;
+pub mod join;
+pub mod net;
 pub mod node;
 pub mod store;
+pub mod tls;
 
+pub use config::ClusterConfig;
 pub use error::Error;
+pub use net::{Cluster, ClusterHandle, Started, Stats};
+pub use node::{Event, MemberState, MemberStatus, Record};
