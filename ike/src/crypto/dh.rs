@@ -364,6 +364,61 @@ mod tests {
         assert!(a.agree(&pb).is_err());
     }
 
+    /// RFC 5903 8.1 (256-bit random ECP group): the KE payload carries `gix | giy` and
+    /// the shared secret is `girx`.
+    #[test]
+    #[allow(deprecated)]
+    fn ecp256_rfc5903_vector() {
+        let i = hex!("C88F01F510D9AC3F70A292DAA2316DE544E9AAB8AFE84049C62A9C57862D1433");
+        let fixed = ring::test::rand::FixedSliceRandom { bytes: &i };
+        let a = KeyExchange::generate_with(DhGroup::Ecp256, &mut rng(), &fixed).unwrap();
+        assert_eq!(
+            a.public_value(),
+            hex!(
+                "DAD0B65394221CF9B051E1FECA5787D098DFE637FC90B9EF945D0C3772581180"
+                "5271A0461CDB8252D61F1C456FA3E59AB1F45B33ACCF5F58389E0577B8990BB3"
+            )
+        );
+        let gr = hex!(
+            "D12DFB5289C8D4F81208B70270398C342296970A0BCCB74C736FC7554494BF63"
+            "56FBF3CA366CC23E8157854C13C58D6AAC23F046ADA30F8353E74F33039872AB"
+        );
+        assert_eq!(
+            &a.agree(&gr).unwrap()[..],
+            hex!("D6840F6B42F6EDAFD13116E0E12565202FEF8E9ECE7DCE03812464D04B9442DE")
+        );
+    }
+
+    /// ECP-384 with private scalar 0x5a5a..5a and peer scalar 0x3c3c..3c; expected values
+    /// computed once with Python's `cryptography` (OpenSSL), independent of ring.
+    #[test]
+    #[allow(deprecated)]
+    fn ecp384_known_answer() {
+        let i = [0x5au8; 48];
+        let fixed = ring::test::rand::FixedSliceRandom { bytes: &i };
+        let a = KeyExchange::generate_with(DhGroup::Ecp384, &mut rng(), &fixed).unwrap();
+        assert_eq!(
+            a.public_value(),
+            hex!(
+                "02076df6fd5aa5761159072fbe9a611df33f1911e5badbec56862dd4452aeb1d"
+                "f05eecd07affa2aa1b2fd5a818fe125ab3bfb0e8c888bfa102c8cad1d44dab96"
+                "68cac9d3ac1dcac4d15a68eefded7094a735c42d6d565a2c0ae3de299a69b260"
+            )
+        );
+        let gr = hex!(
+            "6846d4626b3450aaab8c53c044c2a947176a34ff190f56e80a670de892d37741"
+            "fdcb1c4e1f2b55055efcc7221a9fee870bcfbba070a805cfcdc5e9b699d1d5f0"
+            "5e6cabf8fddc0b3f46a6d7b7692b8d7b79daad44269c71d286802ee811be2d81"
+        );
+        assert_eq!(
+            &a.agree(&gr).unwrap()[..],
+            hex!(
+                "23d9d88b6db29b6bf0a9c89de863bbf070a06fd78f2941be6cac5a5ebb06f544"
+                "47412cfeb3ab0f0d13f8b033cc82f8ec"
+            )
+        );
+    }
+
     /// RFC 7748 6.1 key pair, and the low-order point that makes the result all-zero
     /// (RFC 8031 2.3 requires rejecting it).
     #[test]
