@@ -14,6 +14,7 @@ pub mod net;
 pub mod node;
 pub mod store;
 pub mod tls;
+pub mod tool;
 
 pub use config::ClusterConfig;
 pub use error::Error;
