@@ -42,6 +42,8 @@ pub use crate::sa::{ChildSaInfo, IkeSaInfo, IkeSaState};
 const NONCE_LEN: usize = 32;
 /// RFC 3948 2.2 non-ESP marker.
 const NON_ESP_MARKER: [u8; 4] = [0; 4];
+/// Unprotected INVALID_IKE_SPI notifications sent per second at most (2.21.4).
+const INVALID_SPI_PER_SEC: u32 = 100;
 /// How often the cookie secret rotates (RFC 7296 2.6).
 const COOKIE_ROTATE: Duration = Duration::from_secs(120);
 
@@ -97,6 +99,7 @@ pub struct Endpoint {
     cookie_rotate_at: Option<Instant>,
     half_open: usize,
     next_id: u64,
+    invalid_spi_window: (Option<Instant>, u32),
 }
 
 /// What a response handler decided about the SA.
@@ -140,6 +143,7 @@ impl Endpoint {
             cookie_rotate_at: None,
             half_open: 0,
             next_id: 1,
+            invalid_spi_window: (None, 0),
         }
     }
 
@@ -355,6 +359,18 @@ impl Endpoint {
         }
     }
 
+    /// Rate limit for unprotected INVALID_IKE_SPI answers (they go to unauthenticated
+    /// addresses): at most `INVALID_SPI_PER_SEC` per second.
+    fn invalid_spi_budget(&mut self, now: Instant) -> bool {
+        let (start, n) = &mut self.invalid_spi_window;
+        if start.is_none_or(|s| now.saturating_duration_since(s) >= Duration::from_secs(1)) {
+            *start = Some(now);
+            *n = 0;
+        }
+        *n += 1;
+        *n <= INVALID_SPI_PER_SEC
+    }
+
     fn count_drop(&mut self, remote: SocketAddr, e: &Error) {
         *self.counters.dropped.entry(e.label()).or_insert(0) += 1;
         tracing::debug!(%remote, error = %e, label = e.label(), "IKE message rejected");
@@ -461,10 +477,13 @@ impl Endpoint {
                 }
             }
         }
+        // Only an earlier deadline needs a new heap entry: a later one is picked up when
+        // the registered entry fires (a spurious wake-up re-arms). Keeps the heap at about
+        // one entry per SA however often `last_inbound` moves.
         let next = next.map(|t| t.max(now));
-        if next != sa.deadline {
-            sa.deadline = next;
-            if let Some(t) = next {
+        if let Some(t) = next {
+            if sa.deadline.is_none_or(|d| t < d) {
+                sa.deadline = Some(t);
                 self.timers.push(Reverse((t, sa.id)));
             }
         }
@@ -798,7 +817,11 @@ impl Endpoint {
         let Some(&id) = self.by_spi.get(&our_spi) else {
             // RFC 7296 2.21.4: a request for an unknown SA may get an unprotected
             // INVALID_IKE_SPI; never answer responses.
-            if !hdr.response && hdr.exchange != ExchangeType::IkeSaInit && our_spi != 0 {
+            if !hdr.response
+                && hdr.exchange != ExchangeType::IkeSaInit
+                && our_spi != 0
+                && self.invalid_spi_budget(now)
+            {
                 self.send_unprotected_notify(
                     socket,
                     local,
@@ -1095,7 +1118,8 @@ impl Endpoint {
         data: &[u8],
         hdr: &Header,
     ) -> Result<(), Error> {
-        let Some(rcfg) = self.config.responder.clone() else {
+        let config = self.config.clone();
+        let Some(rcfg) = config.responder.as_ref() else {
             return Err(Error::UnexpectedMessage(
                 "IKE_SA_INIT request on an initiator-only endpoint",
             ));
@@ -1510,10 +1534,10 @@ impl Endpoint {
         if sa.state != IkeSaState::InitDone || sa.initiator {
             return Err(Error::UnexpectedMessage("IKE_AUTH request"));
         }
-        let rcfg = self
-            .config
+        let config = self.config.clone();
+        let rcfg = config
             .responder
-            .clone()
+            .as_ref()
             .ok_or(Error::UnexpectedMessage("IKE_AUTH"))?;
         let suite = sa.suite.ok_or(Error::NoSuchSa)?;
         let mut idi = None;
@@ -1599,7 +1623,7 @@ impl Endpoint {
         sa.expire_at = None;
         self.by_identity.entry(idi.clone()).or_default().push(sa.id);
         // The first CHILD SA; its failure does not fail the IKE SA (2.21.2).
-        match self.responder_child(now, sa, cfg_req, esp, tsi, tsr, &rcfg, true, None, None) {
+        match self.responder_child(now, sa, cfg_req, esp, tsi, tsr, rcfg, true, None, None) {
             Ok((child_payloads, child)) => {
                 resp.extend(child_payloads);
                 self.established(sa);

@@ -446,15 +446,27 @@ fn lost_packets_are_retransmitted() {
 fn duplicated_datagrams_are_answered_from_the_cache() {
     let mut p = pair(&SUITES, 22);
     p.duplicate = 1.0;
-    p.connect(Arc::new(initiator_config(SUITES[3], "router1.example", PSK)));
+    p.connect(Arc::new(initiator_config(
+        SUITES[3],
+        "router1.example",
+        PSK,
+    )));
     p.drive();
     assert_eq!(p.initiator.established().len(), 1);
     assert_eq!(p.responder.established().len(), 1);
     assert_eq!(p.responder.ep.ike_sas().len(), 1);
     // Every duplicated request was replayed from the cache, not processed again.
-    assert!(p.responder.ep.counters().replayed >= 2, "{:?}", p.responder.ep.counters());
+    assert!(
+        p.responder.ep.counters().replayed >= 2,
+        "{:?}",
+        p.responder.ep.counters()
+    );
     // Duplicated responses are dropped by the initiator (message ID already done).
-    assert!(p.initiator.ep.counters().dropped("invalid_message_id") + p.initiator.ep.counters().dropped("unexpected") >= 1);
+    assert!(
+        p.initiator.ep.counters().dropped("invalid_message_id")
+            + p.initiator.ep.counters().dropped("unexpected")
+            >= 1
+    );
 }
 
 #[test]
@@ -483,16 +495,28 @@ fn fragmentation_with_a_small_mtu() {
     let mut ic = base_config(None);
     ic.limits.fragment_mtu = 200;
     let mut p = Pair::new(Arc::new(ic), Arc::new(rc), 24);
-    p.connect(Arc::new(initiator_config(SUITES[2], "router1.example", PSK)));
+    p.connect(Arc::new(initiator_config(
+        SUITES[2],
+        "router1.example",
+        PSK,
+    )));
     p.drive();
     assert_eq!(p.initiator.established().len(), 1);
     assert_eq!(p.responder.established().len(), 1);
     const SKF: u8 = 53;
     for n in [&p.initiator, &p.responder] {
-        let frags = n.sent.iter().filter(|t| t.payload.get(16) == Some(&SKF)).count();
+        let frags = n
+            .sent
+            .iter()
+            .filter(|t| t.payload.get(16) == Some(&SKF))
+            .count();
         assert!(frags >= 2, "expected IKE_AUTH to go out in fragments");
         for t in n.sent.iter().filter(|t| t.payload.get(18) != Some(&34)) {
-            assert!(t.payload.len() <= 200, "{} octet datagram above the MTU", t.payload.len());
+            assert!(
+                t.payload.len() <= 200,
+                "{} octet datagram above the MTU",
+                t.payload.len()
+            );
         }
     }
     // And with loss, fragments are retransmitted and reassembled.
@@ -504,17 +528,32 @@ fn fragmentation_with_a_small_mtu() {
     p.loss = 0.2;
     p.reorder = Duration::from_millis(30);
     for port in 0..5 {
-        p.connect_from(21000 + port, Arc::new(initiator_config(SUITES[0], &format!("r{port}.example"), PSK)));
+        p.connect_from(
+            21000 + port,
+            Arc::new(initiator_config(
+                SUITES[0],
+                &format!("r{port}.example"),
+                PSK,
+            )),
+        );
     }
     p.drive();
-    assert!(p.initiator.established().len() >= 4, "{}", p.initiator.established().len());
+    assert!(
+        p.initiator.established().len() >= 4,
+        "{}",
+        p.initiator.established().len()
+    );
 }
 
 #[test]
 fn nat_moves_to_the_natt_port() {
     let mut p = pair(&SUITES, 26);
     p.nat = true;
-    let id = p.connect(Arc::new(initiator_config(SUITES[0], "router1.example", PSK)));
+    let id = p.connect(Arc::new(initiator_config(
+        SUITES[0],
+        "router1.example",
+        PSK,
+    )));
     p.drive();
     assert_eq!(p.initiator.established().len(), 1);
     let si = p.initiator.ep.ike_sa(id).unwrap();
@@ -524,14 +563,23 @@ fn nat_moves_to_the_natt_port() {
     let sr = &p.responder.ep.ike_sas()[0];
     assert!(sr.udp_encap);
     assert_eq!(sr.remote.ip(), std::net::IpAddr::V4(NAT_IP));
-    assert_ne!(sr.remote.port(), IKE_PORT, "responder follows the NAT mapping of port 4500");
+    assert_ne!(
+        sr.remote.port(),
+        IKE_PORT,
+        "responder follows the NAT mapping of port 4500"
+    );
     let ci = child_installed(&p.initiator);
     assert!(ci[0].udp_encap);
     let cr = child_installed(&p.responder);
     assert!(cr[0].udp_encap);
     assert_eq!(cr[0].remote, sr.remote);
     // IKE_AUTH and later went over the NAT-T socket with the non-ESP marker.
-    let natt: Vec<_> = p.initiator.sent.iter().filter(|t| t.socket == ike::SocketKind::NatT).collect();
+    let natt: Vec<_> = p
+        .initiator
+        .sent
+        .iter()
+        .filter(|t| t.socket == ike::SocketKind::NatT)
+        .collect();
     assert!(!natt.is_empty());
     assert!(natt.iter().all(|t| t.payload[..4] == [0, 0, 0, 0]));
     // Without NAT nothing moves.
@@ -545,7 +593,11 @@ fn nat_moves_to_the_natt_port() {
 fn responder_follows_a_nat_rebinding() {
     let mut p = pair(&SUITES, 28);
     p.nat = true;
-    let id = p.connect(Arc::new(initiator_config(SUITES[0], "router1.example", PSK)));
+    let id = p.connect(Arc::new(initiator_config(
+        SUITES[0],
+        "router1.example",
+        PSK,
+    )));
     p.drive();
     let old = p.responder.ep.ike_sas()[0].remote;
     // The NAT forgets its mapping: the next request arrives from a new port.
@@ -556,7 +608,11 @@ fn responder_follows_a_nat_rebinding() {
     let new = p.responder.ep.ike_sas()[0].remote;
     assert_ne!(old, new);
     assert_eq!(new.port(), 50000);
-    assert!(p.responder.events.iter().any(|e| matches!(e, Event::IkeSaAddressChanged { remote, .. } if *remote == new)));
+    assert!(p
+        .responder
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::IkeSaAddressChanged { remote, .. } if *remote == new)));
     assert_one_matching_child(&p);
     let _ = id;
 }
@@ -576,8 +632,14 @@ fn initial_contact_replaces_the_old_sa_and_keeps_the_address() {
     let live = p.responder.ep.ike_sas();
     assert_eq!(live.len(), 1, "old SA removed");
     assert_ne!(live[0].id, first.id);
-    assert_eq!(p.responder.deleted(), vec![(first.id, DeleteReason::InitialContact)]);
-    assert_eq!(live[0].virtual_ips, first.virtual_ips, "same identity gets its address back");
+    assert_eq!(
+        p.responder.deleted(),
+        vec![(first.id, DeleteReason::InitialContact)]
+    );
+    assert_eq!(
+        live[0].virtual_ips, first.virtual_ips,
+        "same identity gets its address back"
+    );
     // Without INITIAL_CONTACT both stay and get distinct addresses.
     let mut p = pair(&SUITES, 30);
     let cfg = Arc::new(initiator_config(SUITES[0], "router1.example", PSK));
@@ -593,9 +655,16 @@ fn initial_contact_replaces_the_old_sa_and_keeps_the_address() {
 fn pool_is_exclusive_and_exhaustion_is_reported() {
     let mut rcfg = responder_config(&SUITES);
     rcfg.pool.v4 = Some("100.64.0.0/29".parse().unwrap()); // 6 addresses
-    let mut p = Pair::new(Arc::new(base_config(None)), Arc::new(base_config(Some(rcfg))), 31);
+    let mut p = Pair::new(
+        Arc::new(base_config(None)),
+        Arc::new(base_config(Some(rcfg))),
+        31,
+    );
     for i in 0..8u16 {
-        p.connect_from(31000 + i, Arc::new(initiator_config(SUITES[0], &format!("r{i}.example"), PSK)));
+        p.connect_from(
+            31000 + i,
+            Arc::new(initiator_config(SUITES[0], &format!("r{i}.example"), PSK)),
+        );
     }
     p.drive();
     let live = p.responder.ep.ike_sas();
@@ -611,7 +680,9 @@ fn pool_is_exclusive_and_exhaustion_is_reported() {
         .initiator
         .deleted()
         .into_iter()
-        .filter(|(_, r)| matches!(r, DeleteReason::Failed(s) if s.contains("INTERNAL_ADDRESS_FAILURE")))
+        .filter(
+            |(_, r)| matches!(r, DeleteReason::Failed(s) if s.contains("INTERNAL_ADDRESS_FAILURE")),
+        )
         .count();
     assert_eq!(failed, 2, "{:?}", p.initiator.deleted());
     assert_eq!(p.responder.ep.pool().leased(), 6);
@@ -623,7 +694,10 @@ fn cookie_under_load() {
     rcfg.limits.cookie_threshold = 2;
     let mut p = Pair::new(Arc::new(base_config(None)), Arc::new(rcfg), 32);
     for i in 0..12u16 {
-        p.connect_from(32000 + i, Arc::new(initiator_config(SUITES[0], &format!("r{i}.example"), PSK)));
+        p.connect_from(
+            32000 + i,
+            Arc::new(initiator_config(SUITES[0], &format!("r{i}.example"), PSK)),
+        );
     }
     p.drive();
     assert!(p.responder.ep.counters().cookies_sent > 0);
@@ -639,12 +713,18 @@ fn cookie_challenge_keeps_no_state() {
     // A spoofed flood that never returns the cookie.
     p.blackhole = Some(Side::Responder);
     for i in 0..50u16 {
-        p.connect_from(33000 + i, Arc::new(initiator_config(SUITES[0], &format!("r{i}.example"), PSK)));
+        p.connect_from(
+            33000 + i,
+            Arc::new(initiator_config(SUITES[0], &format!("r{i}.example"), PSK)),
+        );
     }
     p.advance(Duration::from_secs(1));
     // Every IKE_SA_INIT (first tries and retransmissions) got a cookie, nothing else.
     assert!(p.responder.ep.counters().cookies_sent >= 50);
-    assert_eq!(p.responder.ep.counters().cookies_sent, p.responder.ep.counters().received);
+    assert_eq!(
+        p.responder.ep.counters().cookies_sent,
+        p.responder.ep.counters().received
+    );
     assert_eq!(p.responder.ep.half_open(), 0);
     assert!(p.responder.ep.ike_sas().is_empty());
 }
@@ -659,7 +739,10 @@ fn many_half_open_sas_are_bounded_and_expire() {
     // Initiators that never send IKE_AUTH: their IKE_SA_INIT responses are lost.
     p.blackhole = Some(Side::Responder);
     for i in 0..100u16 {
-        p.connect_from(34000 + i, Arc::new(initiator_config(SUITES[0], &format!("r{i}.example"), PSK)));
+        p.connect_from(
+            34000 + i,
+            Arc::new(initiator_config(SUITES[0], &format!("r{i}.example"), PSK)),
+        );
     }
     p.advance(Duration::from_millis(100));
     assert_eq!(p.responder.ep.half_open(), 40);
@@ -673,7 +756,10 @@ fn many_half_open_sas_are_bounded_and_expire() {
     assert_eq!(p.initiator.deleted().len(), 100);
     // And a good peer still gets in afterwards.
     p.blackhole = None;
-    p.connect_from(35000, Arc::new(initiator_config(SUITES[0], "good.example", PSK)));
+    p.connect_from(
+        35000,
+        Arc::new(initiator_config(SUITES[0], "good.example", PSK)),
+    );
     p.drive();
     assert_eq!(p.initiator.established().len(), 1);
 }

@@ -147,6 +147,8 @@ pub struct Pair {
     /// Datagrams delivered / lost, for assertions.
     pub delivered: u64,
     pub lost: u64,
+    /// Datagrams to addresses outside the pair (answers to injected traffic).
+    pub unroutable: u64,
     /// How far ahead `drive` looks for timers when the network is quiet.
     pub horizon: Duration,
     /// Longest virtual time one `drive` call runs.
@@ -177,6 +179,7 @@ impl Pair {
             blackhole: None,
             delivered: 0,
             lost: 0,
+            unroutable: 0,
             horizon: Duration::from_secs(20),
             max_drive: Duration::from_secs(120),
             rng,
@@ -259,6 +262,13 @@ impl Pair {
                 (Side::Responder, src, t.remote)
             }
             Side::Responder => {
+                let known = t.remote.ip() == self.initiator.ip
+                    || (self.nat && t.remote.ip() == IpAddr::V4(NAT_IP));
+                if !known {
+                    // An answer to an injected datagram: nobody to deliver it to.
+                    self.unroutable += 1;
+                    return;
+                }
                 let dst = if self.nat && t.remote.ip() == IpAddr::V4(NAT_IP) {
                     match self.nat_rev.get(&t.remote.port()) {
                         Some(a) => *a,
