@@ -419,6 +419,27 @@ mod tests {
         );
     }
 
+    /// Hostile KE data of the right length never panics.
+    #[test]
+    fn random_peer_values_never_panic() {
+        use rand::Rng;
+        let mut r = rng();
+        for g in ALL {
+            let n = if g == DhGroup::Modp2048 { 5 } else { 200 };
+            for _ in 0..n {
+                let mut v = vec![0u8; public_value_len(g)];
+                r.fill(&mut v[..]);
+                let _ = KeyExchange::generate(g, &mut r).unwrap().agree(&v);
+            }
+        }
+    }
+
+    #[test]
+    fn key_exchange_can_move_between_threads() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<KeyExchange>();
+    }
+
     /// RFC 7748 6.1 key pair, and the low-order point that makes the result all-zero
     /// (RFC 8031 2.3 requires rejecting it).
     #[test]

@@ -754,6 +754,29 @@ mod tests {
         assert_eq!(body[31], 11);
     }
 
+    /// Hostile input: random messages and body offsets never panic and never open.
+    #[test]
+    fn random_input_never_panics_or_opens() {
+        use rand::Rng;
+        let mut rng = ChaCha20Rng::seed_from_u64(21);
+        for (encr, integ) in all_suites() {
+            let rx = cipher(encr, integ, 9);
+            for _ in 0..300 {
+                let len = rng.gen_range(0..200);
+                let mut m = vec![0u8; len];
+                rng.fill_bytes(&mut m);
+                let start = rng.gen_range(0..len + 3);
+                assert!(rx.open(&m, start).is_err());
+            }
+        }
+    }
+
+    #[test]
+    fn ciphers_can_move_between_threads() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<SkCipher>();
+    }
+
     /// Opening a maximum-size message is linear: 64 KiB opens in well under the time a
     /// quadratic implementation would need.
     #[test]
