@@ -1191,7 +1191,7 @@ impl Endpoint {
                 return Ok(());
             }
         }
-        let (suite, chosen) = match neg::select_ike(offered, &rcfg.ike_proposals) {
+        let (suite, chosen) = match neg::select_ike(offered, &rcfg.ike_proposals, Some(ke_group)) {
             Ok(x) => x,
             Err(e) => {
                 self.send_unprotected_notify(
@@ -1488,10 +1488,10 @@ impl Endpoint {
         payloads.push(Payload::Sa(neg::esp_offer(
             &cfg.esp_proposals,
             our_spi,
-            false,
+            None,
         )));
         payloads.push(Payload::TsI(initiator_tsi(&cfg)));
-        payloads.push(Payload::TsR(cfg.remote_ts.clone()));
+        payloads.push(Payload::TsR(initiator_tsr(&cfg)));
         sa.first_child = Some(FirstChild {
             our_spi,
             proposals: cfg.esp_proposals.clone(),
@@ -1751,7 +1751,8 @@ impl Endpoint {
             }
             return Err(Error::MissingPayload("SA/TSi/TSr"));
         };
-        let (esp_suite, mut chosen, peer_spi) = neg::select_esp(esp, &rcfg.esp_proposals, !first)?;
+        let (esp_suite, mut chosen, peer_spi) =
+            neg::select_esp(esp, &rcfg.esp_proposals, !first, None)?;
         let (ts_i, ts_r) = neg::narrow(tsi, tsr, &rcfg.local_ts, &sa.vips)?;
         let our_spi = self.new_esp_spi();
         chosen.spi = our_spi.0.to_be_bytes().to_vec();
@@ -1948,13 +1949,22 @@ impl Endpoint {
                 });
             }
             let fc = first_child.ok_or(Error::NoSuchSa)?;
-            let (s, peer_spi) =
-                neg::check_esp_reply(esp.ok_or(Error::MissingPayload("SA"))?, &fc.proposals)?;
+            let (s, peer_spi) = neg::check_esp_reply(
+                esp.ok_or(Error::MissingPayload("SA"))?,
+                &fc.proposals,
+                false,
+            )?;
             let keys = sa.keys.as_ref().ok_or(Error::NoSuchSa)?;
             let (i2r, r2i) =
                 child_sa_keys(keys.prf, &keys.sk_d, None, &sa.ni, &sa.nr, s.encr, s.integ);
             let ts_i = tsi.ok_or(Error::MissingPayload("TSi"))?.clone();
             let ts_r = tsr.ok_or(Error::MissingPayload("TSr"))?.clone();
+            // The responder may only narrow what we asked (2.9).
+            if !neg::ts_within(&ts_i, &initiator_tsi(&cfg))
+                || !neg::ts_within(&ts_r, &initiator_tsr(&cfg))
+            {
+                return Err(Error::TsUnacceptable);
+            }
             Ok(self.make_child(sa, now, s, fc.our_spi, peer_spi, i2r, r2i, true, ts_i, ts_r))
         })();
         match child {
@@ -2007,7 +2017,7 @@ impl Endpoint {
                 kind: NotifyType::REKEY_SA,
                 data: vec![],
             }),
-            Payload::Sa(neg::esp_offer(&proposals, our_spi, pfs)),
+            Payload::Sa(neg::esp_offer(&proposals, our_spi, group)),
             Payload::Nonce(ni.clone()),
         ];
         if let Some(k) = &ke {
@@ -2053,10 +2063,7 @@ impl Endpoint {
         self.by_spi.insert(new_spi, sa.id);
         let ni = random_nonce(&mut sa.rng);
         let ke = KeyExchange::generate(group, &mut sa.rng)?;
-        let mut offer = neg::ike_offer_preferring(&proposals, group);
-        for p in &mut offer {
-            p.spi = new_spi.to_be_bytes().to_vec();
-        }
+        let offer = neg::ike_offer_preferring(&proposals, new_spi, group);
         let payloads = vec![
             Payload::Sa(offer),
             Payload::Nonce(ni.clone()),
@@ -2181,7 +2188,8 @@ impl Endpoint {
             }
             None => None,
         };
-        let (s, mut chosen, peer_spi) = neg::select_esp(offered, &rcfg_esp, true)?;
+        let (s, mut chosen, peer_spi) =
+            neg::select_esp(offered, &rcfg_esp, true, ke_p.map(|(g, _)| g))?;
         let mut g_ir = None;
         let mut ke_out = None;
         if let Some(g) = s.dh {
@@ -2214,11 +2222,7 @@ impl Endpoint {
                     tsi.ok_or(Error::MissingPayload("TSi"))?,
                     tsr.ok_or(Error::MissingPayload("TSr"))?,
                 );
-                if local_ts.is_empty() {
-                    (tsi.clone(), tsr.clone())
-                } else {
-                    neg::narrow(tsi, tsr, &local_ts, &sa.vips)?
-                }
+                neg::narrow(tsi, tsr, &local_ts, &sa.vips)?
             }
         };
         let our_spi = self.new_esp_spi();
@@ -2287,7 +2291,7 @@ impl Endpoint {
             // (a simplification of 2.8.1 for IKE SAs, see 2.25).
             return Err(Error::TemporaryFailure("IKE SA rekey in progress"));
         }
-        let (suite, mut chosen) = neg::select_ike(offered, &proposals)?;
+        let (suite, mut chosen) = neg::select_ike(offered, &proposals, ke_p.map(|(g, _)| g))?;
         let peer_spi = chosen
             .spi
             .get(..8)
@@ -2555,6 +2559,7 @@ impl Endpoint {
         ke: Option<KeyExchange>,
         payloads: &[Payload],
     ) -> Result<(), Error> {
+        let pfs = ke.is_some();
         let mut sa_p = None;
         let mut nr = None;
         let mut ke_p = None;
@@ -2578,7 +2583,7 @@ impl Endpoint {
         }
         let proposals = self.esp_proposals(sa);
         let (s, peer_spi) =
-            neg::check_esp_reply(sa_p.ok_or(Error::MissingPayload("SA"))?, &proposals)?;
+            neg::check_esp_reply(sa_p.ok_or(Error::MissingPayload("SA"))?, &proposals, pfs)?;
         let nr = nr.ok_or(Error::MissingPayload("Nr"))?.clone();
         let g_ir = match (ke, ke_p) {
             (Some(k), Some((_, data))) => Some(k.agree(data)?),
@@ -2814,6 +2819,15 @@ fn sha256(data: &[u8]) -> [u8; 32] {
     let mut out = [0u8; 32];
     out.copy_from_slice(d.as_ref());
     out
+}
+
+/// TSr for IKE_AUTH: the configured remote selectors, or "any" (the responder narrows).
+fn initiator_tsr(cfg: &InitiatorConfig) -> Vec<TrafficSelector> {
+    if cfg.remote_ts.is_empty() {
+        vec![crate::negotiate::ts_any(false)]
+    } else {
+        cfg.remote_ts.clone()
+    }
 }
 
 /// TSi for IKE_AUTH: with a CFG request, ask for "any" so the responder narrows it to the
