@@ -1,5 +1,292 @@
-//! headend: clustered IKEv2/IPsec VPN head-end.
-fn main() {
-    eprintln!("headend: under construction");
-    std::process::exit(2);
+//! headend: clustered IKEv2/IPsec VPN head-end. The CLI.
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use headend::config::{parse_duration, Config};
+use headend::{bench, logging, peer, run};
+
+#[derive(Parser)]
+#[command(
+    name = "headend",
+    version,
+    about = "Clustered IKEv2/IPsec VPN head-end"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Validate a configuration file; prints a one-line summary or the bad key and line.
+    CheckConfig { file: PathBuf },
+    /// Run the head-end (IKEv2 responder). Without --config: a demo responder on
+    /// 127.0.0.1:50500/54500, PSK "headend-demo-psk", pool 10.99.0.0/16.
+    Run {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Run peer routers (IKEv2 initiators) with connect-one failover over the head-ends.
+    Peer {
+        #[arg(long)]
+        config: PathBuf,
+        /// Simulate N routers from one process (identities <id-prefix>1..N).
+        #[arg(long)]
+        count: Option<usize>,
+        #[arg(long)]
+        id_prefix: Option<String>,
+        /// Stop after this long (e.g. 30s); default: until SIGTERM/SIGINT.
+        #[arg(long, value_parser = duration_arg)]
+        duration: Option<Duration>,
+    },
+    /// Print the gateway ID (DNS label) a router with this identity gets (seed 003 ch. 4).
+    GatewayId { identity: String },
+    /// Load generators.
+    Bench {
+        #[command(subcommand)]
+        what: BenchCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// Open N IKE SAs against a responder and report setups/s and p50/p99 latency.
+    Ike {
+        #[arg(long)]
+        target: SocketAddr,
+        #[arg(short = 'n', default_value_t = 1000)]
+        n: usize,
+        #[arg(short = 'c', default_value_t = 50)]
+        concurrency: usize,
+        #[arg(long, default_value = "headend-demo-psk")]
+        psk: String,
+        /// The responder's NAT-T port (only used if NAT is detected).
+        #[arg(long, default_value_t = 4500)]
+        natt_port: u16,
+        #[arg(long, default_value = "aes256gcm16-prfsha256-x25519")]
+        proposal: String,
+        #[arg(long, default_value = "aes256gcm16")]
+        esp: String,
+        #[arg(long, default_value = "bench-")]
+        id_prefix: String,
+        /// Per-setup timeout.
+        #[arg(long, value_parser = duration_arg, default_value = "10s")]
+        timeout: Duration,
+        /// Local address to send from.
+        #[arg(long, default_value = "0.0.0.0")]
+        bind: IpAddr,
+        /// Local UDP source ports to spread the IKE SAs over.
+        #[arg(long, default_value_t = 1)]
+        sockets: usize,
+        /// Delete each IKE SA once it is established.
+        #[arg(long)]
+        delete: bool,
+    },
+}
+
+fn duration_arg(s: &str) -> Result<Duration, String> {
+    parse_duration(s).ok_or_else(|| format!("invalid duration \"{s}\" (e.g. 500ms, 30s, 10m)"))
+}
+
+fn fail(msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("error: {msg}");
+    ExitCode::from(2)
+}
+
+fn load(path: &Path) -> Result<Config, headend::Error> {
+    Config::load(path)
+}
+
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::CheckConfig { file } => {
+            let name = file.display().to_string();
+            let cfg = match load(&file) {
+                Ok(c) => c,
+                Err(e) => return fail(e),
+            };
+            let checked = if cfg.peer.is_some() {
+                cfg.validate_peer(&name).map(|_| ())
+            } else {
+                cfg.validate_responder(&name)
+            };
+            match checked {
+                Ok(()) => {
+                    println!("{}: {}", name, cfg.summary());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e),
+            }
+        }
+        Cmd::GatewayId { identity } => {
+            let (id, treatment) = ddns::GatewayId::from_identity(identity.as_bytes());
+            println!("{id}");
+            if treatment.needs_log() {
+                eprintln!("note: {treatment:?}: the identity does not sanitize to a plain label");
+            }
+            ExitCode::SUCCESS
+        }
+        Cmd::Run { config } => {
+            let cfg = match &config {
+                Some(p) => match load(p) {
+                    Ok(c) => c,
+                    Err(e) => return fail(e),
+                },
+                None => Config::builtin(),
+            };
+            let name = config
+                .as_ref()
+                .map_or("<built-in>".to_string(), |p| p.display().to_string());
+            if let Err(e) = cfg.validate_responder(&name) {
+                return fail(e);
+            }
+            logging::init(&cfg.log);
+            let rt = match runtime() {
+                Ok(rt) => rt,
+                Err(e) => return fail(e),
+            };
+            rt.block_on(async {
+                let h = match run::start(&cfg, run::StartOptions::default()).await {
+                    Ok(h) => h,
+                    Err(e) => return fail(e),
+                };
+                if config.is_none() {
+                    eprintln!(
+                        "headend: demo responder on {:?} (NAT-T {:?}), PSK \"headend-demo-psk\", pool 10.99.0.0/16",
+                        h.ike_addrs, h.natt_addrs
+                    );
+                }
+                run::wait_for_signal().await;
+                tracing::info!("signal received; deleting IKE SAs");
+                h.shutdown().await;
+                ExitCode::SUCCESS
+            })
+        }
+        Cmd::Peer {
+            config,
+            count,
+            id_prefix,
+            duration,
+        } => {
+            let cfg = match load(&config) {
+                Ok(c) => c,
+                Err(e) => return fail(e),
+            };
+            if let Err(e) = cfg.validate_peer(&config.display().to_string()) {
+                return fail(e);
+            }
+            logging::init(&cfg.log);
+            let rt = match runtime() {
+                Ok(rt) => rt,
+                Err(e) => return fail(e),
+            };
+            rt.block_on(async {
+                let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+                let printer = tokio::spawn(async move {
+                    use std::io::Write;
+                    while let Some(e) = rx.recv().await {
+                        let line = match e {
+                            peer::PeerEvent::Up {
+                                identity,
+                                headend,
+                                vips,
+                                ..
+                            } => {
+                                let v: Vec<String> = vips.iter().map(|v| v.to_string()).collect();
+                                let gw = headend::event::gateway_id_for(&identity, None);
+                                format!(
+                                    "up {identity} via {headend} vip {} gateway-id {gw}",
+                                    v.join(",")
+                                )
+                            }
+                            peer::PeerEvent::Moving {
+                                identity,
+                                from,
+                                to,
+                                reason,
+                                ..
+                            } => {
+                                format!("move {identity} from {from} to {to}: {reason}")
+                            }
+                        };
+                        let mut out = std::io::stdout().lock();
+                        let _ = writeln!(out, "{line}");
+                        let _ = out.flush();
+                    }
+                });
+                let opts = peer::PeerOptions {
+                    count,
+                    id_prefix,
+                    duration,
+                };
+                let r = peer::run(&cfg, opts, tx).await;
+                let _ = printer.await;
+                match r {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => fail(e),
+                }
+            })
+        }
+        Cmd::Bench {
+            what:
+                BenchCmd::Ike {
+                    target,
+                    n,
+                    concurrency,
+                    psk,
+                    natt_port,
+                    proposal,
+                    esp,
+                    id_prefix,
+                    timeout,
+                    bind,
+                    sockets,
+                    delete,
+                },
+        } => {
+            logging::init(&headend::config::LogSection {
+                level: "warn".into(),
+                ..Default::default()
+            });
+            let o = bench::BenchOptions {
+                target,
+                natt_port,
+                n,
+                concurrency,
+                psk,
+                proposal,
+                esp_proposal: esp,
+                id_prefix,
+                timeout,
+                bind,
+                sockets,
+                delete,
+            };
+            let rt = match runtime() {
+                Ok(rt) => rt,
+                Err(e) => return fail(e),
+            };
+            match rt.block_on(bench::run(&o)) {
+                Ok(r) => {
+                    println!("{}", r.summary(&o));
+                    if r.ok == 0 {
+                        ExitCode::from(1)
+                    } else {
+                        ExitCode::SUCCESS
+                    }
+                }
+                Err(e) => fail(e),
+            }
+        }
+    }
 }

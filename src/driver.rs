@@ -1,0 +1,327 @@
+//! The I/O around the sans-IO engine: UDP sockets for IKE (500) and NAT-T (4500), the
+//! receive tasks, the transmit path and the ESP demultiplexer (RFC 3948 2.2).
+//!
+//! One task owns the [`ike::Endpoint`] (see `run`, `peer`, `bench`); socket receive tasks
+//! feed it through a bounded channel. On the NAT-T socket a datagram whose first four
+//! octets are non-zero is ESP and goes to the [`EspSink`]; a single 0xFF octet is a NAT
+//! keepalive (RFC 3948 2.3) and is dropped; the rest (non-ESP marker) is IKE.
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use ike::endpoint::Endpoint;
+use ike::{ChildSa, SocketKind, Spi, Transmit};
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+
+use crate::error::Error;
+
+/// Largest UDP payload we read.
+const MAX_DATAGRAM: usize = 65_535;
+/// Datagrams handed to the engine per wake-up before transmits and events are drained.
+pub const BATCH: usize = 64;
+
+/// A received IKE datagram (NAT-T datagrams still carry the non-ESP marker: the engine
+/// strips it).
+#[derive(Debug)]
+pub struct Datagram {
+    pub kind: SocketKind,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub data: Vec<u8>,
+}
+
+/// Where ESP-in-UDP datagrams from the NAT-T socket go (the data plane).
+pub trait EspSink: Send + Sync + 'static {
+    fn esp(&self, local: SocketAddr, remote: SocketAddr, packet: &[u8]);
+}
+
+/// The seam to the data plane for CHILD SA life cycle events (RFC 7296 2.17 keys in
+/// [`ChildSa`]). Implemented by the data plane handle; [`NullDataplane`] when none runs.
+pub trait Dataplane: Send + 'static {
+    fn install(&mut self, sa: &ChildSa);
+    fn rekeyed(&mut self, old_inbound: Spi, new: &ChildSa);
+    fn remove(&mut self, inbound: Spi, outbound: Spi);
+}
+
+/// No data plane: CHILD SAs are only logged; ESP is counted and dropped.
+#[derive(Debug, Default)]
+pub struct NullDataplane {
+    pub esp_dropped: AtomicU64,
+}
+
+impl EspSink for NullDataplane {
+    fn esp(&self, _local: SocketAddr, remote: SocketAddr, packet: &[u8]) {
+        let n = self.esp_dropped.fetch_add(1, Ordering::Relaxed);
+        if n == 0 {
+            tracing::info!(%remote, len = packet.len(), "ESP received but no data plane runs; dropping");
+        }
+    }
+}
+
+impl EspSink for Arc<NullDataplane> {
+    fn esp(&self, local: SocketAddr, remote: SocketAddr, packet: &[u8]) {
+        (**self).esp(local, remote, packet)
+    }
+}
+
+impl Dataplane for NullDataplane {
+    fn install(&mut self, _sa: &ChildSa) {}
+    fn rekeyed(&mut self, _old_inbound: Spi, _new: &ChildSa) {}
+    fn remove(&mut self, _inbound: Spi, _outbound: Spi) {}
+}
+
+/// Classifies a datagram from the NAT-T socket (RFC 3948 2.2, 2.3).
+#[derive(Debug, PartialEq, Eq)]
+pub enum NattKind {
+    Keepalive,
+    Esp,
+    Ike,
+    /// Too short to be anything.
+    Runt,
+}
+
+pub fn classify_natt(d: &[u8]) -> NattKind {
+    match d {
+        [0xff] => NattKind::Keepalive,
+        [0, 0, 0, 0, ..] => NattKind::Ike,
+        [_, _, _, _, ..] => NattKind::Esp,
+        _ => NattKind::Runt,
+    }
+}
+
+/// Sends NAT-T datagrams through a socket someone else owns (the data plane).
+pub type NattSend = Arc<dyn Fn(SocketAddr, &[u8]) -> std::io::Result<()> + Send + Sync>;
+
+/// The bound sockets and the receive channel.
+pub struct Sockets {
+    by_local: HashMap<(SocketKind, SocketAddr), Arc<UdpSocket>>,
+    natt_external: Option<NattSend>,
+    tx: mpsc::Sender<Datagram>,
+    pub rx: mpsc::Receiver<Datagram>,
+    /// Local addresses of the IKE sockets, in `listen` order.
+    pub ike_addrs: Vec<SocketAddr>,
+    pub natt_addrs: Vec<SocketAddr>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Sockets {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+async fn bind(addr: SocketAddr) -> Result<Arc<UdpSocket>, Error> {
+    let s = UdpSocket::bind(addr)
+        .await
+        .map_err(|source| Error::Bind { addr, source })?;
+    Ok(Arc::new(s))
+}
+
+impl Sockets {
+    /// Binds an IKE socket and (unless `natt_port` is `None`) a NAT-T socket on each
+    /// address (port 0 = any free port) and starts their receive tasks. ESP goes to `esp`.
+    pub async fn bind(
+        listen: &[IpAddr],
+        ike_port: u16,
+        natt_port: Option<u16>,
+        esp: Arc<dyn EspSink>,
+    ) -> Result<Sockets, Error> {
+        let (tx, rx) = mpsc::channel(4096);
+        let mut s = Sockets {
+            by_local: HashMap::new(),
+            natt_external: None,
+            tx: tx.clone(),
+            rx,
+            ike_addrs: vec![],
+            natt_addrs: vec![],
+            tasks: vec![],
+        };
+        for ip in listen {
+            let ike = bind(SocketAddr::new(*ip, ike_port)).await?;
+            let la = ike.local_addr()?;
+            s.ike_addrs.push(la);
+            s.by_local.insert((SocketKind::Ike, la), ike.clone());
+            s.tasks.push(tokio::spawn(recv_loop(
+                ike,
+                SocketKind::Ike,
+                la,
+                tx.clone(),
+                esp.clone(),
+            )));
+            if let Some(natt_port) = natt_port {
+                let natt = bind(SocketAddr::new(*ip, natt_port)).await?;
+                let ln = natt.local_addr()?;
+                s.natt_addrs.push(ln);
+                s.by_local.insert((SocketKind::NatT, ln), natt.clone());
+                s.tasks.push(tokio::spawn(recv_loop(
+                    natt,
+                    SocketKind::NatT,
+                    ln,
+                    tx.clone(),
+                    esp.clone(),
+                )));
+            }
+        }
+        Ok(s)
+    }
+
+    /// Uses a NAT-T socket owned elsewhere (the data plane): IKE datagrams from it arrive on
+    /// `incoming` (non-ESP marker included), transmits go through `send`.
+    pub fn attach_natt(
+        &mut self,
+        local: SocketAddr,
+        mut incoming: mpsc::Receiver<Datagram>,
+        send: NattSend,
+    ) {
+        self.natt_addrs.push(local);
+        self.natt_external = Some(send);
+        let tx = self.tx.clone();
+        self.tasks.push(tokio::spawn(async move {
+            while let Some(d) = incoming.recv().await {
+                if tx.send(d).await.is_err() {
+                    return;
+                }
+            }
+        }));
+    }
+
+    fn socket_for(&self, t: &Transmit) -> Option<&Arc<UdpSocket>> {
+        if let Some(s) = self.by_local.get(&(t.socket, t.local)) {
+            return Some(s);
+        }
+        // Same kind and port on any address (e.g. the engine echoed an unspecified address),
+        // preferring the same address family.
+        self.by_local
+            .iter()
+            .filter(|((k, a), _)| *k == t.socket && a.port() == t.local.port())
+            .min_by_key(|((_, a), _)| a.is_ipv4() != t.remote.is_ipv4())
+            .map(|(_, s)| s)
+            .or_else(|| {
+                self.by_local
+                    .iter()
+                    .filter(|((k, a), _)| *k == t.socket && a.is_ipv4() == t.remote.is_ipv4())
+                    .map(|(_, s)| s)
+                    .next()
+            })
+    }
+
+    /// Sends one datagram from the engine; failures are logged, never fatal.
+    pub async fn send(&self, t: &Transmit) {
+        if t.socket == SocketKind::NatT {
+            if let Some(send) = &self.natt_external {
+                if let Err(e) = send(t.remote, &t.payload) {
+                    tracing::debug!(remote = %t.remote, error = %e, "NAT-T send failed");
+                }
+                return;
+            }
+        }
+        let Some(sock) = self.socket_for(t) else {
+            tracing::warn!(local = %t.local, remote = %t.remote, "no socket for transmit; dropped");
+            return;
+        };
+        match sock.try_send_to(&t.payload, t.remote) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if let Err(e) = sock.send_to(&t.payload, t.remote).await {
+                    tracing::debug!(remote = %t.remote, error = %e, "send failed");
+                }
+            }
+            Err(e) => tracing::debug!(remote = %t.remote, error = %e, "send failed"),
+        }
+    }
+
+    /// Sends everything the engine has queued.
+    pub async fn flush(&self, ep: &mut Endpoint) {
+        while let Some(t) = ep.poll_transmit() {
+            self.send(&t).await;
+        }
+    }
+}
+
+async fn recv_loop(
+    sock: Arc<UdpSocket>,
+    kind: SocketKind,
+    local: SocketAddr,
+    tx: mpsc::Sender<Datagram>,
+    esp: Arc<dyn EspSink>,
+) {
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    loop {
+        let (n, remote) = match sock.recv_from(&mut buf).await {
+            Ok(x) => x,
+            Err(e) => {
+                // ICMP errors surface here on Linux (ECONNREFUSED); keep going.
+                tracing::trace!(%local, error = %e, "recv error");
+                continue;
+            }
+        };
+        let d = &buf[..n];
+        if kind == SocketKind::NatT {
+            match classify_natt(d) {
+                NattKind::Keepalive | NattKind::Runt => continue,
+                NattKind::Esp => {
+                    esp.esp(local, remote, d);
+                    continue;
+                }
+                NattKind::Ike => {}
+            }
+        }
+        let dg = Datagram {
+            kind,
+            local,
+            remote,
+            data: d.to_vec(),
+        };
+        match tx.try_send(dg) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::debug!(%remote, "IKE receive queue full; datagram dropped");
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => return,
+        }
+    }
+}
+
+/// Feeds one datagram and then up to `BATCH - 1` more already queued ones to the engine.
+pub fn feed(ep: &mut Endpoint, first: Datagram, rx: &mut mpsc::Receiver<Datagram>) {
+    let now = Instant::now();
+    ep.handle(now, first.kind, first.local, first.remote, &first.data);
+    for _ in 1..BATCH {
+        match rx.try_recv() {
+            Ok(d) => ep.handle(now, d.kind, d.local, d.remote, &d.data),
+            Err(_) => break,
+        }
+    }
+}
+
+/// Sleeps until `deadline` (forever when `None`).
+pub async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A fresh 32-byte seed for an endpoint's RNG, from the OS.
+pub fn seed() -> [u8; 32] {
+    rand::random()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn natt_demux_follows_rfc3948() {
+        assert_eq!(classify_natt(&[0xff]), NattKind::Keepalive);
+        assert_eq!(classify_natt(&[0, 0, 0, 0, 1, 2]), NattKind::Ike);
+        assert_eq!(classify_natt(&[0, 0, 0, 1, 0, 0, 0, 1]), NattKind::Esp);
+        assert_eq!(classify_natt(&[0, 0, 0]), NattKind::Runt);
+        assert_eq!(classify_natt(&[]), NattKind::Runt);
+    }
+}

@@ -1,0 +1,639 @@
+//! `headend run`: the head-end daemon (IKEv2 responder, RFC 7296).
+//!
+//! One task owns the [`Endpoint`]: it selects over received datagrams, the engine's timer
+//! (`poll_timeout`), rekey requests from the data plane and a command channel; after each
+//! input it drains `poll_transmit` and `poll`. Engine events update the SA table and
+//! become [`GatewayEvent`]s on a broadcast channel (DNS and cluster consume them) and
+//! data-plane operations.
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use ike::endpoint::Endpoint;
+use ike::{ChildSa, DeleteReason, Event, Identity, IkeSaId, Spi};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use crate::config::Config;
+use crate::driver::{self, Dataplane, EspSink, NullDataplane, Sockets};
+use crate::error::Error;
+use crate::event::{gateway_id_for, GatewayEvent, TunnelId};
+
+/// How long shutdown waits for the answers to our Deletes (the whole stop stays < 2 s).
+const SHUTDOWN_GRACE: Duration = Duration::from_millis(800);
+
+/// One tunnel as the status shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TunnelStatus {
+    pub tunnel: TunnelId,
+    /// The current IKE SA (changes on IKE SA rekey).
+    pub ike_sa: IkeSaId,
+    pub identity: Identity,
+    pub gateway_id: ddns::GatewayId,
+    pub vips: Vec<IpAddr>,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub udp_encap: bool,
+    pub since: SystemTime,
+    /// CHILD SAs as (inbound SPI, outbound SPI).
+    pub child_sas: Vec<(Spi, Spi)>,
+}
+
+/// The SA table: tunnels by [`TunnelId`], with the IKE SA -> tunnel mapping kept across
+/// IKE SA rekeys (RFC 7296 2.8) so that a rekey is not an up/down.
+#[derive(Debug, Default)]
+pub struct SaTable {
+    tunnels: HashMap<TunnelId, TunnelStatus>,
+    by_sa: HashMap<IkeSaId, TunnelId>,
+}
+
+fn reason_label(r: &DeleteReason) -> String {
+    match r {
+        DeleteReason::PeerDeleted => "peer-deleted".into(),
+        DeleteReason::LocalDelete => "local-delete".into(),
+        DeleteReason::Timeout => "timeout".into(),
+        DeleteReason::Rekeyed => "rekeyed".into(),
+        DeleteReason::InitialContact => "initial-contact".into(),
+        DeleteReason::Failed(s) => format!("failed: {s}"),
+    }
+}
+
+impl SaTable {
+    pub fn len(&self) -> usize {
+        self.tunnels.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tunnels.is_empty()
+    }
+
+    pub fn tunnels(&self) -> impl Iterator<Item = &TunnelStatus> {
+        self.tunnels.values()
+    }
+
+    pub fn by_ike_sa(&self, id: IkeSaId) -> Option<&TunnelStatus> {
+        self.by_sa.get(&id).and_then(|t| self.tunnels.get(t))
+    }
+
+    /// Applies an engine event; returns the gateway event it causes, if any.
+    pub fn apply(&mut self, ev: &Event, at: SystemTime) -> Option<GatewayEvent> {
+        match ev {
+            Event::IkeSaEstablished {
+                ike_sa,
+                local,
+                remote,
+                remote_id,
+                remote_cert_cn,
+                virtual_ips,
+                udp_encap,
+                ..
+            } => {
+                let tunnel = TunnelId(ike_sa.0);
+                let gateway_id = gateway_id_for(remote_id, remote_cert_cn.as_deref());
+                tracing::info!(
+                    peer = %remote, identity = %remote_id, gateway_id = %gateway_id,
+                    vip = ?virtual_ips, ike_sa = ike_sa.0, udp_encap = *udp_encap,
+                    "IKE SA established"
+                );
+                let st = TunnelStatus {
+                    tunnel,
+                    ike_sa: *ike_sa,
+                    identity: remote_id.clone(),
+                    gateway_id: gateway_id.clone(),
+                    vips: virtual_ips.clone(),
+                    local: *local,
+                    remote: *remote,
+                    udp_encap: *udp_encap,
+                    since: at,
+                    child_sas: vec![],
+                };
+                self.tunnels.insert(tunnel, st);
+                self.by_sa.insert(*ike_sa, tunnel);
+                Some(GatewayEvent::Up {
+                    tunnel,
+                    gateway_id,
+                    identity: remote_id.clone(),
+                    vips: virtual_ips.clone(),
+                    remote: *remote,
+                    at,
+                })
+            }
+            Event::IkeSaRekeyed { old, new } => {
+                if let Some(t) = self.by_sa.remove(old) {
+                    self.by_sa.insert(*new, t);
+                    if let Some(st) = self.tunnels.get_mut(&t) {
+                        st.ike_sa = *new;
+                        tracing::info!(peer = %st.remote, identity = %st.identity,
+                            gateway_id = %st.gateway_id, old = old.0, new = new.0, "IKE SA rekeyed");
+                    }
+                }
+                None
+            }
+            Event::IkeSaDeleted { ike_sa, reason } => {
+                let t = self.by_sa.remove(ike_sa)?;
+                if *reason == DeleteReason::Rekeyed {
+                    // The tunnel lives on in the new IKE SA (IkeSaRekeyed moved it); if the
+                    // engine reported the delete first, keep the tunnel until then.
+                    if self.by_sa.values().any(|x| *x == t) {
+                        return None;
+                    }
+                    self.by_sa.insert(*ike_sa, t);
+                    return None;
+                }
+                let st = self.tunnels.remove(&t)?;
+                let reason = reason_label(reason);
+                tracing::info!(peer = %st.remote, identity = %st.identity,
+                    gateway_id = %st.gateway_id, vip = ?st.vips, ike_sa = ike_sa.0, %reason,
+                    "IKE SA deleted");
+                Some(GatewayEvent::Down {
+                    tunnel: t,
+                    gateway_id: st.gateway_id,
+                    identity: st.identity,
+                    vips: st.vips,
+                    remote: st.remote,
+                    reason,
+                    at,
+                })
+            }
+            Event::IkeSaAddressChanged {
+                ike_sa,
+                remote,
+                udp_encap,
+            } => {
+                if let Some(st) = self.by_sa.get(ike_sa).and_then(|t| self.tunnels.get_mut(t)) {
+                    tracing::info!(old = %st.remote, peer = %remote, identity = %st.identity,
+                        udp_encap = *udp_encap, "peer address changed");
+                    st.remote = *remote;
+                    st.udp_encap = *udp_encap;
+                }
+                None
+            }
+            Event::ChildSaInstalled(c) => {
+                self.child_added(c, None);
+                None
+            }
+            Event::ChildSaRekeyed { old_inbound, new } => {
+                self.child_added(new, Some(*old_inbound));
+                None
+            }
+            Event::ChildSaDeleted {
+                ike_sa,
+                inbound,
+                outbound,
+            } => {
+                if let Some(st) = self.by_sa.get(ike_sa).and_then(|t| self.tunnels.get_mut(t)) {
+                    st.child_sas.retain(|(i, _)| i != inbound);
+                    tracing::debug!(identity = %st.identity, spi_in = %format_args!("{:08x}", inbound.0),
+                        spi_out = %format_args!("{:08x}", outbound.0), "CHILD SA deleted");
+                }
+                None
+            }
+            Event::NegotiationFailed {
+                remote,
+                identity,
+                reason,
+            } => {
+                tracing::info!(peer = %remote, identity = ?identity.as_ref().map(|i| i.to_string()),
+                    %reason, "negotiation failed");
+                None
+            }
+        }
+    }
+
+    fn child_added(&mut self, c: &ChildSa, replaces: Option<Spi>) {
+        let Some(st) = self
+            .by_sa
+            .get(&c.ike_sa)
+            .and_then(|t| self.tunnels.get_mut(t))
+        else {
+            return;
+        };
+        if let Some(old) = replaces {
+            // The old pair stays until its ChildSaDeleted (RFC 7296 2.8).
+            tracing::info!(identity = %st.identity, gateway_id = %st.gateway_id,
+                old_spi_in = %format_args!("{:08x}", old.0),
+                spi_in = %format_args!("{:08x}", c.inbound.spi.0),
+                spi_out = %format_args!("{:08x}", c.outbound.spi.0), "CHILD SA rekeyed");
+        } else {
+            tracing::info!(identity = %st.identity, gateway_id = %st.gateway_id,
+                spi_in = %format_args!("{:08x}", c.inbound.spi.0),
+                spi_out = %format_args!("{:08x}", c.outbound.spi.0), encr = ?c.inbound.encr,
+                udp_encap = c.udp_encap, "CHILD SA installed");
+        }
+        st.child_sas.push((c.inbound.spi, c.outbound.spi));
+    }
+
+    /// Down events for every tunnel (daemon stop); empties the table.
+    pub fn drain_down(&mut self, reason: &str, at: SystemTime) -> Vec<GatewayEvent> {
+        self.by_sa.clear();
+        self.tunnels
+            .drain()
+            .map(|(t, st)| GatewayEvent::Down {
+                tunnel: t,
+                gateway_id: st.gateway_id,
+                identity: st.identity,
+                vips: st.vips,
+                remote: st.remote,
+                reason: reason.into(),
+                at,
+            })
+            .collect()
+    }
+}
+
+/// Passes CHILD SA events to the data plane.
+fn to_dataplane(dp: &mut dyn Dataplane, ev: &Event) {
+    match ev {
+        Event::ChildSaInstalled(c) => dp.install(c),
+        Event::ChildSaRekeyed { old_inbound, new } => dp.rekeyed(*old_inbound, new),
+        Event::ChildSaDeleted {
+            inbound, outbound, ..
+        } => dp.remove(*inbound, *outbound),
+        _ => {}
+    }
+}
+
+/// Commands to the engine task.
+pub enum Command {
+    Status(oneshot::Sender<Vec<TunnelStatus>>),
+    Counters(oneshot::Sender<ike::endpoint::Counters>),
+    /// Delete every IKE SA (sending Deletes), publish Down events, then stop.
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// A running daemon.
+pub struct DaemonHandle {
+    cmd: mpsc::Sender<Command>,
+    events: broadcast::Sender<GatewayEvent>,
+    /// Bound IKE and NAT-T addresses.
+    pub ike_addrs: Vec<SocketAddr>,
+    pub natt_addrs: Vec<SocketAddr>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl DaemonHandle {
+    /// A receiver of gateway events (ddns and cluster subscribe here).
+    pub fn subscribe(&self) -> broadcast::Receiver<GatewayEvent> {
+        self.events.subscribe()
+    }
+
+    /// The broadcast sender itself (for glue that wants to spawn its own receivers later).
+    pub fn events(&self) -> broadcast::Sender<GatewayEvent> {
+        self.events.clone()
+    }
+
+    /// The SA table.
+    pub async fn status(&self) -> Vec<TunnelStatus> {
+        let (tx, rx) = oneshot::channel();
+        if self.cmd.send(Command::Status(tx)).await.is_err() {
+            return vec![];
+        }
+        rx.await.unwrap_or_default()
+    }
+
+    /// The engine's counters.
+    pub async fn counters(&self) -> Option<ike::endpoint::Counters> {
+        let (tx, rx) = oneshot::channel();
+        self.cmd.send(Command::Counters(tx)).await.ok()?;
+        rx.await.ok()
+    }
+
+    /// Deletes all IKE SAs (RFC 7296 1.4.1), waits briefly for the answers, stops.
+    pub async fn shutdown(self) {
+        let (tx, rx) = oneshot::channel();
+        if self.cmd.send(Command::Shutdown(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+        let _ = self.task.await;
+    }
+}
+
+/// Options the caller may add to a start.
+pub struct StartOptions {
+    pub dataplane: Box<dyn Dataplane>,
+    pub esp: Arc<dyn EspSink>,
+    /// Rekey requests from the data plane (CHILD SA inbound SPI).
+    pub rekey: Option<mpsc::UnboundedReceiver<Spi>>,
+    /// When the data plane owns the NAT-T socket: its address, IKE datagrams from it, and
+    /// how to send on it.
+    pub natt: Option<(
+        SocketAddr,
+        mpsc::Receiver<driver::Datagram>,
+        driver::NattSend,
+    )>,
+}
+
+impl Default for StartOptions {
+    fn default() -> Self {
+        let null = Arc::new(NullDataplane::default());
+        Self {
+            dataplane: Box::new(NullDataplane::default()),
+            esp: null,
+            rekey: None,
+            natt: None,
+        }
+    }
+}
+
+/// Binds the sockets and starts the engine task.
+pub async fn start(cfg: &Config, opts: StartOptions) -> Result<DaemonHandle, Error> {
+    let ep_cfg = cfg.responder_endpoint();
+    let natt_port = if opts.natt.is_some() {
+        None
+    } else {
+        Some(cfg.ike.natt_port)
+    };
+    let mut sockets = Sockets::bind(&cfg.ike.listen, cfg.ike.port, natt_port, opts.esp).await?;
+    if let Some((local, rx, send)) = opts.natt {
+        sockets.attach_natt(local, rx, send);
+    }
+    let ike_addrs = sockets.ike_addrs.clone();
+    let natt_addrs = sockets.natt_addrs.clone();
+    let ep = Endpoint::new(ep_cfg, driver::seed());
+    let (cmd_tx, cmd_rx) = mpsc::channel(64);
+    let (ev_tx, _) = broadcast::channel(4096);
+    let task = tokio::spawn(engine_task(
+        ep,
+        sockets,
+        cmd_rx,
+        ev_tx.clone(),
+        opts.dataplane,
+        opts.rekey,
+    ));
+    tracing::info!(ike = ?ike_addrs, natt = ?natt_addrs, "headend responder listening");
+    Ok(DaemonHandle {
+        cmd: cmd_tx,
+        events: ev_tx,
+        ike_addrs,
+        natt_addrs,
+        task,
+    })
+}
+
+async fn recv_opt<T>(rx: &mut Option<mpsc::UnboundedReceiver<T>>) -> Option<T> {
+    match rx {
+        Some(r) => r.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+struct Loop {
+    ep: Endpoint,
+    sockets: Sockets,
+    table: SaTable,
+    events: broadcast::Sender<GatewayEvent>,
+    dp: Box<dyn Dataplane>,
+}
+
+impl Loop {
+    async fn after_input(&mut self) {
+        self.sockets.flush(&mut self.ep).await;
+        while let Some(ev) = self.ep.poll() {
+            to_dataplane(self.dp.as_mut(), &ev);
+            if let Some(g) = self.table.apply(&ev, SystemTime::now()) {
+                let _ = self.events.send(g);
+            }
+        }
+        self.sockets.flush(&mut self.ep).await;
+    }
+}
+
+async fn engine_task(
+    ep: Endpoint,
+    sockets: Sockets,
+    mut cmd_rx: mpsc::Receiver<Command>,
+    events: broadcast::Sender<GatewayEvent>,
+    dp: Box<dyn Dataplane>,
+    mut rekey: Option<mpsc::UnboundedReceiver<Spi>>,
+) {
+    let mut l = Loop {
+        ep,
+        sockets,
+        table: SaTable::default(),
+        events,
+        dp,
+    };
+    let done = loop {
+        let deadline = l.ep.poll_timeout();
+        tokio::select! {
+            cmd = cmd_rx.recv() => match cmd {
+                Some(Command::Status(tx)) => { let _ = tx.send(l.table.tunnels().cloned().collect()); continue; }
+                Some(Command::Counters(tx)) => { let _ = tx.send(l.ep.counters().clone()); continue; }
+                Some(Command::Shutdown(tx)) => break Some(tx),
+                None => break None,
+            },
+            d = l.sockets.rx.recv() => match d {
+                Some(d) => driver::feed(&mut l.ep, d, &mut l.sockets.rx),
+                None => break None,
+            },
+            _ = driver::sleep_until(deadline) => l.ep.handle_timeout(Instant::now()),
+            Some(spi) = recv_opt(&mut rekey) => {
+                if let Err(e) = l.ep.rekey_child_sa(Instant::now(), spi) {
+                    tracing::debug!(spi = %format_args!("{:08x}", spi.0), error = %e, "CHILD SA rekey request refused");
+                }
+            }
+        }
+        l.after_input().await;
+    };
+    // Shutdown: Delete every IKE SA, publish Down for every tunnel, give the peers a
+    // moment to answer (our retransmissions keep running), then stop.
+    let now = Instant::now();
+    let ids: Vec<IkeSaId> = l.ep.ike_sas().iter().map(|i| i.id).collect();
+    for id in &ids {
+        let _ = l.ep.delete_ike_sa(now, *id);
+    }
+    l.after_input().await;
+    for g in l.table.drain_down("shutdown", SystemTime::now()) {
+        let _ = l.events.send(g);
+    }
+    tracing::info!(ike_sas = ids.len(), "shutting down: Deletes sent");
+    let until = Instant::now() + SHUTDOWN_GRACE;
+    while Instant::now() < until && !l.ep.ike_sas().is_empty() {
+        let deadline = l.ep.poll_timeout().map_or(until, |d| d.min(until));
+        tokio::select! {
+            d = l.sockets.rx.recv() => match d {
+                Some(d) => driver::feed(&mut l.ep, d, &mut l.sockets.rx),
+                None => break,
+            },
+            _ = driver::sleep_until(Some(deadline)) => l.ep.handle_timeout(Instant::now()),
+        }
+        l.after_input().await;
+    }
+    if let Some(tx) = done {
+        let _ = tx.send(());
+    }
+}
+
+/// Waits for SIGTERM or SIGINT.
+pub async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    match (term, int) {
+        (Ok(mut t), Ok(mut i)) => {
+            tokio::select! {
+                _ = t.recv() => {}
+                _ = i.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    fn est(id: u64, who: &str, vip: [u8; 4]) -> Event {
+        Event::IkeSaEstablished {
+            ike_sa: IkeSaId(id),
+            local: "127.0.0.1:500".parse().unwrap(),
+            remote: "127.0.0.2:500".parse().unwrap(),
+            local_id: Identity::Fqdn("hub".into()),
+            remote_id: Identity::Fqdn(who.into()),
+            remote_cert_cn: None,
+            virtual_ips: vec![IpAddr::V4(Ipv4Addr::from(vip))],
+            udp_encap: false,
+        }
+    }
+
+    #[test]
+    fn up_carries_sanitized_gateway_id_and_vip() {
+        let mut t = SaTable::default();
+        let g = t
+            .apply(
+                &est(1, "MG90/Site #12", [10, 99, 0, 1]),
+                SystemTime::UNIX_EPOCH,
+            )
+            .unwrap();
+        match g {
+            GatewayEvent::Up {
+                gateway_id,
+                vips,
+                tunnel,
+                ..
+            } => {
+                assert_eq!(gateway_id.as_str(), "MG90-Site-12");
+                assert_eq!(vips, vec![IpAddr::from([10, 99, 0, 1])]);
+                assert_eq!(tunnel, TunnelId(1));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn cert_cn_wins_over_identity() {
+        let mut t = SaTable::default();
+        let mut e = est(1, "dn-ignored", [10, 99, 0, 1]);
+        if let Event::IkeSaEstablished { remote_cert_cn, .. } = &mut e {
+            *remote_cert_cn = Some("router.cn".into());
+        }
+        let g = t.apply(&e, SystemTime::UNIX_EPOCH).unwrap();
+        assert_eq!(g.gateway_id().as_str(), "router-cn");
+    }
+
+    #[test]
+    fn ike_rekey_is_not_a_down_and_later_delete_is() {
+        let mut t = SaTable::default();
+        t.apply(&est(1, "r1", [10, 99, 0, 1]), SystemTime::UNIX_EPOCH);
+        assert!(t
+            .apply(
+                &Event::IkeSaRekeyed {
+                    old: IkeSaId(1),
+                    new: IkeSaId(2)
+                },
+                SystemTime::UNIX_EPOCH
+            )
+            .is_none());
+        let del_old = Event::IkeSaDeleted {
+            ike_sa: IkeSaId(1),
+            reason: DeleteReason::Rekeyed,
+        };
+        assert!(t.apply(&del_old, SystemTime::UNIX_EPOCH).is_none());
+        assert_eq!(t.len(), 1);
+        assert_eq!(t.by_ike_sa(IkeSaId(2)).unwrap().ike_sa, IkeSaId(2));
+        let del = Event::IkeSaDeleted {
+            ike_sa: IkeSaId(2),
+            reason: DeleteReason::Timeout,
+        };
+        match t.apply(&del, SystemTime::UNIX_EPOCH).unwrap() {
+            GatewayEvent::Down {
+                tunnel,
+                reason,
+                gateway_id,
+                ..
+            } => {
+                assert_eq!(tunnel, TunnelId(1), "tunnel id survives the rekey");
+                assert_eq!(reason, "timeout");
+                assert_eq!(gateway_id.as_str(), "r1");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn reconnect_with_initial_contact_gives_up_then_down_of_old_tunnel() {
+        let mut t = SaTable::default();
+        t.apply(&est(1, "r1", [10, 99, 0, 1]), SystemTime::UNIX_EPOCH);
+        let up = t
+            .apply(&est(2, "r1", [10, 99, 0, 1]), SystemTime::UNIX_EPOCH)
+            .unwrap();
+        assert_eq!(up.tunnel(), TunnelId(2));
+        let down = t
+            .apply(
+                &Event::IkeSaDeleted {
+                    ike_sa: IkeSaId(1),
+                    reason: DeleteReason::InitialContact,
+                },
+                SystemTime::UNIX_EPOCH,
+            )
+            .unwrap();
+        assert_eq!(
+            down.tunnel(),
+            TunnelId(1),
+            "consumers key by tunnel, so the new record stays"
+        );
+        assert!(!down.is_up());
+        assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn unknown_deletes_and_failures_publish_nothing() {
+        let mut t = SaTable::default();
+        assert!(t
+            .apply(
+                &Event::IkeSaDeleted {
+                    ike_sa: IkeSaId(9),
+                    reason: DeleteReason::Failed("x".into())
+                },
+                SystemTime::UNIX_EPOCH
+            )
+            .is_none());
+        let f = Event::NegotiationFailed {
+            remote: "127.0.0.1:1".parse().unwrap(),
+            identity: None,
+            reason: "AUTH".into(),
+        };
+        assert!(t.apply(&f, SystemTime::UNIX_EPOCH).is_none());
+    }
+
+    #[test]
+    fn shutdown_downs_everything() {
+        let mut t = SaTable::default();
+        t.apply(&est(1, "a", [10, 99, 0, 1]), SystemTime::UNIX_EPOCH);
+        t.apply(&est(2, "b", [10, 99, 0, 2]), SystemTime::UNIX_EPOCH);
+        let mut ids: Vec<_> = t
+            .drain_down("shutdown", SystemTime::UNIX_EPOCH)
+            .iter()
+            .map(|g| g.gateway_id().to_string())
+            .collect();
+        ids.sort();
+        assert_eq!(ids, vec!["a", "b"]);
+        assert!(t.is_empty());
+    }
+}
