@@ -1,0 +1,592 @@
+//! The userspace ESP data plane (RFC 4303 tunnel mode over a TUN device).
+//!
+//! # Shape
+//! One TUN device (IFF_VNET_HDR offloads and multi-queue via tun-rs), one UDP socket per
+//! worker on the NAT-T port (SO_REUSEPORT, recvmmsg/sendmmsg, UDP GSO/GRO where the
+//! kernel has them), and one raw IP-protocol-50 socket for ESP without UDP encapsulation.
+//! Per queue, one thread encrypts (TUN -> ESP -> socket) and one decrypts (socket -> ESP
+//! -> TUN). SAs live in an [`arc_swap`] snapshot ([`table::Tables`]): lookups by SPI
+//! and by destination are hash lookups with no lock; installs clone and swap the table.
+//! The ESP transforms themselves are `ike::esp` (sans-IO).
+//!
+//! # Seam with the daemon
+//! - The daemon calls [`Dataplane::start`] once, then for each engine event:
+//!   `Event::ChildSaInstalled(c)` -> [`DataplaneHandle::install`];
+//!   `Event::ChildSaRekeyed { old_inbound, new }` -> [`DataplaneHandle::rekeyed`] (the
+//!   new outbound SA carries traffic at once; the old inbound SA keeps accepting until
+//!   `Event::ChildSaDeleted { inbound, outbound, .. }` -> [`DataplaneHandle::remove`]).
+//! - The data plane OWNS the NAT-T socket (default `0.0.0.0:4500`). Datagrams on it
+//!   starting with the four-byte non-ESP marker (RFC 3948 2.2) are IKE: they arrive on
+//!   [`DataplaneHandle::take_ike_datagrams`] as [`IkeDatagram`]s, marker INCLUDED (the
+//!   engine strips it, `SocketKind::NatT`). The daemon sends its NAT-T transmits with
+//!   [`DataplaneHandle::send_natt`] (payload as the engine produced it, marker included).
+//!   NAT keepalives (one 0xFF octet, RFC 3948 2.3) are counted and dropped.
+//! - Soft lifetimes (bytes/packets, [`DataplaneConfig`]) and sequence-number exhaustion
+//!   produce a [`RekeyRequest`] on [`DataplaneHandle::take_rekey_requests`]: its `child`
+//!   is the CHILD SA's inbound SPI, to pass to the engine's rekey call.
+//! - [`DataplaneHandle::counters`] gives packets, bytes and drops by reason for status.
+//!
+//! A kernel XFRM back end could sit beside this one behind the same handle methods.
+pub mod sys;
+pub mod table;
+mod worker;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc as std_mpsc, Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use ike::esp::{EspDrop, InboundSa, Lifetimes, OutboundSa, RekeyReason, DEFAULT_REPLAY_WINDOW};
+use ike::{ChildSa, Spi};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use crate::Error;
+use table::{InboundEntry, OutboundEntry, Tables};
+
+/// `[dataplane]` configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataplaneConfig {
+    /// TUN device name.
+    pub tun_name: String,
+    /// TUN MTU (inner packets); outer packets add up to 73 octets (IPv4, UDP, ESP).
+    pub mtu: u16,
+    /// Anti-replay window in packets (RFC 4303 3.4.3).
+    pub replay_window: u32,
+    /// TUN queues, each with an encrypt and a decrypt thread; 0 = one per CPU.
+    pub queues: usize,
+    /// The NAT-T UDP socket the data plane owns (IKE on it goes to the daemon).
+    pub natt_bind: SocketAddr,
+    /// Also carry plain ESP (IP protocol 50) on a raw socket.
+    pub raw_esp: bool,
+    /// TUN offloads (IFF_VNET_HDR: TSO/GSO super-packets in, GRO-coalesced writes out).
+    pub offload: bool,
+    /// UDP GSO on send and GRO on receive where the kernel supports them.
+    pub udp_gso: bool,
+    /// Soft lifetimes: a rekey request when crossed (0 = none).
+    pub soft_lifetime_bytes: u64,
+    pub soft_lifetime_packets: u64,
+    /// Hard lifetimes: packets refused after these (0 = none).
+    pub hard_lifetime_bytes: u64,
+    pub hard_lifetime_packets: u64,
+    /// NAT keepalive interval for UDP-encapsulated SAs (RFC 3948 4); 0 = off.
+    pub nat_keepalive_secs: u64,
+    /// Route the remote traffic selectors (peers' virtual IPs) to the TUN device.
+    pub manage_routes: bool,
+}
+
+impl Default for DataplaneConfig {
+    fn default() -> Self {
+        DataplaneConfig {
+            tun_name: "headend0".into(),
+            mtu: 1400,
+            replay_window: DEFAULT_REPLAY_WINDOW,
+            queues: 0,
+            natt_bind: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 4500),
+            raw_esp: true,
+            offload: true,
+            udp_gso: true,
+            soft_lifetime_bytes: 0,
+            soft_lifetime_packets: 0,
+            hard_lifetime_bytes: 0,
+            hard_lifetime_packets: 0,
+            nat_keepalive_secs: 20,
+            manage_routes: true,
+        }
+    }
+}
+
+impl DataplaneConfig {
+    fn lifetimes(&self) -> Lifetimes {
+        Lifetimes {
+            soft_bytes: self.soft_lifetime_bytes,
+            soft_packets: self.soft_lifetime_packets,
+            hard_bytes: self.hard_lifetime_bytes,
+            hard_packets: self.hard_lifetime_packets,
+        }
+    }
+}
+
+/// An IKE datagram that arrived on the NAT-T socket (non-ESP marker included).
+#[derive(Debug, Clone)]
+pub struct IkeDatagram {
+    /// The socket's bound address (bind `natt_bind` to a specific address where the
+    /// daemon needs the exact local address, e.g. for NAT detection).
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub bytes: Vec<u8>,
+}
+
+/// A CHILD SA that should be rekeyed (RFC 7296 2.8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RekeyRequest {
+    /// The CHILD SA's inbound SPI.
+    pub child: Spi,
+    pub reason: RekeyReason,
+}
+
+/// Drop counter slots beyond the ESP reasons.
+const DROP_IO: usize = EspDrop::ALL.len();
+const DROP_IKE_QUEUE_FULL: usize = DROP_IO + 1;
+const DROP_SLOTS: usize = DROP_IO + 2;
+
+/// Per-worker counters (one cache line group each, so workers never share a line).
+#[repr(align(128))]
+#[derive(Default)]
+pub(crate) struct WorkerCounters {
+    tx_packets: AtomicU64,
+    tx_bytes: AtomicU64,
+    rx_packets: AtomicU64,
+    rx_bytes: AtomicU64,
+    ike_datagrams: AtomicU64,
+    keepalives: AtomicU64,
+    drops: [AtomicU64; DROP_SLOTS],
+}
+
+impl WorkerCounters {
+    fn count_drop(&self, slot: usize) {
+        self.drops[slot].fetch_add(1, Ordering::Relaxed);
+    }
+    fn esp_drop(&self, d: EspDrop) {
+        if let Some(i) = EspDrop::ALL.iter().position(|x| *x == d) {
+            self.count_drop(i);
+        }
+    }
+}
+
+/// A snapshot of the data plane's counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Counters {
+    /// Inner packets encrypted and sent.
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    /// Inner packets decrypted and delivered.
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub ike_datagrams: u64,
+    pub keepalives: u64,
+    /// Dropped packets by reason label (`esp_replayed`, `esp_integrity`, `io`, ...).
+    pub drops: BTreeMap<&'static str, u64>,
+    /// Installed inbound SAs.
+    pub inbound_sas: usize,
+}
+
+impl Counters {
+    /// Drops for one ESP reason.
+    pub fn dropped(&self, d: EspDrop) -> u64 {
+        self.drops.get(d.label()).copied().unwrap_or(0)
+    }
+}
+
+enum Control {
+    SyncRoutes(std_mpsc::Sender<Result<(), String>>),
+}
+
+pub(crate) struct Shared {
+    cfg: DataplaneConfig,
+    tables: ArcSwap<Tables>,
+    writer: Mutex<()>,
+    stop: AtomicBool,
+    counters: Vec<Arc<WorkerCounters>>,
+    rekey_tx: mpsc::UnboundedSender<RekeyRequest>,
+    ike_tx: mpsc::Sender<IkeDatagram>,
+    natt: Arc<std::net::UdpSocket>,
+    natt_local: SocketAddr,
+    raw: Option<Arc<std::net::UdpSocket>>,
+}
+
+impl Shared {
+    fn rekey(&self, child: Spi, reason: RekeyReason) {
+        let _ = self.rekey_tx.send(RekeyRequest { child, reason });
+    }
+}
+
+/// The running data plane.
+pub struct DataplaneHandle {
+    shared: Arc<Shared>,
+    threads: Vec<JoinHandle<()>>,
+    control: std_mpsc::Sender<Control>,
+    ike_rx: Option<mpsc::Receiver<IkeDatagram>>,
+    rekey_rx: Option<mpsc::UnboundedReceiver<RekeyRequest>>,
+    tun_name: String,
+}
+
+/// Entry point.
+pub struct Dataplane;
+
+impl Dataplane {
+    /// Creates the TUN device and sockets and starts the workers. Network resources are
+    /// created in the calling thread's network namespace.
+    pub fn start(cfg: DataplaneConfig) -> Result<DataplaneHandle, Error> {
+        let queues = if cfg.queues == 0 {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        } else {
+            cfg.queues
+        }
+        .clamp(1, 64);
+
+        let tun = tun_rs::DeviceBuilder::new()
+            .name(&cfg.tun_name)
+            .mtu(cfg.mtu)
+            .offload(cfg.offload)
+            .multi_queue(queues > 1)
+            .build_sync()
+            .map_err(|e| Error::Other(format!("cannot create TUN {}: {e}", cfg.tun_name)))?;
+        tun.enabled(true)?;
+        let tun_name = tun.name().unwrap_or_else(|_| cfg.tun_name.clone());
+        let mut tuns = vec![tun];
+        for _ in 1..queues {
+            let q = tuns[0].try_clone()?;
+            tuns.push(q);
+        }
+
+        let mut socks = Vec::new();
+        for _ in 0..queues {
+            let s = sys::udp_socket(cfg.natt_bind, true, 200).map_err(|source| Error::Bind {
+                addr: cfg.natt_bind,
+                source,
+            })?;
+            socks.push(Arc::new(s));
+        }
+        let natt_local = socks[0].local_addr()?;
+        let raw = if cfg.raw_esp {
+            match sys::raw_esp_socket(200) {
+                Ok(s) => Some(Arc::new(s)),
+                Err(e) => {
+                    tracing::warn!("raw ESP socket unavailable, UDP-encapsulated ESP only: {e}");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let gso = cfg.udp_gso && sys::probe_udp_gso(&socks[0]);
+        let mut gro = false;
+        if cfg.udp_gso {
+            for s in &socks {
+                gro = sys::enable_udp_gro(s);
+            }
+        }
+        tracing::info!(tun = %tun_name, queues, gso, gro, offload = cfg.offload, "ESP data plane starting");
+
+        let (rekey_tx, rekey_rx) = mpsc::unbounded_channel();
+        let (ike_tx, ike_rx) = mpsc::channel(4096);
+        let counters: Vec<Arc<WorkerCounters>> = (0..queues * 2 + 2)
+            .map(|_| Arc::new(WorkerCounters::default()))
+            .collect();
+        let shared = Arc::new(Shared {
+            cfg: cfg.clone(),
+            tables: ArcSwap::from_pointee(Tables::default()),
+            writer: Mutex::new(()),
+            stop: AtomicBool::new(false),
+            counters,
+            rekey_tx,
+            ike_tx,
+            natt: socks[0].clone(),
+            natt_local,
+            raw: raw.clone(),
+        });
+
+        let tuns: Vec<Arc<tun_rs::SyncDevice>> = tuns.into_iter().map(Arc::new).collect();
+        let mut threads = Vec::new();
+        for q in 0..queues {
+            let w = worker::Worker {
+                shared: shared.clone(),
+                tun: tuns[q].clone(),
+                sock: socks[q].clone(),
+                counters: shared.counters[q * 2].clone(),
+                gso,
+            };
+            threads.push(spawn(format!("esp-tx{q}"), move || w.run_encrypt())?);
+            let w = worker::Worker {
+                shared: shared.clone(),
+                tun: tuns[q].clone(),
+                sock: socks[q].clone(),
+                counters: shared.counters[q * 2 + 1].clone(),
+                gso,
+            };
+            threads.push(spawn(format!("esp-rx{q}"), move || w.run_decrypt())?);
+        }
+        if let Some(raw) = raw {
+            let w = worker::Worker {
+                shared: shared.clone(),
+                tun: tuns[0].clone(),
+                sock: raw,
+                counters: shared.counters[queues * 2].clone(),
+                gso: false,
+            };
+            threads.push(spawn("esp-raw".into(), move || w.run_raw_decrypt())?);
+        }
+        // Housekeeping: kernel routes and NAT keepalives, from a thread in this namespace.
+        let (control, control_rx) = std_mpsc::channel();
+        let hk = Housekeeping {
+            shared: shared.clone(),
+            tun_name: tun_name.clone(),
+            installed: BTreeSet::new(),
+            counters: shared.counters[queues * 2 + 1].clone(),
+        };
+        threads.push(spawn("esp-hk".into(), move || hk.run(control_rx))?);
+
+        Ok(DataplaneHandle {
+            shared,
+            threads,
+            control,
+            ike_rx: Some(ike_rx),
+            rekey_rx: Some(rekey_rx),
+            tun_name,
+        })
+    }
+}
+
+fn spawn(name: String, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>, Error> {
+    Ok(std::thread::Builder::new().name(name).spawn(f)?)
+}
+
+impl DataplaneHandle {
+    /// The TUN device's name.
+    pub fn tun_name(&self) -> &str {
+        &self.tun_name
+    }
+
+    /// The NAT-T socket's bound address.
+    pub fn natt_local(&self) -> SocketAddr {
+        self.shared.natt_local
+    }
+
+    /// IKE datagrams received on the NAT-T socket (once; `None` afterwards).
+    pub fn take_ike_datagrams(&mut self) -> Option<mpsc::Receiver<IkeDatagram>> {
+        self.ike_rx.take()
+    }
+
+    /// Rekey requests from lifetimes and sequence numbers (once; `None` afterwards).
+    pub fn take_rekey_requests(&mut self) -> Option<mpsc::UnboundedReceiver<RekeyRequest>> {
+        self.rekey_rx.take()
+    }
+
+    /// Sends a datagram from the NAT-T socket (the daemon's IKE transmits).
+    pub fn send_natt(&self, remote: SocketAddr, bytes: &[u8]) -> Result<(), Error> {
+        self.shared.natt.send_to(bytes, remote)?;
+        Ok(())
+    }
+
+    fn entries(&self, c: &ChildSa) -> Result<(Arc<InboundEntry>, Arc<OutboundEntry>), Error> {
+        let cfg = &self.shared.cfg;
+        let child = c.inbound.spi;
+        let inbound = InboundEntry {
+            sa: InboundSa::new(&c.inbound, cfg.lifetimes(), cfg.replay_window)?,
+            child,
+            udp_encap: c.udp_encap,
+        };
+        let outbound = OutboundEntry {
+            sa: OutboundSa::new(&c.outbound, cfg.lifetimes())?,
+            child,
+            local: c.local,
+            remote: c.remote,
+            udp_encap: c.udp_encap,
+        };
+        Ok((Arc::new(inbound), Arc::new(outbound)))
+    }
+
+    fn update(&self, f: impl FnOnce(&mut Tables)) -> Result<(), Error> {
+        {
+            let _w = self
+                .shared
+                .writer
+                .lock()
+                .map_err(|_| Error::Other("SA table writer poisoned".into()))?;
+            let mut t = Tables::clone(&self.shared.tables.load());
+            f(&mut t);
+            self.shared.tables.store(Arc::new(t));
+        }
+        self.sync_routes()
+    }
+
+    fn sync_routes(&self) -> Result<(), Error> {
+        if !self.shared.cfg.manage_routes {
+            return Ok(());
+        }
+        let (tx, rx) = std_mpsc::channel();
+        self.control
+            .send(Control::SyncRoutes(tx))
+            .map_err(|_| Error::Other("data plane housekeeping stopped".into()))?;
+        match rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(Error::Other(e)),
+            Err(_) => Err(Error::Other("route update timed out".into())),
+        }
+    }
+
+    /// Installs a CHILD SA pair: its inbound SPI is accepted and its remote traffic
+    /// selectors are routed into it.
+    pub fn install(&self, c: &ChildSa) -> Result<(), Error> {
+        let (inb, out) = self.entries(c)?;
+        self.update(|t| {
+            t.inbound.insert(c.inbound.spi.0, inb);
+            t.add_routes(&c.remote_ts, &out);
+        })
+    }
+
+    /// A rekeyed CHILD SA (RFC 7296 2.8): the new outbound SA takes over every route of
+    /// the old one at once; the old inbound SA keeps accepting until [`remove`](Self::remove).
+    pub fn rekeyed(&self, old_inbound: Spi, new: &ChildSa) -> Result<(), Error> {
+        let (inb, out) = self.entries(new)?;
+        self.update(|t| {
+            t.inbound.insert(new.inbound.spi.0, inb);
+            match t.outbound_of_child(old_inbound) {
+                Some(old) => t.replace_outbound(old.sa.spi(), &out),
+                None => t.add_routes(&new.remote_ts, &out),
+            }
+            // Routes named by the new selectors that the old SA did not have.
+            let missing: Vec<_> = new
+                .remote_ts
+                .iter()
+                .filter(|ts| t.route(&ts.start).is_none())
+                .cloned()
+                .collect();
+            t.add_routes(&missing, &out);
+        })
+    }
+
+    /// Deletes a CHILD SA pair (RFC 7296 1.4.1).
+    pub fn remove(&self, inbound: Spi, outbound: Spi) -> Result<(), Error> {
+        self.update(|t| {
+            t.inbound.remove(&inbound.0);
+            t.remove_routes_of(outbound);
+        })
+    }
+
+    /// Usage of an installed CHILD SA, by its inbound SPI: (inbound bytes, packets),
+    /// (outbound bytes, packets).
+    pub fn usage(&self, child: Spi) -> Option<((u64, u64), (u64, u64))> {
+        let t = self.shared.tables.load();
+        let inb = t.inbound.get(&child.0)?;
+        let out = t.outbound_of_child(child)?;
+        Some((inb.sa.usage(), out.sa.usage()))
+    }
+
+    pub fn counters(&self) -> Counters {
+        let mut c = Counters {
+            inbound_sas: self.shared.tables.load().inbound.len(),
+            ..Default::default()
+        };
+        let mut drops = [0u64; DROP_SLOTS];
+        for w in &self.shared.counters {
+            c.tx_packets += w.tx_packets.load(Ordering::Relaxed);
+            c.tx_bytes += w.tx_bytes.load(Ordering::Relaxed);
+            c.rx_packets += w.rx_packets.load(Ordering::Relaxed);
+            c.rx_bytes += w.rx_bytes.load(Ordering::Relaxed);
+            c.ike_datagrams += w.ike_datagrams.load(Ordering::Relaxed);
+            c.keepalives += w.keepalives.load(Ordering::Relaxed);
+            for (i, d) in w.drops.iter().enumerate() {
+                drops[i] += d.load(Ordering::Relaxed);
+            }
+        }
+        for (i, d) in EspDrop::ALL.iter().enumerate() {
+            c.drops.insert(d.label(), drops[i]);
+        }
+        c.drops.insert("io", drops[DROP_IO]);
+        c.drops.insert("ike_queue_full", drops[DROP_IKE_QUEUE_FULL]);
+        c
+    }
+
+    /// Stops the workers and removes the TUN device.
+    pub fn shutdown(mut self) {
+        self.stop_threads();
+    }
+
+    fn stop_threads(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for DataplaneHandle {
+    fn drop(&mut self) {
+        self.stop_threads();
+    }
+}
+
+struct Housekeeping {
+    shared: Arc<Shared>,
+    tun_name: String,
+    installed: BTreeSet<ipnet::IpNet>,
+    counters: Arc<WorkerCounters>,
+}
+
+impl Housekeeping {
+    fn run(mut self, rx: std_mpsc::Receiver<Control>) {
+        let ka = self.shared.cfg.nat_keepalive_secs;
+        let mut last_ka = std::time::Instant::now();
+        while !self.shared.stop.load(Ordering::Relaxed) {
+            match rx.recv_timeout(Duration::from_millis(200)) {
+                Ok(Control::SyncRoutes(done)) => {
+                    let r = self.sync_routes();
+                    let _ = done.send(r);
+                }
+                Err(std_mpsc::RecvTimeoutError::Timeout) => {}
+                Err(std_mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+            if ka > 0 && last_ka.elapsed() >= Duration::from_secs(ka) {
+                last_ka = std::time::Instant::now();
+                let t = self.shared.tables.load();
+                for (_, remote) in &t.keepalive {
+                    // RFC 3948 2.3: a single octet 0xFF.
+                    if self.shared.natt.send_to(&[0xff], remote).is_err() {
+                        self.counters.count_drop(DROP_IO);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Makes the kernel routes to the TUN device match the remote selectors installed.
+    fn sync_routes(&mut self) -> Result<(), String> {
+        let t = self.shared.tables.load();
+        let mut want = BTreeSet::new();
+        for ip in t.hosts.keys() {
+            want.extend(table::range_to_cidrs(*ip, *ip));
+        }
+        for r in &t.ranges {
+            want.extend(table::range_to_cidrs(r.start, r.end));
+        }
+        let mut err = Ok(());
+        for net in want.difference(&self.installed) {
+            if let Err(e) = ip_route("replace", net, &self.tun_name) {
+                err = Err(e);
+            }
+        }
+        for net in self.installed.difference(&want) {
+            let _ = ip_route("del", net, &self.tun_name);
+        }
+        self.installed = want;
+        err
+    }
+}
+
+fn ip_route(op: &str, net: &ipnet::IpNet, dev: &str) -> Result<(), String> {
+    let fam = if matches!(net, ipnet::IpNet::V4(_)) {
+        "-4"
+    } else {
+        "-6"
+    };
+    let out = std::process::Command::new("ip")
+        .args([fam, "route", op, &net.to_string(), "dev", dev])
+        .output()
+        .map_err(|e| format!("ip route {op} {net}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip route {op} {net} dev {dev}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}

@@ -1,0 +1,418 @@
+//! The per-queue worker loops. No allocation on the packet path: every buffer is made
+//! once per worker and reused.
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use ike::esp::{NextHeader, MAX_HEADROOM, MAX_TAILROOM};
+use tun_rs::{GROTable, SyncDevice, VIRTIO_NET_HDR_LEN};
+
+use super::sys::{self, Datagram, RecvBatch, SendBatch, BATCH, GRO_BUF};
+use super::table::{OutboundEntry, Tables};
+use super::{IkeDatagram, Shared, WorkerCounters, DROP_IKE_QUEUE_FULL, DROP_IO};
+
+/// Inner packets per TUN read (a TSO super-packet splits into at most this many).
+const TUN_BATCH: usize = tun_rs::IDEAL_BATCH_SIZE;
+/// Room in front of an inner packet: virtio header slot, ESP header.
+const HEADROOM: usize = VIRTIO_NET_HDR_LEN + MAX_HEADROOM;
+/// Largest GSO send: 64 KiB of UDP payload, at most 64 segments.
+const GSO_MAX_BYTES: usize = 65000;
+const GSO_MAX_SEGS: usize = 64;
+
+pub(super) struct Worker {
+    pub shared: Arc<Shared>,
+    pub tun: Arc<SyncDevice>,
+    pub sock: Arc<UdpSocket>,
+    pub counters: Arc<WorkerCounters>,
+    pub gso: bool,
+}
+
+fn dst_of(pkt: &[u8]) -> Option<IpAddr> {
+    match pkt.first()? >> 4 {
+        4 if pkt.len() >= 20 => {
+            let b: [u8; 4] = pkt[16..20].try_into().ok()?;
+            Some(IpAddr::V4(Ipv4Addr::from(b)))
+        }
+        6 if pkt.len() >= 40 => {
+            let b: [u8; 16] = pkt[24..40].try_into().ok()?;
+            Some(IpAddr::V6(Ipv6Addr::from(b)))
+        }
+        _ => None,
+    }
+}
+
+/// One encrypted packet waiting to be sent.
+struct Pending {
+    buf: usize,
+    start: usize,
+    end: usize,
+    to: SocketAddr,
+    udp: bool,
+}
+
+impl Worker {
+    fn stopped(&self) -> bool {
+        self.shared.stop.load(Ordering::Relaxed)
+    }
+
+    /// TUN -> ESP -> socket.
+    pub fn run_encrypt(self) {
+        let mtu = self.shared.cfg.mtu as usize;
+        let seg_len = HEADROOM + mtu.max(1280) + MAX_TAILROOM + 64;
+        let mut original = vec![0u8; VIRTIO_NET_HDR_LEN + 65535];
+        let mut bufs: Vec<Vec<u8>> = (0..TUN_BATCH).map(|_| vec![0u8; seg_len]).collect();
+        let mut sizes = vec![0usize; TUN_BATCH];
+        let mut pending: Vec<Pending> = Vec::with_capacity(TUN_BATCH);
+        let mut gso_bufs: Vec<Vec<u8>> = (0..BATCH)
+            .map(|_| Vec::with_capacity(GSO_MAX_BYTES + 2048))
+            .collect();
+        let mut batch = SendBatch::new(BATCH.max(TUN_BATCH));
+        let mut dgram_meta: Vec<(usize, usize, SocketAddr, u16)> = Vec::with_capacity(TUN_BATCH);
+        let fd = self.tun.as_raw_fd();
+        while !self.stopped() {
+            match sys::poll_readable(fd, 200) {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(_) => {
+                    self.counters.count_drop(DROP_IO);
+                    continue;
+                }
+            }
+            let n = match self
+                .tun
+                .recv_multiple(&mut original, &mut bufs, &mut sizes, HEADROOM)
+            {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(_) => {
+                    self.counters.count_drop(DROP_IO);
+                    continue;
+                }
+            };
+            let tables = self.shared.tables.load();
+            pending.clear();
+            for i in 0..n {
+                self.encrypt_one(&tables, &mut bufs[i], i, sizes[i], &mut pending);
+            }
+            self.flush(&pending, &bufs, &mut gso_bufs, &mut batch, &mut dgram_meta);
+        }
+    }
+
+    fn encrypt_one(
+        &self,
+        tables: &Tables,
+        buf: &mut [u8],
+        idx: usize,
+        len: usize,
+        pending: &mut Vec<Pending>,
+    ) {
+        let pkt = &buf[HEADROOM..HEADROOM + len];
+        let (Some(dst), Some(nh)) = (dst_of(pkt), NextHeader::for_inner_packet(pkt)) else {
+            self.counters.esp_drop(ike::esp::EspDrop::NoRoute);
+            return;
+        };
+        let Some(out): Option<&Arc<OutboundEntry>> = tables.route(&dst) else {
+            self.counters.esp_drop(ike::esp::EspDrop::NoRoute);
+            return;
+        };
+        match out.sa.encapsulate(buf, HEADROOM, len, nh) {
+            Ok(e) => {
+                if let Some(reason) = e.rekey {
+                    self.shared.rekey(out.child, reason);
+                }
+                self.counters.tx_packets.fetch_add(1, Ordering::Relaxed);
+                self.counters
+                    .tx_bytes
+                    .fetch_add(len as u64, Ordering::Relaxed);
+                pending.push(Pending {
+                    buf: idx,
+                    start: e.range.start,
+                    end: e.range.end,
+                    to: out.remote,
+                    udp: out.udp_encap,
+                });
+            }
+            Err(ike::Error::Esp(d)) => {
+                if d == ike::esp::EspDrop::SeqOverflow {
+                    self.shared
+                        .rekey(out.child, ike::esp::RekeyReason::SequenceNumber);
+                }
+                self.counters.esp_drop(d);
+            }
+            Err(_) => self.counters.count_drop(DROP_IO),
+        }
+    }
+
+    /// Sends the batch: UDP datagrams coalesced into GSO super-datagrams per destination
+    /// where possible, else one sendmmsg; plain ESP one by one on the raw socket.
+    fn flush(
+        &self,
+        pending: &[Pending],
+        bufs: &[Vec<u8>],
+        gso_bufs: &mut [Vec<u8>],
+        batch: &mut SendBatch,
+        meta: &mut Vec<(usize, usize, SocketAddr, u16)>,
+    ) {
+        meta.clear();
+        if self.gso {
+            // Group consecutive packets to one destination of one size (the last of a
+            // group may be shorter, as UDP_SEGMENT requires).
+            let mut g = 0usize;
+            let mut cur: Option<(SocketAddr, usize, usize, bool)> = None; // to, seg, count, closed
+            for p in pending.iter().filter(|p| p.udp) {
+                let len = p.end - p.start;
+                let fits = match cur {
+                    Some((to, seg, count, closed)) => {
+                        !closed
+                            && to == p.to
+                            && len <= seg
+                            && count < GSO_MAX_SEGS
+                            && gso_bufs[g].len() + len <= GSO_MAX_BYTES
+                    }
+                    None => false,
+                };
+                if fits {
+                    if let Some(c) = cur.as_mut() {
+                        c.2 += 1;
+                        if len < c.1 {
+                            c.3 = true;
+                        }
+                    }
+                } else {
+                    if let Some((to, seg, count, _)) = cur {
+                        meta.push((
+                            g,
+                            gso_bufs[g].len(),
+                            to,
+                            if count > 1 { seg as u16 } else { 0 },
+                        ));
+                        g += 1;
+                        if g == gso_bufs.len() {
+                            self.send_meta(gso_bufs, batch, meta);
+                            meta.clear();
+                            g = 0;
+                        }
+                    }
+                    gso_bufs[g].clear();
+                    cur = Some((p.to, len, 1, false));
+                }
+                gso_bufs[g].extend_from_slice(&bufs[p.buf][p.start..p.end]);
+            }
+            if let Some((to, seg, count, _)) = cur {
+                meta.push((
+                    g,
+                    gso_bufs[g].len(),
+                    to,
+                    if count > 1 { seg as u16 } else { 0 },
+                ));
+            }
+            self.send_meta(gso_bufs, batch, meta);
+        } else {
+            let dgrams = pending.iter().filter(|p| p.udp).map(|p| Datagram {
+                bytes: &bufs[p.buf][p.start..p.end],
+                to: p.to,
+                segment: 0,
+            });
+            self.send_list(batch, dgrams);
+        }
+        if let Some(raw) = &self.shared.raw {
+            for p in pending.iter().filter(|p| !p.udp) {
+                let to = SocketAddr::new(p.to.ip(), 0);
+                if raw.send_to(&bufs[p.buf][p.start..p.end], to).is_err() {
+                    self.counters.count_drop(DROP_IO);
+                }
+            }
+        }
+    }
+
+    fn send_meta(
+        &self,
+        gso_bufs: &[Vec<u8>],
+        batch: &mut SendBatch,
+        meta: &[(usize, usize, SocketAddr, u16)],
+    ) {
+        let dgrams = meta.iter().map(|(g, len, to, seg)| Datagram {
+            bytes: &gso_bufs[*g][..*len],
+            to: *to,
+            segment: *seg,
+        });
+        self.send_list(batch, dgrams);
+    }
+
+    fn send_list<'a>(&self, batch: &mut SendBatch, dgrams: impl Iterator<Item = Datagram<'a>>) {
+        match batch.send(&self.sock, dgrams) {
+            Ok((sent, offered)) if sent == offered => {}
+            _ => self.counters.count_drop(DROP_IO),
+        }
+    }
+
+    /// Socket -> ESP -> TUN (UDP-encapsulated ESP, IKE and keepalives demultiplexed).
+    pub fn run_decrypt(self) {
+        let mut rb = RecvBatch::new(
+            if self.gso { 8 } else { BATCH },
+            if self.gso { GRO_BUF } else { 4096 },
+        );
+        let mut out = OutQueue::new(self.shared.cfg.mtu as usize);
+        let local = self.shared.natt_local;
+        while !self.stopped() {
+            let n = match rb.recv(&self.sock) {
+                Ok(n) => n,
+                Err(_) => {
+                    self.counters.count_drop(DROP_IO);
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                    continue;
+                }
+            };
+            if n == 0 {
+                continue;
+            }
+            let tables = self.shared.tables.load();
+            for i in 0..n {
+                let len = rb.lens[i];
+                let seg = if rb.segs[i] == 0 {
+                    len.max(1)
+                } else {
+                    rb.segs[i]
+                };
+                let Some(from) = rb.addrs[i] else { continue };
+                let mut off = 0;
+                while off < len {
+                    let end = (off + seg).min(len);
+                    let chunk = &mut rb.bufs[i][off..end];
+                    off = end;
+                    if chunk.len() == 1 && chunk[0] == 0xff {
+                        self.counters.keepalives.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    if chunk.len() >= 4 && chunk[..4] == [0, 0, 0, 0] {
+                        self.forward_ike(local, from, chunk);
+                        continue;
+                    }
+                    self.decrypt_one(&tables, chunk, &mut out);
+                    if out.full() {
+                        out.flush(&self.tun, &self.counters);
+                    }
+                }
+            }
+            out.flush(&self.tun, &self.counters);
+        }
+    }
+
+    fn forward_ike(&self, local: SocketAddr, remote: SocketAddr, bytes: &[u8]) {
+        self.counters.ike_datagrams.fetch_add(1, Ordering::Relaxed);
+        let d = IkeDatagram {
+            local,
+            remote,
+            bytes: bytes.to_vec(),
+        };
+        if self.shared.ike_tx.try_send(d).is_err() {
+            self.counters.count_drop(DROP_IKE_QUEUE_FULL);
+        }
+    }
+
+    fn decrypt_one(&self, tables: &Tables, pkt: &mut [u8], out: &mut OutQueue) {
+        if pkt.len() < 8 {
+            self.counters.esp_drop(ike::esp::EspDrop::Truncated);
+            return;
+        }
+        let spi = u32::from_be_bytes([pkt[0], pkt[1], pkt[2], pkt[3]]);
+        let Some(entry) = tables.inbound.get(&spi) else {
+            self.counters.esp_drop(ike::esp::EspDrop::UnknownSpi);
+            return;
+        };
+        match entry.sa.decapsulate(pkt) {
+            Ok(d) => {
+                if let Some(reason) = d.rekey {
+                    self.shared.rekey(entry.child, reason);
+                }
+                let inner = &pkt[d.range];
+                self.counters.rx_packets.fetch_add(1, Ordering::Relaxed);
+                self.counters
+                    .rx_bytes
+                    .fetch_add(inner.len() as u64, Ordering::Relaxed);
+                out.push(inner);
+            }
+            Err(ike::Error::Esp(d)) => self.counters.esp_drop(d),
+            Err(_) => self.counters.count_drop(DROP_IO),
+        }
+    }
+
+    /// Plain ESP (IP protocol 50) from the raw socket: IPv4 header first.
+    pub fn run_raw_decrypt(self) {
+        let mut buf = vec![0u8; 65536];
+        let mut out = OutQueue::new(self.shared.cfg.mtu as usize);
+        while !self.stopped() {
+            let n = match self.sock.recv_from(&mut buf) {
+                Ok((n, _)) => n,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    continue
+                }
+                Err(_) => {
+                    self.counters.count_drop(DROP_IO);
+                    continue;
+                }
+            };
+            let ihl = buf.first().map(|b| ((b & 0x0f) as usize) * 4).unwrap_or(0);
+            if ihl < 20 || n <= ihl {
+                self.counters.esp_drop(ike::esp::EspDrop::Truncated);
+                continue;
+            }
+            let tables = self.shared.tables.load();
+            self.decrypt_one(&tables, &mut buf[ihl..n], &mut out);
+            out.flush(&self.tun, &self.counters);
+        }
+    }
+}
+
+/// Decrypted inner packets waiting for one batched (GRO-coalesced) TUN write.
+struct OutQueue {
+    bufs: Vec<Vec<u8>>,
+    n: usize,
+    gro: GROTable,
+}
+
+impl OutQueue {
+    fn new(mtu: usize) -> Self {
+        OutQueue {
+            bufs: (0..TUN_BATCH)
+                .map(|_| Vec::with_capacity(VIRTIO_NET_HDR_LEN + mtu.max(1500) + 64))
+                .collect(),
+            n: 0,
+            gro: GROTable::default(),
+        }
+    }
+
+    fn full(&self) -> bool {
+        self.n == self.bufs.len()
+    }
+
+    fn push(&mut self, inner: &[u8]) {
+        if self.n == self.bufs.len() {
+            return;
+        }
+        let b = &mut self.bufs[self.n];
+        b.clear();
+        b.resize(VIRTIO_NET_HDR_LEN, 0);
+        b.extend_from_slice(inner);
+        self.n += 1;
+    }
+
+    fn flush(&mut self, tun: &SyncDevice, counters: &WorkerCounters) {
+        if self.n == 0 {
+            return;
+        }
+        if tun
+            .send_multiple(&mut self.gro, &mut self.bufs[..self.n], VIRTIO_NET_HDR_LEN)
+            .is_err()
+        {
+            counters.count_drop(DROP_IO);
+        }
+        self.n = 0;
+    }
+}

@@ -1,0 +1,398 @@
+//! The ESP data plane end to end, in network namespaces this test creates: two data
+//! planes (a peer router "a" with virtual IP 10.100.0.5 and a head-end "b" with the
+//! inside network 10.200.0.0/16 on its `lo`) joined by a veth pair, keys installed
+//! directly (no IKE), carry ping and iperf3 between inside addresses; a CHILD SA rekey
+//! during an iperf3 run loses no connection; hostile ESP is dropped and counted.
+//! Needs root, iproute2 and iperf3 (tests/run.sh installs them); missing ones FAIL.
+//!
+//! `HEADEND_ESP_BENCH=1` additionally prints the iperf3 figure used in BENCHMARKS.md.
+#![allow(clippy::unwrap_used)]
+mod support;
+
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use headend::dataplane::{sys, Dataplane, DataplaneConfig, DataplaneHandle};
+use ike::esp::EspDrop;
+use ike::{ChildSa, EncrAlg, EspKeys, IkeSaId, Spi, TrafficSelector};
+use support::netns::{veth, Netns};
+use support::{require_tool, TestCtx};
+use zeroize::Zeroizing;
+
+const A_OUTER: &str = "10.1.0.2";
+const B_OUTER: &str = "10.1.0.1";
+const A_VIP: &str = "10.100.0.5";
+const INSIDE: &str = "10.200.0.1";
+
+struct Pair {
+    _ctx: TestCtx,
+    a_ns: Netns,
+    b_ns: Netns,
+    a: DataplaneHandle,
+    b: DataplaneHandle,
+}
+
+fn ts(start: &str, end: &str) -> TrafficSelector {
+    TrafficSelector {
+        start: start.parse().unwrap(),
+        end: end.parse().unwrap(),
+        protocol: 0,
+        start_port: 0,
+        end_port: 65535,
+    }
+}
+
+fn keys(spi: u32, seed: u8) -> EspKeys {
+    EspKeys {
+        spi: Spi(spi),
+        encr: EncrAlg::AesGcm16(256),
+        encr_key: Zeroizing::new(
+            (0..36)
+                .map(|i| seed.wrapping_mul(31).wrapping_add(i))
+                .collect(),
+        ),
+        integ: None,
+        integ_key: Zeroizing::new(vec![]),
+        esn: true,
+    }
+}
+
+/// The two halves of one CHILD SA: (a's view, b's view). `gen` varies SPIs and keys.
+fn child_pair(gen: u32) -> (ChildSa, ChildSa) {
+    let a_in = keys(0xa000_0000 + gen, gen as u8 * 2 + 1);
+    let b_in = keys(0xb000_0000 + gen, gen as u8 * 2 + 2);
+    let a_addr: SocketAddr = format!("{A_OUTER}:4500").parse().unwrap();
+    let b_addr: SocketAddr = format!("{B_OUTER}:4500").parse().unwrap();
+    let vip = ts(A_VIP, A_VIP);
+    let inside = ts("10.200.0.0", "10.200.255.255");
+    let a = ChildSa {
+        ike_sa: IkeSaId(1),
+        inbound: a_in.clone(),
+        outbound: b_in.clone(),
+        local_ts: vec![vip.clone()],
+        remote_ts: vec![inside.clone()],
+        local: a_addr,
+        remote: b_addr,
+        udp_encap: true,
+    };
+    let b = ChildSa {
+        ike_sa: IkeSaId(1),
+        inbound: b_in,
+        outbound: a_in,
+        local_ts: vec![inside],
+        remote_ts: vec![vip],
+        local: b_addr,
+        remote: a_addr,
+        udp_encap: true,
+    };
+    (a, b)
+}
+
+/// Starts a data plane inside `ns` (from a thread that entered the namespace; the
+/// workers it spawns stay there).
+fn start_in(ns: &Netns, cfg: DataplaneConfig) -> DataplaneHandle {
+    let path = format!("/run/netns/{}", ns.name);
+    std::thread::spawn(move || {
+        sys::enter_netns(&path).expect("enter netns");
+        Dataplane::start(cfg).expect("data plane starts")
+    })
+    .join()
+    .unwrap()
+}
+
+fn cfg() -> DataplaneConfig {
+    DataplaneConfig {
+        tun_name: "esp0".into(),
+        queues: 1,
+        nat_keepalive_secs: 1,
+        ..Default::default()
+    }
+}
+
+fn pair(name: &str) -> Pair {
+    require_tool("ip", "iproute2");
+    let ctx = TestCtx::new(name);
+    let a_ns = Netns::new(&ctx, "a");
+    let b_ns = Netns::new(&ctx, "b");
+    veth(
+        &a_ns,
+        "eth0",
+        &format!("{A_OUTER}/24"),
+        &b_ns,
+        "eth0",
+        &format!("{B_OUTER}/24"),
+    );
+    b_ns.add_lo_addr(&format!("{INSIDE}/16"));
+    let a = start_in(&a_ns, cfg());
+    let b = start_in(&b_ns, cfg());
+    // The peer router's virtual IP lives on its tunnel device.
+    a_ns.ip(&["addr", "add", &format!("{A_VIP}/32"), "dev", "esp0"]);
+    let (ca, cb) = child_pair(1);
+    b.install(&cb).unwrap();
+    a.install(&ca).unwrap();
+    Pair {
+        _ctx: ctx,
+        a_ns,
+        b_ns,
+        a,
+        b,
+    }
+}
+
+fn ping(ns: &Netns, count: u32) -> bool {
+    require_tool("ping", "iputils-ping");
+    let o = ns.exec_timeout(
+        &[
+            "ping",
+            "-c",
+            &count.to_string(),
+            "-i",
+            "0.2",
+            "-W",
+            "2",
+            "-I",
+            A_VIP,
+            INSIDE,
+        ],
+        Duration::from_secs(30),
+    );
+    if !o.ok() {
+        let routes = ns.exec(&["ip", "route", "show", "table", "all"]);
+        let links = ns.exec(&["ip", "addr"]);
+        eprintln!(
+            "ping failed:\n{}\nroutes:\n{}\nlinks:\n{}",
+            o.all(),
+            routes.all(),
+            links.all()
+        );
+    }
+    o.ok()
+}
+
+/// Runs iperf3 from a's virtual IP to b's inside address; returns (JSON, exit ok).
+fn iperf3(p: &Pair, secs: u32, during: impl FnOnce()) -> (String, bool) {
+    let iperf = require_tool("iperf3", "iperf3");
+    let iperf = iperf.to_str().unwrap();
+    let mut server = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &p.b_ns.name,
+            iperf,
+            "-s",
+            "-1",
+            "-B",
+            INSIDE,
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let client = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &p.a_ns.name,
+            iperf,
+            "-c",
+            INSIDE,
+            "-B",
+            A_VIP,
+            "-t",
+            &secs.to_string(),
+            "-J",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    during();
+    let out = client.wait_with_output().unwrap();
+    let _ = server.kill();
+    let _ = server.wait();
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        out.status.success(),
+    )
+}
+
+/// `"bits_per_second": X` of the receiver summary in iperf3's JSON.
+fn received_bps(json: &str) -> f64 {
+    let at = json
+        .find("\"sum_received\"")
+        .expect("iperf3 JSON has sum_received");
+    let rest = &json[at..];
+    bps_after(rest).unwrap()
+}
+
+/// The number after the first `"bits_per_second":` in `s`.
+fn bps_after(s: &str) -> Option<f64> {
+    let key = "\"bits_per_second\"";
+    let k = s.find(key)?;
+    let num: String = s[k + key.len()..]
+        .trim_start_matches(|c: char| c == ':' || c.is_whitespace())
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || matches!(c, '.' | 'e' | 'E' | '+' | '-'))
+        .collect();
+    num.parse().ok()
+}
+
+/// Per-interval receiver rates (bits/s) from iperf3's JSON `intervals[].sum`.
+fn interval_bps(json: &str) -> Vec<f64> {
+    let mut v = Vec::new();
+    let Some(start) = json.find("\"intervals\"") else {
+        return v;
+    };
+    // The summary ("end": { "sum_sent": ... }) follows the intervals.
+    let end = json.find("\"sum_sent\"").unwrap_or(json.len());
+    let mut s = &json[start..end];
+    while let Some(i) = s.find("\"sum\"") {
+        s = &s[i..];
+        v.push(bps_after(s).unwrap_or(0.0));
+        s = &s[5..];
+    }
+    v
+}
+
+#[test]
+fn esp_ping_and_iperf3_through_a_headend_pair() {
+    let p = pair("esp-ping-iperf");
+    assert!(
+        ping(&p.a_ns, 3),
+        "ping through the tunnel failed; a: {:?} b: {:?}",
+        p.a.counters(),
+        p.b.counters()
+    );
+    let (json, ok) = iperf3(&p, 3, || {});
+    assert!(ok, "iperf3 failed: {json}");
+    let bps = received_bps(&json);
+    assert!(
+        bps > 1e6,
+        "iperf3 through the tunnel carried only {bps} bit/s"
+    );
+    if std::env::var_os("HEADEND_ESP_BENCH").is_some() {
+        eprintln!(
+            "headend-to-headend AES-256-GCM iperf3: {:.2} Gbit/s",
+            bps / 1e9
+        );
+    }
+    let (ca, cb) = (p.a.counters(), p.b.counters());
+    // Both directions carried traffic (TCP data one way, ACKs the other).
+    assert!(ca.tx_packets > 100 && ca.rx_packets > 100, "{ca:?}");
+    assert!(cb.tx_packets > 100 && cb.rx_packets > 100, "{cb:?}");
+    assert_eq!(
+        ca.dropped(EspDrop::Integrity) + cb.dropped(EspDrop::Integrity),
+        0
+    );
+    assert_eq!(cb.dropped(EspDrop::UnknownSpi), 0);
+    // The SA accounted the traffic it carried.
+    let ((in_b, in_p), (out_b, out_p)) = p.b.usage(Spi(0xb000_0001)).unwrap();
+    assert!(in_b > 1_000_000 && in_p > 100 && out_b > 0 && out_p > 0);
+}
+
+#[test]
+fn esp_rekey_during_iperf3_loses_no_connection() {
+    let p = pair("esp-rekey");
+    assert!(ping(&p.a_ns, 1));
+    let (json, ok) = iperf3(&p, 6, || {
+        std::thread::sleep(Duration::from_secs(2));
+        // CREATE_CHILD_SA rekey (RFC 7296 2.8): the responder installs first, then the
+        // initiator; both keep the old inbound SA until the old pair is deleted.
+        let (na, nb) = child_pair(2);
+        p.b.rekeyed(Spi(0xb000_0001), &nb).unwrap();
+        p.a.rekeyed(Spi(0xa000_0001), &na).unwrap();
+        std::thread::sleep(Duration::from_secs(1));
+        p.a.remove(Spi(0xa000_0001), Spi(0xb000_0001)).unwrap();
+        p.b.remove(Spi(0xb000_0001), Spi(0xa000_0001)).unwrap();
+    });
+    assert!(ok, "iperf3 failed across the rekey: {json}");
+    let rates = interval_bps(&json);
+    assert!(rates.len() >= 5, "intervals: {rates:?}");
+    // Every second, including the ones after the old SAs were deleted, moved data.
+    for (i, r) in rates.iter().enumerate() {
+        assert!(*r > 1e6, "interval {i} stalled at {r} bit/s: {rates:?}");
+    }
+    // The new SAs carried the traffic after the hand-over, the old ones are gone.
+    let ((new_in, _), (new_out, _)) = p.b.usage(Spi(0xb000_0002)).unwrap();
+    assert!(
+        new_in > 1_000_000 && new_out > 0,
+        "new SA unused: {new_in} {new_out}"
+    );
+    assert!(p.b.usage(Spi(0xb000_0001)).is_none());
+    assert_eq!(p.b.counters().inbound_sas, 1);
+    assert!(ping(&p.a_ns, 2), "tunnel broken after the rekey");
+}
+
+/// Sends datagrams to b's NAT-T port from inside namespace a.
+fn send_from_a(p: &Pair, dgrams: Vec<Vec<u8>>) {
+    let path = format!("/run/netns/{}", p.a_ns.name);
+    std::thread::spawn(move || {
+        sys::enter_netns(&path).unwrap();
+        let s = UdpSocket::bind("10.1.0.2:0").unwrap();
+        for d in dgrams {
+            s.send_to(&d, format!("{B_OUTER}:4500")).unwrap();
+        }
+    })
+    .join()
+    .unwrap();
+}
+
+#[test]
+fn esp_hostile_input_is_dropped_and_counted_and_ike_is_forwarded() {
+    let mut p = pair("esp-hostile");
+    let mut ike_rx = p.b.take_ike_datagrams().unwrap();
+    assert!(ping(&p.a_ns, 1));
+    let before = p.b.counters();
+    let mut forged = vec![0xb0, 0x00, 0x00, 0x01, 0, 0, 0, 9];
+    forged.extend(vec![0x55; 80]);
+    let mut unknown = forged.clone();
+    unknown[0] = 0x77;
+    let ike = [&[0u8, 0, 0, 0][..], b"IKE_SA_INIT-ish payload"].concat();
+    send_from_a(
+        &p,
+        vec![
+            forged,
+            unknown,
+            vec![0xb0, 0, 0, 1, 0],
+            vec![0xff],
+            ike.clone(),
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let got = loop {
+        if let Ok(d) = ike_rx.try_recv() {
+            break d;
+        }
+        assert!(Instant::now() < deadline, "IKE datagram not forwarded");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(got.bytes, ike, "forwarded with the non-ESP marker");
+    assert_eq!(got.remote.ip(), A_OUTER.parse::<IpAddr>().unwrap());
+    let after = p.b.counters();
+    assert_eq!(
+        after.dropped(EspDrop::Integrity),
+        before.dropped(EspDrop::Integrity) + 1
+    );
+    assert_eq!(
+        after.dropped(EspDrop::UnknownSpi),
+        before.dropped(EspDrop::UnknownSpi) + 1
+    );
+    assert_eq!(
+        after.dropped(EspDrop::Truncated),
+        before.dropped(EspDrop::Truncated) + 1
+    );
+    assert!(after.keepalives > before.keepalives);
+    // Good traffic is unaffected.
+    assert!(ping(&p.a_ns, 2));
+    // The daemon's NAT-T transmits leave from the data plane's socket.
+    p.b.send_natt(got.remote, b"\0\0\0\0reply").unwrap();
+    // A packet towards an address no SA covers is dropped and counted (no route).
+    let no_route = p.a.counters().dropped(EspDrop::NoRoute);
+    p.a_ns.ip(&["route", "add", "10.250.0.0/16", "dev", "esp0"]);
+    let _ = p
+        .a_ns
+        .exec(&["ping", "-c", "1", "-W", "1", "-I", A_VIP, "10.250.0.1"]);
+    assert!(p.a.counters().dropped(EspDrop::NoRoute) > no_route);
+}
