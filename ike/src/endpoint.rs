@@ -371,6 +371,38 @@ impl Endpoint {
         *n <= INVALID_SPI_PER_SEC
     }
 
+    /// RFC 7296 2.5: an IKE_SA_INIT request of a higher major version gets
+    /// INVALID_MAJOR_VERSION in a version 2 header (rate limited).
+    fn answer_major_version(
+        &mut self,
+        now: Instant,
+        socket: SocketKind,
+        local: SocketAddr,
+        remote: SocketAddr,
+        data: &[u8],
+    ) {
+        let (Some(spi_i), Some(&exchange), Some(&flags), Some(mid)) =
+            (data.get(0..8), data.get(18), data.get(19), data.get(20..24))
+        else {
+            return;
+        };
+        let is_init_request = exchange == 34 && flags & 0x20 == 0;
+        if !is_init_request || self.config.responder.is_none() || !self.invalid_spi_budget(now) {
+            return;
+        }
+        let spi_i = u64::from_be_bytes(spi_i.try_into().unwrap_or([0; 8]));
+        let mid = u32::from_be_bytes(mid.try_into().unwrap_or([0; 4]));
+        let hdr = Header::new(spi_i, 0, ExchangeType::IkeSaInit, false, false, mid);
+        self.send_unprotected_notify(
+            socket,
+            local,
+            remote,
+            &hdr,
+            NotifyType::INVALID_MAJOR_VERSION,
+            vec![],
+        );
+    }
+
     fn count_drop(&mut self, remote: SocketAddr, e: &Error) {
         *self.counters.dropped.entry(e.label()).or_insert(0) += 1;
         tracing::debug!(%remote, error = %e, label = e.label(), "IKE message rejected");
@@ -797,7 +829,14 @@ impl Endpoint {
         if data.len() > self.config.limits.max_message {
             return Err(Error::Oversized(data.len()));
         }
-        let hdr = Header::decode(data)?;
+        let hdr = match Header::decode(data) {
+            Ok(h) => h,
+            Err(e @ Error::InvalidMajorVersion(_)) => {
+                self.answer_major_version(now, socket, local, remote, data);
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        };
         if hdr.length as usize != data.len() {
             return Err(Error::BadLength {
                 field: "header length",
@@ -890,6 +929,11 @@ impl Endpoint {
             let Some(payloads) = self.open(sa, data, hdr)? else {
                 return Ok(After::Keep);
             };
+            if sa.reassembly.as_ref().is_some_and(|r| r.response) {
+                sa.reassembly = None;
+            }
+            // Authenticated but malformed inside: nothing sensible to do with it (2.21.2).
+            let payloads = payloads?;
             sa.last_inbound = now;
             self.follow_peer(sa, socket, local, remote);
             let pending = sa
@@ -939,26 +983,45 @@ impl Endpoint {
                 expected: sa.peer_msg_id,
             });
         }
-        let hash_before = sa.reassembly.as_ref().and_then(|r| r.first_hash);
         let Some(payloads) = self.open(sa, data, hdr)? else {
             return Ok(After::Keep);
         };
-        let request_hash = match hash_before.or(sa.reassembly.as_ref().and_then(|r| r.first_hash)) {
-            Some(h)
-                if sa
-                    .reassembly
-                    .as_ref()
-                    .is_some_and(|r| r.msg_id == hdr.message_id) =>
-            {
-                h
-            }
-            _ => sha256(data),
-        };
-        sa.reassembly = None;
+        // Fragmented requests are recognised by fragment 1 (RFC 7383 2.6.1).
+        let request_hash = sa
+            .reassembly
+            .take_if(|r| !r.response && r.msg_id == hdr.message_id)
+            .and_then(|r| r.first_hash)
+            .unwrap_or_else(|| sha256(data));
         sa.peer_msg_id = sa.peer_msg_id.wrapping_add(1);
         sa.last_inbound = now;
         self.follow_peer(sa, socket, local, remote);
         let to = (socket, local, remote);
+        let payloads = match payloads {
+            Ok(p) => p,
+            Err(e) => {
+                // Authenticated but malformed: answer INVALID_SYNTAX (or
+                // UNSUPPORTED_CRITICAL_PAYLOAD) in a protected response (2.21.2, 2.5).
+                self.count_drop(remote, &e);
+                let kind = NotifyType::try_from(&e).unwrap_or(NotifyType::INVALID_SYNTAX);
+                let data = match e {
+                    Error::UnsupportedCriticalPayload(t) => vec![t],
+                    _ => vec![],
+                };
+                self.send_response(
+                    sa,
+                    to,
+                    hdr.exchange,
+                    hdr.message_id,
+                    request_hash,
+                    &[notify(kind, data)],
+                )?;
+                if sa.state == IkeSaState::InitDone {
+                    self.negotiation_failed(remote, None, &e);
+                    return Ok(After::Remove(None));
+                }
+                return Ok(After::Keep);
+            }
+        };
         let r = match hdr.exchange {
             ExchangeType::IkeAuth => self.on_auth_request(now, sa, to, hdr, request_hash, payloads),
             ExchangeType::CreateChildSa => {
@@ -1014,7 +1077,7 @@ impl Endpoint {
         sa: &mut IkeSa,
         data: &[u8],
         hdr: &Header,
-    ) -> Result<Option<Vec<Payload>>, Error> {
+    ) -> Result<Option<Result<Vec<Payload>, Error>>, Error> {
         let (msg, body_start) = Message::decode_locating_sk(data, &self.limits)?;
         let body_start = body_start.ok_or(Error::MissingPayload("SK"))?;
         let keys = sa
@@ -1024,7 +1087,7 @@ impl Endpoint {
         match msg.payloads.last() {
             Some(Payload::Sk { first_inner, .. }) => {
                 let plain = keys.inb.open(data, body_start)?;
-                Ok(Some(decode_payloads(*first_inner, &plain, &self.limits)?))
+                Ok(Some(decode_payloads(*first_inner, &plain, &self.limits)))
             }
             Some(Payload::Skf {
                 first_inner,
@@ -1043,16 +1106,18 @@ impl Endpoint {
                 let reuse = sa
                     .reassembly
                     .as_ref()
-                    .is_some_and(|r| r.msg_id == hdr.message_id);
+                    .is_some_and(|r| r.msg_id == hdr.message_id && r.response == hdr.response);
                 if !reuse {
-                    sa.reassembly = Some(Reassembly::new(hdr.message_id, total)?);
+                    let mut r = Reassembly::new(hdr.message_id, total)?;
+                    r.response = hdr.response;
+                    sa.reassembly = Some(r);
                 }
                 let max = self.config.limits.max_message;
                 let r = sa.reassembly.as_mut().ok_or(Error::NoSuchSa)?;
                 match r.add(number, total, first_inner, plain, max, sha256(data)) {
                     Ok(Some(whole)) => {
                         let first = r.first_inner;
-                        Ok(Some(decode_payloads(first, &whole, &self.limits)?))
+                        Ok(Some(decode_payloads(first, &whole, &self.limits)))
                     }
                     Ok(None) => Ok(None),
                     Err(e) => {
@@ -1152,7 +1217,21 @@ impl Endpoint {
         if self.sas.len() >= self.config.limits.ike_sa_max {
             return Err(Error::Limit("IKE SAs"));
         }
-        let msg = Message::decode(data, &self.limits)?;
+        let msg = match Message::decode(data, &self.limits) {
+            Ok(m) => m,
+            Err(e) => {
+                // 2.5 / 2.21.1: answer unprotected, rate limited (the source is unverified).
+                if self.invalid_spi_budget(now) {
+                    let kind = NotifyType::try_from(&e).unwrap_or(NotifyType::INVALID_SYNTAX);
+                    let d = match e {
+                        Error::UnsupportedCriticalPayload(t) => vec![t],
+                        _ => vec![],
+                    };
+                    self.send_unprotected_notify(socket, local, remote, hdr, kind, d);
+                }
+                return Err(e);
+            }
+        };
         let mut sa_p = None;
         let mut ke_p = None;
         let mut ni = None;

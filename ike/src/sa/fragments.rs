@@ -8,6 +8,8 @@ pub(crate) const MAX_FRAGMENTS: u16 = 64;
 #[derive(Debug)]
 pub(crate) struct Reassembly {
     pub msg_id: u32,
+    /// Fragments of a response (to our request) rather than of a peer's request.
+    pub response: bool,
     pub total: u16,
     pub first_inner: u8,
     parts: Vec<Option<Vec<u8>>>,
@@ -24,6 +26,7 @@ impl Reassembly {
         }
         Ok(Self {
             msg_id,
+            response: false,
             total,
             first_inner: 0,
             parts: vec![None; usize::from(total)],
