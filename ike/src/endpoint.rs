@@ -1902,7 +1902,7 @@ impl Endpoint {
                 udp_encap: sa.udp_encap,
             },
             state: ChildState::Installed,
-            proposal_pfs: s.dh.is_some(),
+            pfs_group: s.dh,
             established_at: now,
             rekey_at: Some(now + rekey),
             peer_rekey: None,
@@ -2071,20 +2071,14 @@ impl Endpoint {
         }
         c.state = ChildState::Rekeying;
         c.peer_rekey = None;
-        let (local_ts, remote_ts, pfs) = (
-            c.sa.local_ts.clone(),
-            c.sa.remote_ts.clone(),
-            c.proposal_pfs,
-        );
+        let (local_ts, remote_ts, pfs) =
+            (c.sa.local_ts.clone(), c.sa.remote_ts.clone(), c.pfs_group);
         let proposals = self.esp_proposals(sa);
         let our_spi = self.new_esp_spi();
         self.child_index.insert(our_spi, sa.id);
         let ni = random_nonce(&mut sa.rng);
-        let group = if pfs {
-            proposals.iter().flat_map(|p| p.dh.first()).next().copied()
-        } else {
-            None
-        };
+        // PFS (2.17): the group this CHILD SA last used, else our first configured one.
+        let group = pfs.or_else(|| proposals.iter().flat_map(|p| p.dh.first()).next().copied());
         let ke = match group {
             Some(g) => Some(KeyExchange::generate(g, &mut sa.rng)?),
             None => None,
@@ -2639,6 +2633,7 @@ impl Endpoint {
         payloads: &[Payload],
     ) -> Result<(), Error> {
         let pfs = ke.is_some();
+        let proposals = self.esp_proposals(sa);
         let mut sa_p = None;
         let mut nr = None;
         let mut ke_p = None;
@@ -2651,6 +2646,24 @@ impl Endpoint {
                 Payload::Ke { group, data } => ke_p = Some((*group, data)),
                 Payload::TsI(v) => tsi = Some(v),
                 Payload::TsR(v) => tsr = Some(v),
+                Payload::Notify(n) if n.kind == NotifyType::INVALID_KE_PAYLOAD => {
+                    // 1.3 / 2.7: retry with the group the responder asked for, if ours.
+                    let want = n.data.get(..2).map(|b| u16::from_be_bytes([b[0], b[1]]));
+                    let group = want.and_then(|w| {
+                        proposals
+                            .iter()
+                            .flat_map(|p| p.dh.iter())
+                            .copied()
+                            .find(|g| crate::crypto::group_number(*g) == w)
+                    });
+                    if let (Some(g), Some(c)) = (group, sa.child_by_inbound(old)) {
+                        c.pfs_group = Some(g);
+                    }
+                    return Err(Error::InvalidKePayload {
+                        got: 0,
+                        want: want.unwrap_or(0),
+                    });
+                }
                 Payload::Notify(n) if n.kind.is_error() => {
                     return Err(Error::InvalidField {
                         field: "CREATE_CHILD_SA",
@@ -2660,7 +2673,6 @@ impl Endpoint {
                 _ => {}
             }
         }
-        let proposals = self.esp_proposals(sa);
         let (s, peer_spi) =
             neg::check_esp_reply(sa_p.ok_or(Error::MissingPayload("SA"))?, &proposals, pfs)?;
         let nr = nr.ok_or(Error::MissingPayload("Nr"))?.clone();

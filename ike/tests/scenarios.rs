@@ -763,3 +763,182 @@ fn many_half_open_sas_are_bounded_and_expire() {
     p.drive();
     assert_eq!(p.initiator.established().len(), 1);
 }
+
+#[test]
+fn ipv6_virtual_address_and_pfs_rekey() {
+    let mut rcfg = responder_config(&SUITES);
+    rcfg.esp_proposals[0].dh = vec![ike::DhGroup::Curve25519];
+    rcfg.local_ts.push(ike::TrafficSelector {
+        start: "fd00:200::".parse().unwrap(),
+        end: "fd00:200::ffff".parse().unwrap(),
+        protocol: 0,
+        start_port: 0,
+        end_port: 65535,
+    });
+    let mut p = Pair::new(
+        Arc::new(base_config(None)),
+        Arc::new(base_config(Some(rcfg))),
+        50,
+    );
+    let mut cfg = initiator_config(SUITES[0], "router6.example", PSK);
+    cfg.request_vip6 = true;
+    cfg.esp_proposals[0].dh = vec![ike::DhGroup::Curve25519];
+    cfg.remote_ts.push(ike::TrafficSelector {
+        start: "fd00:200::".parse().unwrap(),
+        end: "fd00:200::ffff".parse().unwrap(),
+        protocol: 0,
+        start_port: 0,
+        end_port: 65535,
+    });
+    p.connect(Arc::new(cfg));
+    p.drive();
+    let Event::IkeSaEstablished { virtual_ips, .. } = p.initiator.established()[0].clone() else {
+        unreachable!()
+    };
+    assert_eq!(virtual_ips.len(), 2, "{virtual_ips:?}");
+    assert!(virtual_ips.iter().any(|a| a.is_ipv4()));
+    let v6 = virtual_ips.iter().find(|a| a.is_ipv6()).unwrap();
+    assert!(v6.to_string().starts_with("fd00:64::"), "{v6}");
+    let ci = child_installed(&p.initiator);
+    assert_eq!(
+        ci[0].local_ts.len(),
+        2,
+        "TSi narrowed to both virtual addresses"
+    );
+    assert_eq!(ci[0].remote_ts.len(), 2);
+    // A CHILD rekey with PFS: new keys differ from a non-PFS derivation and match across.
+    let (inb, _) = children(&p.initiator)[0];
+    p.initiator.ep.rekey_child_sa(p.now, inb).unwrap();
+    p.drive();
+    let ri = rekeyed(&p.initiator);
+    let rr = rekeyed(&p.responder);
+    assert_eq!((ri.len(), rr.len()), (1, 1));
+    assert_eq!(*ri[0].1.outbound.encr_key, *rr[0].1.inbound.encr_key);
+    assert_one_matching_child(&p);
+    // The KE payload travelled: the rekey request was bigger than a no-PFS one would be
+    // (32-octet Curve25519 public value).
+    let create_child: Vec<_> = p
+        .initiator
+        .sent
+        .iter()
+        .filter(|t| t.payload.get(18) == Some(&36))
+        .collect();
+    assert_eq!(create_child.len(), 1);
+    assert!(
+        create_child[0].payload.len() > 300,
+        "{}",
+        create_child[0].payload.len()
+    );
+}
+
+#[test]
+fn responder_without_pool_refuses_a_cfg_request() {
+    let mut rcfg = responder_config(&SUITES);
+    rcfg.pool = Default::default();
+    let mut p = Pair::new(
+        Arc::new(base_config(None)),
+        Arc::new(base_config(Some(rcfg))),
+        51,
+    );
+    p.connect(Arc::new(initiator_config(
+        SUITES[0],
+        "router1.example",
+        PSK,
+    )));
+    p.drive();
+    assert!(p.initiator.deleted().iter().any(
+        |(_, r)| matches!(r, DeleteReason::Failed(s) if s.contains("INTERNAL_ADDRESS_FAILURE"))
+    ));
+    assert!(p.initiator.ep.ike_sas().is_empty());
+    assert!(
+        p.responder.ep.ike_sas().is_empty(),
+        "the initiator deleted the useless IKE SA"
+    );
+    // Without a CFG request (site-to-site), no pool is needed.
+    let mut rcfg = responder_config(&SUITES);
+    rcfg.pool = Default::default();
+    let mut p = Pair::new(
+        Arc::new(base_config(None)),
+        Arc::new(base_config(Some(rcfg))),
+        52,
+    );
+    let mut cfg = initiator_config(SUITES[0], "site.example", PSK);
+    cfg.request_vip4 = false;
+    cfg.local_ts = vec![ts_net([192, 168, 7, 0], [192, 168, 7, 255])];
+    p.connect(Arc::new(cfg));
+    p.drive();
+    assert_eq!(p.initiator.established().len(), 1);
+    let ci = child_installed(&p.initiator);
+    assert_eq!(
+        ci[0].local_ts,
+        vec![ts_net([192, 168, 7, 0], [192, 168, 7, 255])]
+    );
+}
+
+#[test]
+fn per_identity_psk_overrides_the_default() {
+    let mut rcfg = responder_config(&SUITES);
+    rcfg.auth = ike::AuthConfig::Psk(psk_store(Some(PSK), &[("special.example", b"special key")]));
+    let r = Arc::new(base_config(Some(rcfg)));
+    // The special identity must use its own key ...
+    let mut p = Pair::new(Arc::new(base_config(None)), r.clone(), 53);
+    p.connect(Arc::new(initiator_config(
+        SUITES[0],
+        "special.example",
+        b"special key",
+    )));
+    p.drive();
+    assert_eq!(p.responder.established().len(), 1);
+    // ... and the default no longer works for it.
+    let mut p = Pair::new(Arc::new(base_config(None)), r, 54);
+    p.connect(Arc::new(initiator_config(
+        SUITES[0],
+        "special.example",
+        PSK,
+    )));
+    p.drive();
+    assert!(p.responder.established().is_empty());
+    assert!(p
+        .initiator
+        .negotiation_failures()
+        .iter()
+        .any(|f| f.contains("AUTHENTICATION_FAILED")));
+}
+
+#[test]
+fn pfs_rekey_follows_invalid_ke_payload() {
+    let mut rcfg = responder_config(&SUITES);
+    for e in &mut rcfg.esp_proposals {
+        e.dh = vec![ike::DhGroup::Ecp256];
+    }
+    let mut p = Pair::new(
+        Arc::new(base_config(None)),
+        Arc::new(base_config(Some(rcfg))),
+        55,
+    );
+    let mut cfg = initiator_config(SUITES[0], "router1.example", PSK);
+    cfg.esp_proposals[0].dh = vec![ike::DhGroup::Curve25519, ike::DhGroup::Ecp256];
+    p.connect(Arc::new(cfg));
+    p.drive();
+    let (inb, _) = children(&p.initiator)[0];
+    p.initiator.ep.rekey_child_sa(p.now, inb).unwrap();
+    p.drive();
+    assert_eq!(
+        p.responder.ep.counters().dropped("invalid_ke"),
+        0,
+        "answered, not dropped"
+    );
+    assert_eq!(
+        rekeyed(&p.initiator).len(),
+        1,
+        "rekeyed on the second try with ECP-256"
+    );
+    assert_one_matching_child(&p);
+    let create_child = p
+        .initiator
+        .sent
+        .iter()
+        .filter(|t| t.payload.get(18) == Some(&36))
+        .count();
+    assert_eq!(create_child, 2);
+}

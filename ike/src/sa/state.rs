@@ -40,7 +40,8 @@ pub(crate) enum ChildState {
 pub(crate) struct Child {
     pub sa: ChildSa,
     pub state: ChildState,
-    pub proposal_pfs: bool,
+    /// Key exchange group of the last (re)key of this SA, for PFS on the next rekey.
+    pub pfs_group: Option<crate::config::DhGroup>,
     pub established_at: Instant,
     pub rekey_at: Option<Instant>,
     /// Set when the peer rekeyed this SA while our own rekey of it was in flight
