@@ -10,6 +10,7 @@
 
 pub mod config;
 pub mod error;
+mod fast;
 pub mod gateway_id;
 pub mod handler;
 pub mod metrics;

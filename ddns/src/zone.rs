@@ -27,6 +27,7 @@ use hickory_proto::rr::{LowerName, Name, RData, Record};
 
 use crate::config::DnsConfig;
 use crate::error::Error;
+use crate::fast::{origin_wire, soa_tail, WireSet};
 use crate::gateway_id::GatewayId;
 
 /// Identifies one tunnel in the cluster: the member that terminates it and a tunnel
@@ -224,6 +225,8 @@ impl ZoneConfig {
 pub(crate) struct NameRecords {
     pub(crate) a: Vec<Record>,
     pub(crate) aaaa: Vec<Record>,
+    pub(crate) a_wire: WireSet,
+    pub(crate) aaaa_wire: WireSet,
 }
 
 impl NameRecords {
@@ -240,6 +243,8 @@ impl NameRecords {
                 }
             }
         }
+        r.a_wire = WireSet::build(&r.a);
+        r.aaaa_wire = WireSet::build(&r.aaaa);
         r
     }
 
@@ -271,6 +276,7 @@ pub(crate) enum Fixed {
 #[derive(Debug)]
 pub(crate) struct Statics {
     pub(crate) origin: LowerName,
+    pub(crate) origin_wire: Vec<u8>,
     pub(crate) origin_labels: u8,
     pub(crate) ns: Vec<Record>,
     pub(crate) glue: Vec<Record>,
@@ -317,6 +323,7 @@ impl Statics {
         let any_multi_label_fixed = fixed.keys().any(|k| k.contains('.'));
         Statics {
             origin_labels: u8::try_from(origin.iter().count()).unwrap_or(u8::MAX),
+            origin_wire: origin_wire(&origin),
             origin: LowerName::new(&origin),
             ns,
             glue,
@@ -332,6 +339,7 @@ impl Statics {
 pub struct Snapshot {
     pub(crate) statics: Arc<Statics>,
     pub(crate) soa: [Record; 1],
+    pub(crate) soa_tail: Vec<u8>,
     pub(crate) names: imbl::HashMap<Arc<str>, Arc<NameRecords>>,
     pub(crate) pool: Arc<NameRecords>,
     pub(crate) synced: bool,
@@ -697,6 +705,18 @@ fn build_snapshot(statics: &Arc<Statics>, w: &Writer) -> Snapshot {
             cfg.negative_ttl,
             RData::SOA(soa),
         )],
+        soa_tail: soa_tail(
+            &cfg.mname,
+            &cfg.rname,
+            [
+                w.serial as u32,
+                cfg.refresh as u32,
+                cfg.retry as u32,
+                cfg.expire as u32,
+                cfg.negative_ttl,
+            ],
+            cfg.negative_ttl,
+        ),
         names: w.names.clone(),
         pool: Arc::clone(&w.pool),
         synced: w.synced,
