@@ -620,15 +620,24 @@ impl Config {
 
     /// A one-line summary for `check-config`.
     pub fn summary(&self) -> String {
+        if let Some(p) = &self.peer {
+            let policy = match p.policy {
+                Policy::RoundRobin => "round-robin",
+                Policy::Random => "random",
+            };
+            return format!(
+                "ok: peer {} -> {} head-ends ({policy}), {} IKE + {} ESP proposals",
+                p.local_id.0,
+                p.headends.len(),
+                self.ike.proposals.len(),
+                self.ike.esp_proposals.len(),
+            );
+        }
+        let listen: Vec<String> = self.ike.listen.iter().map(|a| a.to_string()).collect();
         let mut s =
             format!(
             "ok: listen {} ike/{} natt/{}, id {}, {} IKE + {} ESP proposals, {} PSK identities{}",
-            self.ike
-                .listen
-                .iter()
-                .map(|a| a.to_string())
-                .collect::<Vec<_>>()
-                .join(","),
+            listen.join(","),
             self.ike.port,
             self.ike.natt_port,
             self.ike.local_id.0,
@@ -642,14 +651,6 @@ impl Config {
         }
         if let Some(v6) = &self.pool.v6 {
             s.push_str(&format!(", pool {}", v6.0));
-        }
-        if let Some(p) = &self.peer {
-            s.push_str(&format!(
-                ", peer {} -> {} head-ends ({:?})",
-                p.local_id.0,
-                p.headends.len(),
-                p.policy
-            ));
         }
         s
     }

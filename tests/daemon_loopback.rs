@@ -1,0 +1,423 @@
+//! `headend run` and `headend peer` as processes on 127.0.0.1 high ports: the peer gets a
+//! virtual IP from the head-end's pool, the head-end logs the gateway ID, SIGTERM stops the
+//! head-end within 2 s after deleting the IKE SAs, and with two head-ends a peer fails
+//! over to the second when the first is killed.
+#![allow(clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader};
+use std::net::{Ipv4Addr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_headend");
+
+/// A scratch directory per test.
+fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("headend-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Two free UDP ports on 127.0.0.1 (IKE, NAT-T).
+fn free_ports() -> (u16, u16) {
+    let a = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let b = UdpSocket::bind("127.0.0.1:0").unwrap();
+    (
+        a.local_addr().unwrap().port(),
+        b.local_addr().unwrap().port(),
+    )
+}
+
+struct Proc {
+    child: Child,
+    log: PathBuf,
+    lines: Option<mpsc::Receiver<String>>,
+}
+
+impl Proc {
+    fn spawn(args: &[&str], log: PathBuf) -> Proc {
+        let err = std::fs::File::create(&log).unwrap();
+        let mut child = Command::new(BIN)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(err)
+            .spawn()
+            .unwrap();
+        let out = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for l in BufReader::new(out).lines() {
+                let Ok(l) = l else { break };
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        Proc {
+            child,
+            log,
+            lines: Some(rx),
+        }
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits for a stdout line satisfying `f`.
+    fn wait_line(&self, timeout: Duration, f: impl Fn(&str) -> bool) -> String {
+        let rx = self.lines.as_ref().unwrap();
+        let end = Instant::now() + timeout;
+        let mut seen = vec![];
+        while let Some(left) = end.checked_duration_since(Instant::now()) {
+            match rx.recv_timeout(left) {
+                Ok(l) if f(&l) => return l,
+                Ok(l) => seen.push(l),
+                Err(_) => break,
+            }
+        }
+        panic!(
+            "no matching line within {timeout:?}; stdout so far: {seen:#?}\nstderr ({}):\n{}",
+            self.log.display(),
+            self.log_text()
+        );
+    }
+
+    fn wait_log(&self, timeout: Duration, f: impl Fn(&str) -> bool) -> String {
+        let end = Instant::now() + timeout;
+        loop {
+            if let Some(l) = self.log_text().lines().find(|l| f(l)) {
+                return l.to_string();
+            }
+            if Instant::now() > end {
+                panic!(
+                    "no matching log line within {timeout:?} in {}:\n{}",
+                    self.log.display(),
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn signal(&self, sig: &str) {
+        let st = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success(), "kill {sig} failed");
+    }
+
+    /// Waits for exit; returns the exit code (None if killed by a signal).
+    fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let end = Instant::now() + timeout;
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st.code();
+            }
+            if Instant::now() > end {
+                panic!(
+                    "process did not exit within {timeout:?}; log:\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn headend_conf(ike: u16, natt: u16, pool: &str) -> String {
+    format!(
+        r#"[ike]
+listen = ["127.0.0.1"]
+port = {ike}
+natt_port = {natt}
+local_id = "headend-{ike}"
+local_ts = ["10.1.0.0/16"]
+dpd_delay = "30s"
+[psk]
+default = "loopback-test-psk"
+[pool]
+v4 = "{pool}"
+[log]
+level = "info"
+"#
+    )
+}
+
+fn peer_conf(headends: &[(u16, u16)], id: &str) -> String {
+    let hs: Vec<String> = headends
+        .iter()
+        .map(|(i, n)| format!("{{ addr = \"127.0.0.1:{i}\", natt_port = {n} }}"))
+        .collect();
+    format!(
+        r#"[ike]
+dpd_delay = "1s"
+retransmit_timeout = "250ms"
+retransmit_tries = 2
+[psk]
+default = "loopback-test-psk"
+[peer]
+local_id = "{id}"
+headends = [{}]
+policy = "round-robin"
+backoff = "200ms"
+connect_timeout = "3s"
+bind = "127.0.0.1:0"
+"#,
+        hs.join(", ")
+    )
+}
+
+/// Parses "up <id> via <addr> vip <a,b> gateway-id <gw>".
+fn vip_of(line: &str) -> Ipv4Addr {
+    let v = line
+        .split(" vip ")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap();
+    v.split(',').next().unwrap().parse().unwrap()
+}
+
+fn in_net(a: Ipv4Addr, net: Ipv4Addr, len: u32) -> bool {
+    let mask = u32::MAX << (32 - len);
+    u32::from(a) & mask == u32::from(net) & mask
+}
+
+#[test]
+fn peer_gets_vip_from_pool_and_headend_reports_gateway_id() {
+    let dir = scratch("single");
+    let (ike, natt) = free_ports();
+    let hc = write(
+        &dir,
+        "headend.toml",
+        &headend_conf(ike, natt, "10.77.0.0/24"),
+    );
+    let he = Proc::spawn(
+        &["run", "--config", hc.to_str().unwrap()],
+        dir.join("headend.log"),
+    );
+    he.wait_log(Duration::from_secs(10), |l| {
+        l.contains("headend responder listening")
+    });
+
+    // An identity that needs sanitizing: the gateway ID is "MG90-Site-12".
+    let pc = write(
+        &dir,
+        "peer.toml",
+        &peer_conf(&[(ike, natt)], "MG90/Site #12"),
+    );
+    let peer = Proc::spawn(
+        &["peer", "--config", pc.to_str().unwrap()],
+        dir.join("peer.log"),
+    );
+    let up = peer.wait_line(Duration::from_secs(10), |l| l.starts_with("up "));
+    let vip = vip_of(&up);
+    assert!(
+        in_net(vip, Ipv4Addr::new(10, 77, 0, 0), 24),
+        "vip {vip} not from the pool: {up}"
+    );
+    assert!(up.contains(&format!("via 127.0.0.1:{ike}")), "{up}");
+    assert!(up.ends_with("gateway-id MG90-Site-12"), "{up}");
+
+    // The head-end logs the tunnel with identity, gateway ID and VIP as fields.
+    let l = he.wait_log(Duration::from_secs(5), |l| {
+        l.contains("IKE SA established") && l.contains("gateway_id=MG90-Site-12")
+    });
+    assert!(l.contains(&vip.to_string()), "{l}");
+    assert!(l.contains("identity=MG90/Site #12"), "{l}");
+    he.wait_log(Duration::from_secs(5), |l| {
+        l.contains("CHILD SA installed") && l.contains("spi_in=")
+    });
+
+    // SIGTERM: Deletes go out, the daemon exits 0 within 2 s, the peer hears the Delete.
+    let mut he = he;
+    let t = Instant::now();
+    he.signal("-TERM");
+    assert_eq!(
+        he.wait_exit(Duration::from_secs(3)),
+        Some(0),
+        "exit code; log:\n{}",
+        he.log_text()
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "stop took {:?}",
+        t.elapsed()
+    );
+    let mv = peer.wait_line(Duration::from_secs(5), |l| l.starts_with("move "));
+    assert!(mv.contains("deleted by the head-end"), "{mv}");
+}
+
+#[test]
+fn peer_fails_over_to_second_headend_when_first_is_killed() {
+    let dir = scratch("failover");
+    let (ike_a, natt_a) = free_ports();
+    let (ike_b, natt_b) = free_ports();
+    let ca = write(&dir, "a.toml", &headend_conf(ike_a, natt_a, "10.77.1.0/24"));
+    let cb = write(&dir, "b.toml", &headend_conf(ike_b, natt_b, "10.77.2.0/24"));
+    let a = Proc::spawn(
+        &["run", "--config", ca.to_str().unwrap()],
+        dir.join("a.log"),
+    );
+    let b = Proc::spawn(
+        &["run", "--config", cb.to_str().unwrap()],
+        dir.join("b.log"),
+    );
+    a.wait_log(Duration::from_secs(10), |l| {
+        l.contains("headend responder listening")
+    });
+    b.wait_log(Duration::from_secs(10), |l| {
+        l.contains("headend responder listening")
+    });
+
+    let pc = write(
+        &dir,
+        "peer.toml",
+        &peer_conf(&[(ike_a, natt_a), (ike_b, natt_b)], "SN-0042"),
+    );
+    let peer = Proc::spawn(
+        &["peer", "--config", pc.to_str().unwrap()],
+        dir.join("peer.log"),
+    );
+    let up = peer.wait_line(Duration::from_secs(10), |l| l.starts_with("up "));
+    assert!(
+        up.contains(&format!("via 127.0.0.1:{ike_a}")),
+        "round-robin starts at the first: {up}"
+    );
+    assert!(in_net(vip_of(&up), Ipv4Addr::new(10, 77, 1, 0), 24), "{up}");
+    a.wait_log(Duration::from_secs(5), |l| {
+        l.contains("IKE SA established") && l.contains("gateway_id=SN-0042")
+    });
+
+    // Kill the first head-end outright: no Delete, so DPD must notice.
+    let t = Instant::now();
+    a.signal("-KILL");
+    let mv = peer.wait_line(Duration::from_secs(15), |l| l.starts_with("move "));
+    assert!(
+        mv.contains(&format!("from 127.0.0.1:{ike_a} to 127.0.0.1:{ike_b}")),
+        "{mv}"
+    );
+    let up2 = peer.wait_line(Duration::from_secs(15), |l| l.starts_with("up "));
+    assert!(up2.contains(&format!("via 127.0.0.1:{ike_b}")), "{up2}");
+    assert!(
+        in_net(vip_of(&up2), Ipv4Addr::new(10, 77, 2, 0), 24),
+        "VIP from the second pool: {up2}"
+    );
+    b.wait_log(Duration::from_secs(5), |l| {
+        l.contains("IKE SA established") && l.contains("gateway_id=SN-0042")
+    });
+    eprintln!("failover took {:?}", t.elapsed());
+    drop(a);
+}
+
+#[test]
+fn refused_peer_moves_on_to_the_next_headend() {
+    // The first head-end has a different PSK: AUTHENTICATION_FAILED, then the second.
+    let dir = scratch("refused");
+    let (ike_a, natt_a) = free_ports();
+    let (ike_b, natt_b) = free_ports();
+    let ca = write(
+        &dir,
+        "a.toml",
+        &headend_conf(ike_a, natt_a, "10.77.3.0/24").replace("loopback-test-psk", "another-psk"),
+    );
+    let cb = write(&dir, "b.toml", &headend_conf(ike_b, natt_b, "10.77.4.0/24"));
+    let a = Proc::spawn(
+        &["run", "--config", ca.to_str().unwrap()],
+        dir.join("a.log"),
+    );
+    let b = Proc::spawn(
+        &["run", "--config", cb.to_str().unwrap()],
+        dir.join("b.log"),
+    );
+    a.wait_log(Duration::from_secs(10), |l| {
+        l.contains("headend responder listening")
+    });
+    b.wait_log(Duration::from_secs(10), |l| {
+        l.contains("headend responder listening")
+    });
+    let pc = write(
+        &dir,
+        "peer.toml",
+        &peer_conf(&[(ike_a, natt_a), (ike_b, natt_b)], "SN-0043"),
+    );
+    let peer = Proc::spawn(
+        &["peer", "--config", pc.to_str().unwrap()],
+        dir.join("peer.log"),
+    );
+    let mv = peer.wait_line(Duration::from_secs(10), |l| l.starts_with("move "));
+    assert!(
+        mv.contains(&format!("from 127.0.0.1:{ike_a} to 127.0.0.1:{ike_b}")),
+        "{mv}"
+    );
+    let up = peer.wait_line(Duration::from_secs(10), |l| l.starts_with("up "));
+    assert!(up.contains(&format!("via 127.0.0.1:{ike_b}")), "{up}");
+    assert!(
+        !a.log_text().contains("IKE SA established"),
+        "nothing established on the refusing head-end"
+    );
+}
+
+#[test]
+fn simulated_fleet_gets_distinct_vips() {
+    let dir = scratch("fleet");
+    let (ike, natt) = free_ports();
+    let hc = write(
+        &dir,
+        "headend.toml",
+        &headend_conf(ike, natt, "10.77.5.0/24"),
+    );
+    let he = Proc::spawn(
+        &["run", "--config", hc.to_str().unwrap()],
+        dir.join("headend.log"),
+    );
+    he.wait_log(Duration::from_secs(10), |l| {
+        l.contains("headend responder listening")
+    });
+    let pc = write(&dir, "peer.toml", &peer_conf(&[(ike, natt)], "unused"));
+    let peer = Proc::spawn(
+        &[
+            "peer",
+            "--config",
+            pc.to_str().unwrap(),
+            "--count",
+            "20",
+            "--id-prefix",
+            "rtr-",
+        ],
+        dir.join("peer.log"),
+    );
+    let mut vips = std::collections::BTreeSet::new();
+    let mut ids = std::collections::BTreeSet::new();
+    for _ in 0..20 {
+        let l = peer.wait_line(Duration::from_secs(20), |l| l.starts_with("up "));
+        vips.insert(vip_of(&l));
+        ids.insert(l.split_whitespace().nth(1).unwrap().to_string());
+    }
+    assert_eq!(vips.len(), 20, "every router has its own address: {vips:?}");
+    assert_eq!(ids.len(), 20);
+    assert!(ids.contains("rtr-1") && ids.contains("rtr-20"));
+    assert!(vips
+        .iter()
+        .all(|v| in_net(*v, Ipv4Addr::new(10, 77, 5, 0), 24)));
+}
