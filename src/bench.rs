@@ -34,6 +34,9 @@ pub struct BenchOptions {
     pub sockets: usize,
     /// Delete each IKE SA once established (keeps the responder's table small).
     pub delete: bool,
+    /// Independent initiator endpoints (one task each) sharing `n` and `concurrency`, so
+    /// the generator can use more than one core.
+    pub workers: usize,
 }
 
 impl Default for BenchOptions {
@@ -51,6 +54,7 @@ impl Default for BenchOptions {
             bind: IpAddr::from([0, 0, 0, 0]),
             sockets: 1,
             delete: false,
+            workers: 1,
         }
     }
 }
@@ -115,8 +119,46 @@ pub fn quantile(sorted: &[Duration], q: f64) -> Duration {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
-/// Runs the benchmark.
+/// Runs the benchmark: `workers` generators in parallel, results merged.
 pub async fn run(o: &BenchOptions) -> Result<BenchReport, Error> {
+    let w = o.workers.clamp(1, o.n.max(1));
+    let mut tasks = Vec::with_capacity(w);
+    for k in 0..w {
+        let mut part = o.clone();
+        part.n = o.n / w + usize::from(k < o.n % w);
+        part.concurrency = (o.concurrency / w + usize::from(k < o.concurrency % w)).max(1);
+        part.id_prefix = if w > 1 {
+            format!("{}w{k}-", o.id_prefix)
+        } else {
+            o.id_prefix.clone()
+        };
+        tasks.push(tokio::spawn(async move { run_one(&part).await }));
+    }
+    let mut total = BenchReport {
+        ok: 0,
+        failed: 0,
+        elapsed: Duration::ZERO,
+        latencies: Vec::with_capacity(o.n),
+        failures: HashMap::new(),
+    };
+    for t in tasks {
+        let r = t
+            .await
+            .map_err(|e| Error::Other(format!("bench worker: {e}")))??;
+        total.ok += r.ok;
+        total.failed += r.failed;
+        total.elapsed = total.elapsed.max(r.elapsed);
+        total.latencies.extend(r.latencies);
+        for (k, v) in r.failures {
+            *total.failures.entry(k).or_default() += v;
+        }
+    }
+    total.latencies.sort();
+    Ok(total)
+}
+
+/// One generator: one endpoint, `n` setups, at most `concurrency` in flight.
+async fn run_one(o: &BenchOptions) -> Result<BenchReport, Error> {
     let ike =
         proposal::parse_ike(&o.proposal).map_err(|e| Error::Config(format!("--proposal: {e}")))?;
     let esp =

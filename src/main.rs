@@ -84,6 +84,9 @@ enum BenchCmd {
         /// Delete each IKE SA once it is established.
         #[arg(long)]
         delete: bool,
+        /// Parallel generator endpoints (one task each).
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
     },
 }
 
@@ -252,6 +255,7 @@ fn main() -> ExitCode {
                     bind,
                     sockets,
                     delete,
+                    workers,
                 },
         } => {
             logging::init(&headend::config::LogSection {
@@ -271,6 +275,7 @@ fn main() -> ExitCode {
                 bind,
                 sockets,
                 delete,
+                workers,
             };
             let rt = match runtime() {
                 Ok(rt) => rt,
