@@ -7,7 +7,7 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use support::charon::{Charon, Conn, IkeSaState, SwanctlConf};
-use support::headend::{Headend, HeadendConf};
+use support::headend::{field, Headend, HeadendConf};
 use support::netns::{Direct, Natted, INSIDE_NET};
 use support::TestCtx;
 
@@ -126,8 +126,15 @@ fn suite(name: &str, ike: &str, esp: &str, expect: [&str; 4], child_expect: [&st
     assert_eq!(child.encr_alg, cencr, "{child:?}");
     assert_eq!(child.encr_keysize, ckeysize);
     assert_eq!(child.integ_alg, cinteg);
-    // The head-end reports the tunnel with the gateway ID derived from the identity.
-    support::headend::wait_up(&rig.he, "router-1-example", Duration::from_secs(5));
+    // The head-end reports the tunnel with the gateway ID derived from the identity
+    // (seed 003 ch. 4: dots become hyphens) and the VIP charon got.
+    let line = support::headend::wait_up(&rig.he, "router-1-example", Duration::from_secs(5));
+    assert_eq!(
+        field(&line, "vip"),
+        Some(format!("[{}]", sa.local_vips[0]).as_str()),
+        "{line}"
+    );
+    assert_eq!(field(&line, "identity"), Some(PEER_ID), "{line}");
 }
 
 #[test]
@@ -169,13 +176,8 @@ fn suite_chacha20poly1305_prfsha512_x25519() {
         "suite_chacha20poly1305",
         "chacha20poly1305-prfsha512-x25519",
         "chacha20poly1305",
-        [
-            "CHACHA20_POLY1305",
-            "256",
-            "PRF_HMAC_SHA2_512",
-            "CURVE_25519",
-        ],
-        ["CHACHA20_POLY1305", "256", ""],
+        ["CHACHA20_POLY1305", "", "PRF_HMAC_SHA2_512", "CURVE_25519"],
+        ["CHACHA20_POLY1305", "", ""],
     );
 }
 
@@ -357,7 +359,9 @@ fn dpd_headend_probes_and_declares_dead_peer() {
     // declares the peer dead and removes the tunnel.
     let he0 = rig.he.proc.log_len();
     rig.charon.pause(true);
-    support::headend::wait_down(&rig.he, he0, "router-1-example", Duration::from_secs(20));
+    let reason =
+        support::headend::wait_down(&rig.he, he0, "router-1-example", Duration::from_secs(20));
+    assert_eq!(reason, "timeout", "dead peer detected by liveness checks");
     rig.charon.pause(false);
     rig.he_still_up();
 }
@@ -379,7 +383,9 @@ fn delete_from_charon_then_reconnect_gets_same_vip() {
     );
     assert!(log.contains("IKE_SA deleted") || log.contains("parsed INFORMATIONAL response"));
     assert!(rig.charon.list_sas().is_empty());
-    support::headend::wait_down(&rig.he, he0, "router-1-example", Duration::from_secs(5));
+    let reason =
+        support::headend::wait_down(&rig.he, he0, "router-1-example", Duration::from_secs(5));
+    assert_eq!(reason, "peer-deleted");
 
     // The same identity reconnects and gets its previous address back.
     let again = rig.up();
@@ -455,6 +461,18 @@ fn wrong_psk_fails_with_authentication_failed_and_leaves_nothing() {
     let sa = rig.up();
     assert_eq!(sa.local_vips, vec!["10.99.0.7".to_string()]);
     rig.he_still_up();
+    // The daemon's SA table holds only the good peer's IKE SA (its shutdown line counts
+    // the SAs it deletes).
+    rig.he.proc.signal("TERM");
+    support::wait_for("headend exits", Duration::from_secs(3), || {
+        rig.he.proc.exited()
+    });
+    assert_eq!(
+        support::headend::sa_count_at_shutdown(&rig.he),
+        Some(1),
+        "SA table at shutdown:\n{}",
+        rig.he.log_text()
+    );
 }
 
 #[test]
@@ -499,12 +517,16 @@ fn nat_peer_moves_to_4500() {
         "parsed INFORMATIONAL response",
         Duration::from_secs(10),
     );
-    support::headend::wait_up(&he, "router-1-example", Duration::from_secs(5));
-    let log = he.log_text();
-    assert!(
-        log.contains(&net.nat_public.to_string()),
-        "head-end sees the NAT's address"
+    let line = support::headend::wait_up(&he, "router-1-example", Duration::from_secs(5));
+    let peer: std::net::SocketAddr = field(&line, "peer")
+        .and_then(|p| p.parse().ok())
+        .expect("peer=ip:port field");
+    assert_eq!(
+        peer.ip().to_string(),
+        net.nat_public.to_string(),
+        "head-end sees the NAT: {line}"
     );
+    assert_eq!(field(&line, "udp_encap"), Some("true"), "{line}");
     he.assert_running();
 }
 

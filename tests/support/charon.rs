@@ -133,6 +133,11 @@ impl SwanctlConf {
             opt(&mut s, "vips", &c.vips);
             opt(&mut s, "pools", &c.pools);
             opt(&mut s, "rekey_time", &c.rekey_time);
+            if c.rekey_time.is_some() {
+                // Keep the hard lifetime well away from a short rekey time (charon's
+                // default over_time is 10% of rekey_time, which races the rekey).
+                s.push_str("    over_time = 60s\n    rand_time = 1s\n");
+            }
             opt(&mut s, "dpd_delay", &c.dpd_delay);
             for (k, v) in &c.extra {
                 let _ = writeln!(s, "    {k} = {v}");
@@ -157,6 +162,9 @@ impl SwanctlConf {
             copt(&mut s, "local_ts", &c.local_ts);
             copt(&mut s, "remote_ts", &c.remote_ts);
             copt(&mut s, "rekey_time", &c.child_rekey_time);
+            if c.child_rekey_time.is_some() {
+                s.push_str("        life_time = 60s\n        rand_time = 1s\n");
+            }
             copt(&mut s, "dpd_action", &c.dpd_action);
             copt(&mut s, "start_action", &c.start_action);
             for (k, v) in &c.child_extra {
@@ -201,6 +209,21 @@ impl Charon {
 
     /// Like [`Charon::start`], with extra lines inside the `charon { }` section.
     pub fn start_with(ctx: &TestCtx, ns: &Netns, name: &str, extra: &str) -> Charon {
+        Self::launch(
+            ctx,
+            ns,
+            name,
+            extra,
+            "default = 1\n      ike = 2\n      cfg = 2",
+        )
+    }
+
+    /// For benchmarks: errors only in the file log (like `headend run` at level warn).
+    pub fn start_quiet(ctx: &TestCtx, ns: &Netns, name: &str, extra: &str) -> Charon {
+        Self::launch(ctx, ns, name, extra, "default = -1")
+    }
+
+    fn launch(ctx: &TestCtx, ns: &Netns, name: &str, extra: &str, levels: &str) -> Charon {
         require_tool(CHARON, "strongswan-charon");
         require_tool("swanctl", "strongswan-swanctl");
         require_tool("unshare", "util-linux");
@@ -222,8 +245,8 @@ impl Charon {
             "charon {{\n  load = {PLUGINS}\n  install_virtual_ip = yes\n  retransmit_tries = 3\n  \
              retransmit_timeout = 1.0\n  retransmit_base = 1.4\n  {extra}\n  plugins {{\n    \
              vici {{\n      socket = unix://{}\n    }}\n  }}\n  filelog {{\n    main {{\n      \
-             path = {}\n      time_format = %H:%M:%S\n      flush_line = yes\n      default = 1\n      \
-             ike = 2\n      cfg = 2\n      net = 1\n      enc = 1\n    }}\n  }}\n}}\n",
+             path = {}\n      time_format = %H:%M:%S\n      flush_line = yes\n      {levels}\n    \
+             }}\n  }}\n}}\n",
             vici.display(),
             log.display()
         );

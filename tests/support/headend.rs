@@ -317,45 +317,72 @@ pub fn bound_udp_ports(udp: &str, udp6: &str) -> Vec<u16> {
         .collect()
 }
 
-/// Lines of the daemon log that report a tunnel (gateway) event for `gateway_id`.
-/// The daemon logs one line per GatewayEvent with the `gateway_id` field; "up" lines
-/// say established/up, "down" lines say deleted/down.
-fn event_lines<'a>(log: &'a str, gateway_id: &'a str, words: &'a [&'a str]) -> Vec<&'a str> {
+/// Value of `key=value` in a tracing text log line (up to the next space).
+pub fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    let pat = format!(" {key}=");
+    let start = line.find(&pat)? + pat.len();
+    let rest = &line[start..];
+    Some(rest.split(' ').next().unwrap_or(rest))
+}
+
+/// Daemon log lines with `message` whose `gateway_id` field is exactly `gateway_id`.
+/// `headend run` logs "IKE SA established ... gateway_id=X vip=[..]" and
+/// "IKE SA deleted ... gateway_id=X ... reason=R" (one per tunnel up/down event);
+/// `headend peer` logs "tunnel up" with the same field.
+pub fn lines_with<'a>(log: &'a str, message: &str, gateway_id: &str) -> Vec<&'a str> {
     log.lines()
-        .filter(|l| l.contains(gateway_id))
-        .filter(|l| {
-            let lower = l.to_ascii_lowercase();
-            words.iter().any(|w| lower.contains(w))
-        })
+        .filter(|l| l.contains(message) && field(l, "gateway_id") == Some(gateway_id))
         .collect()
 }
 
-const UP_WORDS: &[&str] = &["tunnel up", "established", "gateway up"];
-const DOWN_WORDS: &[&str] = &["tunnel down", "deleted", "gateway down"];
-
-/// True once the daemon logged the tunnel for `gateway_id` as up.
+/// True once `headend run` logged the tunnel for `gateway_id` as established.
 pub fn saw_up(he: &Headend, gateway_id: &str) -> bool {
-    !event_lines(&he.proc.log_text(), gateway_id, UP_WORDS).is_empty()
+    !lines_with(&he.proc.log_text(), "IKE SA established", gateway_id).is_empty()
 }
 
-/// Waits until the daemon logs the tunnel for `gateway_id` as up.
-pub fn wait_up(he: &Headend, gateway_id: &str, timeout: Duration) {
-    let ok = try_wait_for(timeout, || saw_up(he, gateway_id).then_some(()));
-    assert!(
-        ok.is_some(),
-        "headend did not log tunnel up for gateway {gateway_id} within {timeout:?}; log {}",
-        he.proc.log.display()
-    );
-}
-
-/// Waits until the daemon logs (after byte `from`) the tunnel for `gateway_id` as down.
-pub fn wait_down(he: &Headend, from: u64, gateway_id: &str, timeout: Duration) {
-    let ok = try_wait_for(timeout, || {
-        (!event_lines(&he.proc.log_since(from), gateway_id, DOWN_WORDS).is_empty()).then_some(())
+/// Waits until `headend run` logs the tunnel for `gateway_id` as established; returns
+/// the log line.
+pub fn wait_up(he: &Headend, gateway_id: &str, timeout: Duration) -> String {
+    let line = try_wait_for(timeout, || {
+        lines_with(&he.proc.log_text(), "IKE SA established", gateway_id)
+            .first()
+            .map(|l| l.to_string())
     });
-    assert!(
-        ok.is_some(),
-        "headend did not log tunnel down for gateway {gateway_id} within {timeout:?}; log {}",
-        he.proc.log.display()
-    );
+    line.unwrap_or_else(|| {
+        panic!(
+            "headend did not log 'IKE SA established' for gateway_id={gateway_id} within \
+             {timeout:?}; log {}",
+            he.proc.log.display()
+        )
+    })
+}
+
+/// Waits until `headend run` logs (after byte `from`) the IKE SA of `gateway_id` as
+/// deleted; returns the `reason` field ("peer-deleted", "timeout", ...).
+pub fn wait_down(he: &Headend, from: u64, gateway_id: &str, timeout: Duration) -> String {
+    let reason = try_wait_for(timeout, || {
+        let log = he.proc.log_since(from);
+        let lines = lines_with(&log, "IKE SA deleted", gateway_id);
+        lines
+            .first()
+            .map(|l| field(l, "reason").unwrap_or("").to_string())
+    });
+    reason.unwrap_or_else(|| {
+        panic!(
+            "headend did not log 'IKE SA deleted' for gateway_id={gateway_id} within \
+             {timeout:?}; log {}",
+            he.proc.log.display()
+        )
+    })
+}
+
+/// The number of IKE SAs `headend run` held when it shut down (its "shutting down:
+/// Deletes sent ike_sas=N" line), once it has exited.
+pub fn sa_count_at_shutdown(he: &Headend) -> Option<usize> {
+    he.proc
+        .log_text()
+        .lines()
+        .find(|l| l.contains("shutting down"))
+        .and_then(|l| field(l, "ike_sas"))
+        .and_then(|v| v.parse().ok())
 }
