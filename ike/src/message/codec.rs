@@ -55,6 +55,16 @@ impl Default for DecodeLimits {
     }
 }
 
+impl From<&crate::config::Limits> for DecodeLimits {
+    /// The engine's configured message size limit with the default nesting bounds.
+    fn from(l: &crate::config::Limits) -> Self {
+        Self {
+            max_message: l.max_message,
+            ..Self::default()
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Reader / writer helpers
 // ---------------------------------------------------------------------------------------
@@ -284,6 +294,23 @@ impl Header {
     /// at least the header size. It does not compare the length field with `buf.len()`;
     /// [`Message::decode`] does.
     pub fn decode(buf: &[u8]) -> Result<Header, Error> {
+        let h = Self::peek(buf)?;
+        if h.major_version != 2 {
+            return Err(Error::InvalidMajorVersion(h.major_version));
+        }
+        if (h.length as usize) < HEADER_LEN {
+            return Err(bad_len(
+                "header length",
+                format!("{} is below 28", h.length),
+            ));
+        }
+        Ok(h)
+    }
+
+    /// Reads the 28 header octets without judging the version or length fields: what a
+    /// responder needs to answer INVALID_MAJOR_VERSION with the sender's SPIs and message ID
+    /// (RFC 7296 2.5). Fails only when fewer than 28 octets are present.
+    pub fn peek(buf: &[u8]) -> Result<Header, Error> {
         let mut r = Reader::new(buf);
         if buf.len() < HEADER_LEN {
             return Err(Error::Truncated {
@@ -297,16 +324,10 @@ impl Header {
         let version = r.u8()?;
         let major_version = version >> 4;
         let minor_version = version & 0x0f;
-        if major_version != 2 {
-            return Err(Error::InvalidMajorVersion(major_version));
-        }
         let exchange = ExchangeType::from(r.u8()?);
         let flags = r.u8()?;
         let message_id = r.u32()?;
         let length = r.u32()?;
-        if (length as usize) < HEADER_LEN {
-            return Err(bad_len("header length", format!("{length} is below 28")));
-        }
         Ok(Header {
             spi_i,
             spi_r,

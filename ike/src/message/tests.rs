@@ -566,6 +566,15 @@ fn bad_major_version_is_rejected() {
             Ok(NotifyType::INVALID_MAJOR_VERSION)
         );
     }
+    // The responder can still read the SPIs to answer (RFC 7296 2.5).
+    let mut b = STRONGSWAN_INIT_GCM.to_vec();
+    b[17] = 0x30;
+    let h = Header::peek(&b).unwrap();
+    assert_eq!(
+        (h.major_version, h.spi_i, h.message_id),
+        (3, 0x1051_689f_38d5_05cd, 0)
+    );
+    assert!(Header::peek(&b[..27]).is_err());
     // A higher minor version is accepted (RFC 7296 2.5).
     let mut b = STRONGSWAN_INIT_GCM.to_vec();
     b[17] = 0x21;
