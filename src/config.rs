@@ -55,22 +55,22 @@ pub struct Config {
     /// Only read by `headend peer`.
     #[serde(default)]
     pub peer: Option<PeerSection>,
-    /// The embedded DNS server (owned by the ddns crate).
+    /// The embedded DNS server (`ddns::DnsConfig`); started when present and enabled.
     #[serde(default)]
-    pub dns: toml::Table,
+    pub dns: Option<ddns::DnsConfig>,
     /// `[service.ipsec-ddns]`: the cluster (seed 003 ch. 4 vocabulary).
     #[serde(default)]
     pub service: ServiceSection,
-    /// The userspace ESP data plane.
+    /// The userspace ESP data plane; started when present (needs root for the TUN device).
     #[serde(default)]
-    pub dataplane: toml::Table,
+    pub dataplane: Option<crate::dataplane::DataplaneConfig>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceSection {
     #[serde(default, rename = "ipsec-ddns")]
-    pub ipsec_ddns: Option<toml::Table>,
+    pub ipsec_ddns: Option<cluster::ClusterConfig>,
 }
 
 /// `[ike]`: sockets, identity, proposals, traffic selectors, timers and limits.
@@ -597,6 +597,24 @@ impl Config {
         if self.ike.retransmit_tries == 0 {
             return bad("ike.retransmit_tries: must be at least 1");
         }
+        let cluster = self.service.ipsec_ddns.as_ref().filter(|c| c.enable);
+        if let Some(c) = cluster {
+            if let Err(e) = c.validate() {
+                return bad(&format!("service.ipsec-ddns: {e}"));
+            }
+        }
+        if let Some(d) = self.dns.as_ref().filter(|d| d.enable) {
+            let Some(domain) = d
+                .domain
+                .clone()
+                .or_else(|| cluster.map(|c| c.domain.clone()))
+            else {
+                return bad("dns.domain: needed (or service.ipsec-ddns domain)");
+            };
+            if let Err(e) = ddns::ZoneConfig::new(d, &domain) {
+                return bad(&format!("dns: {e}"));
+            }
+        }
         Ok(())
     }
 
@@ -1026,11 +1044,24 @@ backoff = "250ms"
     fn other_owners_sections_are_accepted() {
         let c = Config::parse(
             "t",
-            "[dns]\nport = 5353\n[service.ipsec-ddns]\nself = \"10.0.0.1\"\n[dataplane]\nmtu = 1400\n",
+            "[dns]\nport = 5353\ndomain = \"vpn.example\"\n[service.ipsec-ddns]\nself = \"10.0.0.1\"\nsecret = \"12345678\"\ndomain = \"vpn.example\"\ndata_dir = \"/tmp/x\"\n[dataplane]\nmtu = 1400\n",
         )
         .unwrap();
-        assert!(c.service.ipsec_ddns.is_some());
+        assert_eq!(c.dns.as_ref().unwrap().port, 5353);
+        assert_eq!(c.service.ipsec_ddns.as_ref().unwrap().self_addr, "10.0.0.1");
+        assert_eq!(c.dataplane.as_ref().unwrap().mtu, 1400);
         let e = err("[service.ipsec-dns]\nself = 1\n");
         assert!(e.contains("unknown key 'service.ipsec-dns'"), "{e}");
+        // Their keys are checked with lines too.
+        let e = err("[dns]\n\nprot = 5353\n");
+        assert!(e.starts_with("x.toml:3: unknown key 'dns.prot'"), "{e}");
+        let e = err("[dataplane]\nmtu = \"big\"\n");
+        assert!(e.starts_with("x.toml:2: dataplane.mtu: "), "{e}");
+        let absent = Config::parse("t", "").unwrap();
+        assert!(
+            absent.dns.is_none()
+                && absent.dataplane.is_none()
+                && absent.service.ipsec_ddns.is_none()
+        );
     }
 }

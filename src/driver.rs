@@ -40,7 +40,7 @@ pub trait EspSink: Send + Sync + 'static {
 
 /// The seam to the data plane for CHILD SA life cycle events (RFC 7296 2.17 keys in
 /// [`ChildSa`]). Implemented by the data plane handle; [`NullDataplane`] when none runs.
-pub trait Dataplane: Send + 'static {
+pub trait ChildSaSink: Send + 'static {
     fn install(&mut self, sa: &ChildSa);
     fn rekeyed(&mut self, old_inbound: Spi, new: &ChildSa);
     fn remove(&mut self, inbound: Spi, outbound: Spi);
@@ -67,7 +67,7 @@ impl EspSink for Arc<NullDataplane> {
     }
 }
 
-impl Dataplane for NullDataplane {
+impl ChildSaSink for NullDataplane {
     fn install(&mut self, _sa: &ChildSa) {}
     fn rekeyed(&mut self, _old_inbound: Spi, _new: &ChildSa) {}
     fn remove(&mut self, _inbound: Spi, _outbound: Spi) {}

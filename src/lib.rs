@@ -8,6 +8,7 @@
 pub mod bench;
 pub mod config;
 pub mod dataplane;
+pub mod dns;
 pub mod driver;
 pub mod error;
 pub mod event;
@@ -15,6 +16,7 @@ pub mod logging;
 pub mod peer;
 pub mod proposal;
 pub mod run;
+pub mod services;
 
 pub use error::Error;
 pub use event::GatewayEvent;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use headend::config::{parse_duration, Config};
-use headend::{bench, logging, peer, run};
+use headend::{bench, logging, peer, run, services};
 
 #[derive(Parser)]
 #[command(
@@ -159,19 +159,19 @@ fn main() -> ExitCode {
                 Err(e) => return fail(e),
             };
             rt.block_on(async {
-                let h = match run::start(&cfg, run::StartOptions::default()).await {
-                    Ok(h) => h,
+                let s = match services::start(&cfg).await {
+                    Ok(s) => s,
                     Err(e) => return fail(e),
                 };
                 if config.is_none() {
                     eprintln!(
                         "headend: demo responder on {:?} (NAT-T {:?}), PSK \"headend-demo-psk\", pool 10.99.0.0/16",
-                        h.ike_addrs, h.natt_addrs
+                        s.daemon.ike_addrs, s.daemon.natt_addrs
                     );
                 }
                 run::wait_for_signal().await;
                 tracing::info!("signal received; deleting IKE SAs");
-                h.shutdown().await;
+                s.shutdown().await;
                 ExitCode::SUCCESS
             })
         }

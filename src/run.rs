@@ -15,7 +15,7 @@ use ike::{ChildSa, DeleteReason, Event, Identity, IkeSaId, Spi};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::config::Config;
-use crate::driver::{self, Dataplane, EspSink, NullDataplane, Sockets};
+use crate::driver::{self, ChildSaSink, EspSink, NullDataplane, Sockets};
 use crate::error::Error;
 use crate::event::{gateway_id_for, GatewayEvent, TunnelId};
 
@@ -242,7 +242,7 @@ impl SaTable {
 }
 
 /// Passes CHILD SA events to the data plane.
-fn to_dataplane(dp: &mut dyn Dataplane, ev: &Event) {
+fn to_dataplane(dp: &mut dyn ChildSaSink, ev: &Event) {
     match ev {
         Event::ChildSaInstalled(c) => dp.install(c),
         Event::ChildSaRekeyed { old_inbound, new } => dp.rekeyed(*old_inbound, new),
@@ -310,7 +310,7 @@ impl DaemonHandle {
 
 /// Options the caller may add to a start.
 pub struct StartOptions {
-    pub dataplane: Box<dyn Dataplane>,
+    pub dataplane: Box<dyn ChildSaSink>,
     pub esp: Arc<dyn EspSink>,
     /// Rekey requests from the data plane (CHILD SA inbound SPI).
     pub rekey: Option<mpsc::UnboundedReceiver<Spi>>,
@@ -382,7 +382,7 @@ struct Loop {
     sockets: Sockets,
     table: SaTable,
     events: broadcast::Sender<GatewayEvent>,
-    dp: Box<dyn Dataplane>,
+    dp: Box<dyn ChildSaSink>,
 }
 
 impl Loop {
@@ -403,7 +403,7 @@ async fn engine_task(
     sockets: Sockets,
     mut cmd_rx: mpsc::Receiver<Command>,
     events: broadcast::Sender<GatewayEvent>,
-    dp: Box<dyn Dataplane>,
+    dp: Box<dyn ChildSaSink>,
     mut rekey: Option<mpsc::UnboundedReceiver<Spi>>,
 ) {
     let mut l = Loop {

@@ -421,3 +421,93 @@ fn simulated_fleet_gets_distinct_vips() {
         .iter()
         .all(|v| in_net(*v, Ipv4Addr::new(10, 77, 5, 0), 24)));
 }
+
+/// A DNS A query for `name` (RFC 1035 4.1), sent over UDP; returns (rcode, A addresses).
+fn dns_a(server: std::net::SocketAddr, name: &str) -> (u8, Vec<Ipv4Addr>) {
+    let mut q = vec![0x12, 0x34, 0x00, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    for label in name.trim_end_matches('.').split('.') {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    s.send_to(&q, server).unwrap();
+    let mut buf = [0u8; 1500];
+    let n = s.recv(&mut buf).unwrap();
+    let r = &buf[..n];
+    assert_eq!(&r[..2], &[0x12, 0x34], "reply id");
+    let rcode = r[3] & 0x0f;
+    let ancount = u16::from_be_bytes([r[6], r[7]]);
+    // Skip the question (echoed as sent), then walk the answers.
+    let mut i = q.len();
+    let mut out = vec![];
+    for _ in 0..ancount {
+        // Name: a pointer (2 octets) or labels.
+        if r[i] & 0xc0 == 0xc0 {
+            i += 2;
+        } else {
+            while r[i] != 0 {
+                i += r[i] as usize + 1;
+            }
+            i += 1;
+        }
+        let typ = u16::from_be_bytes([r[i], r[i + 1]]);
+        let rdlen = u16::from_be_bytes([r[i + 8], r[i + 9]]) as usize;
+        i += 10;
+        if typ == 1 && rdlen == 4 {
+            out.push(Ipv4Addr::new(r[i], r[i + 1], r[i + 2], r[i + 3]));
+        }
+        i += rdlen;
+    }
+    (rcode, out)
+}
+
+#[test]
+fn gateway_name_is_answered_by_the_embedded_dns_while_the_tunnel_is_up() {
+    let dir = scratch("dns");
+    let (ike, natt) = free_ports();
+    let (dns_port, _) = free_ports();
+    let conf = format!(
+        "{}\n[dns]\nlisten = [\"127.0.0.1\"]\nport = {dns_port}\ndomain = \"vpn.test\"\nnegative_ttl = 1\n[[dns.ns]]\nname = \"ns1\"\naddrs = [\"127.0.0.1\"]\n",
+        headend_conf(ike, natt, "10.77.6.0/24")
+    );
+    let hc = write(&dir, "headend.toml", &conf);
+    let he = Proc::spawn(
+        &["run", "--config", hc.to_str().unwrap()],
+        dir.join("headend.log"),
+    );
+    he.wait_log(Duration::from_secs(10), |l| {
+        l.contains("authoritative DNS server listening")
+    });
+    let server: std::net::SocketAddr = format!("127.0.0.1:{dns_port}").parse().unwrap();
+    assert_eq!(
+        dns_a(server, "SN-0099.vpn.test").0,
+        3,
+        "NXDOMAIN before the tunnel is up"
+    );
+
+    let pc = write(&dir, "peer.toml", &peer_conf(&[(ike, natt)], "SN/0099"));
+    let mut peer = Proc::spawn(
+        &["peer", "--config", pc.to_str().unwrap()],
+        dir.join("peer.log"),
+    );
+    let up = peer.wait_line(Duration::from_secs(10), |l| l.starts_with("up "));
+    let vip = vip_of(&up);
+    // Case-insensitive name of the sanitized identity answers the tunnel's VIP.
+    let (rcode, addrs) = dns_a(server, "sn-0099.VPN.test");
+    assert_eq!((rcode, addrs), (0, vec![vip]));
+
+    // The router leaves (SIGTERM: it deletes its IKE SA): the name goes at once.
+    peer.signal("-TERM");
+    assert_eq!(peer.wait_exit(Duration::from_secs(5)), Some(0));
+    he.wait_log(Duration::from_secs(5), |l| {
+        l.contains("IKE SA deleted") && l.contains("gateway_id=SN-0099")
+    });
+    let (rcode, addrs) = dns_a(server, "SN-0099.vpn.test");
+    assert_eq!(
+        (rcode, addrs),
+        (3, vec![]),
+        "NXDOMAIN after the tunnel is gone"
+    );
+}

@@ -1,0 +1,382 @@
+//! Wiring of the optional services around the IKE daemon, each enabled by its section:
+//! `[dataplane]` (userspace ESP), `[service.ipsec-ddns]` (cluster), `[dns]` (authoritative
+//! DNS). Gateway events flow IKE -> cluster (publish) and IKE -> DNS (local records);
+//! cluster record changes flow -> DNS (records of the other members).
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{mpsc as std_mpsc, Arc};
+
+use ike::{ChildSa, SocketKind, Spi};
+use tokio::sync::{broadcast, mpsc};
+
+use crate::config::Config;
+use crate::dataplane::{Dataplane, DataplaneConfig, DataplaneHandle};
+use crate::driver::{ChildSaSink, Datagram, NattSend};
+use crate::error::Error;
+use crate::event::{GatewayEvent, TunnelId};
+use crate::run::{self, DaemonHandle, StartOptions};
+
+/// Everything `headend run` started.
+pub struct Services {
+    pub daemon: DaemonHandle,
+    pub dataplane: Option<Arc<DataplaneHandle>>,
+    pub dns: Option<crate::dns::DnsService>,
+    pub cluster: Option<cluster::ClusterHandle>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Services {
+    /// SIGTERM path: Deletes to every peer and Down events first, then the rest.
+    pub async fn shutdown(self) {
+        self.daemon.shutdown().await;
+        // Let the glue tasks forward the Down events (bounded: the whole stop stays < 2 s).
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        for t in &self.tasks {
+            t.abort();
+        }
+        if let Some(c) = &self.cluster {
+            let _ = tokio::time::timeout(std::time::Duration::from_millis(300), c.shutdown()).await;
+        }
+        if let Some(d) = self.dns {
+            let _ = tokio::time::timeout(std::time::Duration::from_millis(300), d.shutdown()).await;
+        }
+        drop(self.dataplane);
+    }
+}
+
+enum DpOp {
+    Install(ChildSa),
+    Rekeyed(Spi, ChildSa),
+    Remove(Spi, Spi),
+}
+
+/// CHILD SA operations on a thread of their own: the data plane may block on route
+/// updates, the engine task must not.
+struct DpSink {
+    tx: std_mpsc::Sender<DpOp>,
+}
+
+impl ChildSaSink for DpSink {
+    fn install(&mut self, sa: &ChildSa) {
+        let _ = self.tx.send(DpOp::Install(sa.clone()));
+    }
+    fn rekeyed(&mut self, old_inbound: Spi, new: &ChildSa) {
+        let _ = self.tx.send(DpOp::Rekeyed(old_inbound, new.clone()));
+    }
+    fn remove(&mut self, inbound: Spi, outbound: Spi) {
+        let _ = self.tx.send(DpOp::Remove(inbound, outbound));
+    }
+}
+
+fn dp_worker(h: Arc<DataplaneHandle>, rx: std_mpsc::Receiver<DpOp>) {
+    while let Ok(op) = rx.recv() {
+        let (what, spi, r) = match &op {
+            DpOp::Install(c) => ("install", c.inbound.spi, h.install(c)),
+            DpOp::Rekeyed(old, c) => ("rekey", *old, h.rekeyed(*old, c)),
+            DpOp::Remove(i, o) => ("remove", *i, h.remove(*i, *o)),
+        };
+        if let Err(e) = r {
+            tracing::warn!(op = what, spi = %format_args!("{:08x}", spi.0), error = %e, "data plane refused a CHILD SA operation");
+        }
+    }
+}
+
+/// The data plane's config with the NAT-T socket on the `[ike]` address and port unless
+/// `[dataplane] natt_bind` says otherwise.
+fn dataplane_config(cfg: &Config, dp: &DataplaneConfig) -> DataplaneConfig {
+    let mut dp = dp.clone();
+    if dp.natt_bind == DataplaneConfig::default().natt_bind {
+        let ip = cfg
+            .ike
+            .listen
+            .first()
+            .copied()
+            .unwrap_or(IpAddr::from([0, 0, 0, 0]));
+        dp.natt_bind = SocketAddr::new(ip, cfg.ike.natt_port);
+    }
+    dp
+}
+
+/// Starts everything the configuration asks for.
+pub async fn start(cfg: &Config) -> Result<Services, Error> {
+    let mut tasks = vec![];
+    let mut opts = StartOptions::default();
+    let mut cfg = cfg.clone();
+    let mut dataplane = None;
+    if let Some(dp) = &cfg.dataplane {
+        let dp = dataplane_config(&cfg, dp);
+        // The engine must send NAT-T from the data plane's socket port.
+        cfg.ike.natt_port = dp.natt_bind.port();
+        let mut h = Dataplane::start(dp)?;
+        let local = h.natt_local();
+        let mut ike_rx = h
+            .take_ike_datagrams()
+            .ok_or_else(|| Error::Other("data plane IKE channel already taken".into()))?;
+        let rekey_rx = h.take_rekey_requests();
+        let h = Arc::new(h);
+        let (tx, rx) = mpsc::channel::<Datagram>(4096);
+        tasks.push(tokio::spawn(async move {
+            while let Some(d) = ike_rx.recv().await {
+                let d = Datagram {
+                    kind: SocketKind::NatT,
+                    local: d.local,
+                    remote: d.remote,
+                    data: d.bytes,
+                };
+                if tx.send(d).await.is_err() {
+                    return;
+                }
+            }
+        }));
+        let hs = h.clone();
+        let send: NattSend = Arc::new(move |remote, bytes| {
+            hs.send_natt(remote, bytes)
+                .map_err(|e| std::io::Error::other(e.to_string()))
+        });
+        opts.natt = Some((local, rx, send));
+        if let Some(mut rr) = rekey_rx {
+            let (stx, srx) = mpsc::unbounded_channel();
+            tasks.push(tokio::spawn(async move {
+                while let Some(r) = rr.recv().await {
+                    tracing::debug!(spi = %format_args!("{:08x}", r.child.0), reason = ?r.reason, "data plane asks for a CHILD SA rekey");
+                    if stx.send(r.child).is_err() {
+                        return;
+                    }
+                }
+            }));
+            opts.rekey = Some(srx);
+        }
+        let (otx, orx) = std_mpsc::channel();
+        let hw = h.clone();
+        std::thread::Builder::new()
+            .name("dataplane-ops".into())
+            .spawn(move || dp_worker(hw, orx))?;
+        opts.dataplane = Box::new(DpSink { tx: otx });
+        tracing::info!(tun = h.tun_name(), natt = %local, "data plane started");
+        dataplane = Some(h);
+    }
+    let daemon = run::start(&cfg, opts).await?;
+
+    // Cluster: publish our tunnels, learn everybody else's.
+    let mut cluster_events = None;
+    let mut cluster_handle = None;
+    let mut created = false;
+    if let Some(cc) = cfg.service.ipsec_ddns.as_ref().filter(|c| c.enable) {
+        let (h, ev, started) = cluster::Cluster::start(cc.clone())
+            .await
+            .map_err(|e| Error::Other(format!("service ipsec-ddns: {e}")))?;
+        tracing::info!("{started}");
+        eprintln!("{started}");
+        created = started == cluster::Started::Created;
+        tasks.push(tokio::spawn(publish_to_cluster(
+            h.clone(),
+            daemon.subscribe(),
+        )));
+        cluster_events = Some(ev);
+        cluster_handle = Some(h);
+    }
+
+    // DNS: standalone (zone complete at once) or fed by the cluster.
+    let mut dns = None;
+    if let Some(dc) = cfg.dns.as_ref().filter(|d| d.enable) {
+        let cc = cfg.service.ipsec_ddns.as_ref().filter(|c| c.enable);
+        let domain = dc
+            .domain
+            .clone()
+            .or_else(|| cc.map(|c| c.domain.clone()))
+            .ok_or_else(|| {
+                Error::Config("dns.domain: needed (or service.ipsec-ddns.domain)".into())
+            })?;
+        let member = cc.map_or_else(|| "local".to_string(), |c| c.self_addr.clone());
+        let svc = crate::dns::spawn(dc, &domain, &member, cc.is_none(), daemon.subscribe())
+            .await
+            .map_err(|e| Error::Other(format!("dns: {e}")))?;
+        if let Some(ev) = cluster_events.take() {
+            if created {
+                svc.zone.set_synced(true);
+            }
+            tasks.push(tokio::spawn(cluster_to_zone(svc.zone.clone(), member, ev)));
+        }
+        dns = Some(svc);
+    }
+    if let Some(mut ev) = cluster_events {
+        // No DNS here: still drain the cluster's events.
+        tasks.push(tokio::spawn(
+            async move { while ev.recv().await.is_some() {} },
+        ));
+    }
+    Ok(Services {
+        daemon,
+        dataplane,
+        dns,
+        cluster: cluster_handle,
+        tasks,
+    })
+}
+
+/// Local tunnels per gateway ID, so that a reconnect (new Up, then the old tunnel's Down)
+/// keeps the record up: the newest live tunnel's addresses are published.
+#[derive(Debug, Default)]
+pub struct LocalGateways {
+    live: HashMap<String, BTreeMap<TunnelId, Vec<IpAddr>>>,
+}
+
+impl LocalGateways {
+    /// Returns what to publish for the gateway: `(gateway_id, addresses, up)`.
+    pub fn apply(&mut self, ev: &GatewayEvent) -> (String, Vec<IpAddr>, bool) {
+        let gw = ev.gateway_id().key().to_string();
+        match ev {
+            GatewayEvent::Up { tunnel, vips, .. } => {
+                self.live
+                    .entry(gw.clone())
+                    .or_default()
+                    .insert(*tunnel, vips.clone());
+            }
+            GatewayEvent::Down { tunnel, .. } => {
+                if let Some(m) = self.live.get_mut(&gw) {
+                    m.remove(tunnel);
+                    if m.is_empty() {
+                        self.live.remove(&gw);
+                    }
+                }
+            }
+        }
+        let display = ev.gateway_id().as_str().to_string();
+        match self.live.get(&gw).and_then(|m| m.iter().next_back()) {
+            Some((_, vips)) => (display, vips.clone(), true),
+            None => (display, vec![], false),
+        }
+    }
+}
+
+async fn publish_to_cluster(h: cluster::ClusterHandle, mut rx: broadcast::Receiver<GatewayEvent>) {
+    let mut local = LocalGateways::default();
+    loop {
+        match rx.recv().await {
+            Ok(ev) => {
+                let (gw, addrs, up) = local.apply(&ev);
+                if let Err(e) = h.publish(&gw, addrs, up).await {
+                    tracing::warn!(gateway_id = %gw, error = %e, "cluster publish failed");
+                }
+            }
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                tracing::error!(missed = n, "cluster: gateway events lost (channel lagged)");
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+/// Records of the other members into the zone (ours come straight from the gateway
+/// events, see `dns.rs`).
+async fn cluster_to_zone(
+    zone: ddns::Zone,
+    me: String,
+    mut ev: mpsc::UnboundedReceiver<cluster::Event>,
+) {
+    // gateway key -> (owner, stamp) currently in the zone for it (from the cluster).
+    let mut remote: HashMap<String, (String, u64)> = HashMap::new();
+    while let Some(e) = ev.recv().await {
+        match e {
+            cluster::Event::RecordChanged { gateway_id, record } => {
+                let key = gateway_id.to_ascii_lowercase();
+                if let Some((owner, stamp)) = remote.remove(&key) {
+                    zone.remove(
+                        &ddns::TunnelKey::new(owner, format!("cluster:{key}")),
+                        stamp,
+                    );
+                }
+                let Some(r) = record.filter(|r| r.up && r.owner != me) else {
+                    continue;
+                };
+                let Some(id) = ddns::GatewayId::parse(&r.gateway_id) else {
+                    tracing::warn!(gateway_id = %r.gateway_id, owner = %r.owner, "cluster record with an invalid gateway ID ignored");
+                    continue;
+                };
+                zone.upsert(
+                    ddns::TunnelKey::new(r.owner.clone(), format!("cluster:{key}")),
+                    id,
+                    r.addresses,
+                    r.stamp,
+                );
+                remote.insert(key, (r.owner, r.stamp));
+            }
+            cluster::Event::MemberDown(m) | cluster::Event::MemberLeft(m) => {
+                tracing::info!(member = %m, "cluster member down: its records are no longer answered");
+                zone.remove_member(&m);
+                remote.retain(|_, (o, _)| *o != m);
+            }
+            cluster::Event::Synced(m) => {
+                tracing::info!(member = %m, "synced with the cluster");
+                zone.set_synced(true);
+            }
+            cluster::Event::MemberUp(m) => tracing::info!(member = %m, "cluster member up"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::SystemTime;
+
+    fn ev(up: bool, tunnel: u64, gw: &str, vip: [u8; 4]) -> GatewayEvent {
+        let (gateway_id, _) = ddns::GatewayId::from_identity(gw);
+        let identity = ike::Identity::Fqdn(gw.into());
+        let remote: SocketAddr = "127.0.0.1:500".parse().unwrap();
+        let vips = vec![IpAddr::from(vip)];
+        if up {
+            GatewayEvent::Up {
+                tunnel: TunnelId(tunnel),
+                gateway_id,
+                identity,
+                vips,
+                remote,
+                at: SystemTime::UNIX_EPOCH,
+            }
+        } else {
+            GatewayEvent::Down {
+                tunnel: TunnelId(tunnel),
+                gateway_id,
+                identity,
+                vips,
+                remote,
+                reason: "x".into(),
+                at: SystemTime::UNIX_EPOCH,
+            }
+        }
+    }
+
+    #[test]
+    fn reconnect_keeps_the_gateway_published() {
+        let mut l = LocalGateways::default();
+        assert_eq!(
+            l.apply(&ev(true, 1, "R1", [10, 0, 0, 1])),
+            ("R1".into(), vec![IpAddr::from([10, 0, 0, 1])], true)
+        );
+        // New tunnel of the same router, then the old one goes (INITIAL_CONTACT).
+        assert!(l.apply(&ev(true, 2, "R1", [10, 0, 0, 2])).2);
+        let (_, addrs, up) = l.apply(&ev(false, 1, "R1", [10, 0, 0, 1]));
+        assert!(up, "still up through tunnel 2");
+        assert_eq!(addrs, vec![IpAddr::from([10, 0, 0, 2])]);
+        let (_, addrs, up) = l.apply(&ev(false, 2, "r1", [10, 0, 0, 2]));
+        assert!(!up && addrs.is_empty(), "case-insensitive: same gateway");
+    }
+
+    #[test]
+    fn dataplane_natt_follows_ike_section_unless_set() {
+        let mut c = Config::parse(
+            "t",
+            "[ike]\nlisten = [\"127.0.0.1\"]\nnatt_port = 44500\n[dataplane]\n",
+        )
+        .unwrap();
+        let dp = dataplane_config(&c, c.dataplane.as_ref().unwrap());
+        assert_eq!(
+            dp.natt_bind,
+            "127.0.0.1:44500".parse::<SocketAddr>().unwrap()
+        );
+        c.dataplane.as_mut().unwrap().natt_bind = "127.0.0.2:4600".parse().unwrap();
+        let dp = dataplane_config(&c, c.dataplane.as_ref().unwrap());
+        assert_eq!(dp.natt_bind.port(), 4600);
+    }
+}
