@@ -164,6 +164,18 @@ impl SkCipher {
         self.iv_len() + self.ciphertext_len(plaintext_len) + self.icv_len()
     }
 
+    /// The largest plaintext whose SK body fits in `body_space` octets (for splitting a
+    /// message into RFC 7383 fragments); `None` if not even an empty chain fits.
+    pub fn max_plaintext_len(&self, body_space: usize) -> Option<usize> {
+        let overhead = self.iv_len() + self.icv_len();
+        let ct_space = body_space.checked_sub(overhead)?;
+        let ct = match self.t {
+            Transform::Aead { .. } => ct_space,
+            Transform::Cbc { .. } => ct_space - ct_space % AES_BLOCK,
+        };
+        ct.checked_sub(1)
+    }
+
     /// Smallest valid SK body (an empty inner payload chain).
     pub fn min_sealed_len(&self) -> usize {
         self.sealed_len(0)
@@ -752,6 +764,22 @@ mod tests {
         assert_eq!(&body[..20], pt);
         assert_eq!(&body[20..31], &[0u8; 11]);
         assert_eq!(body[31], 11);
+    }
+
+    #[test]
+    fn max_plaintext_len_is_the_largest_that_fits() {
+        for (encr, integ) in all_suites() {
+            let c = cipher(encr, integ, 1);
+            for space in 0..200 {
+                match c.max_plaintext_len(space) {
+                    None => assert!(c.sealed_len(0) > space, "{encr:?} {space}"),
+                    Some(n) => {
+                        assert!(c.sealed_len(n) <= space, "{encr:?} {space}");
+                        assert!(c.sealed_len(n + 1) > space, "{encr:?} {space}");
+                    }
+                }
+            }
+        }
     }
 
     /// Hostile input: random messages and body offsets never panic and never open.
