@@ -207,6 +207,8 @@ pub struct Node {
     live: BTreeMap<MemberId, Liveness>,
     view: BTreeMap<String, Record>,
     next_gossip: u64,
+    /// Per partition: (incarnation, max_version one round ago, two rounds ago).
+    settled: BTreeMap<MemberId, (u64, u64, u64)>,
     now: u64,
     out: VecDeque<(MemberId, Message)>,
     events: VecDeque<Event>,
@@ -245,6 +247,7 @@ impl Node {
             live: BTreeMap::new(),
             view: BTreeMap::new(),
             next_gossip: now_ms,
+            settled: BTreeMap::new(),
             now: now_ms,
             out: VecDeque::new(),
             events: VecDeque::new(),
@@ -492,7 +495,14 @@ impl Node {
             };
             let (from_version, full) = match they_know.get(m.as_str()) {
                 Some(k) if k.incarnation == p.incarnation => {
-                    if k.max_version >= p.max_version {
+                    // Versions newer than one gossip round are most likely still in flight
+                    // as a push: only repair what has been missing for longer.
+                    let settled = self
+                        .settled
+                        .get(m)
+                        .filter(|s| s.0 == p.incarnation)
+                        .map_or(p.max_version, |s| s.2);
+                    if k.max_version >= p.max_version || k.max_version >= settled {
                         continue;
                     }
                     (k.max_version, false)
@@ -532,12 +542,13 @@ impl Node {
         if !parts.is_empty() {
             self.out.push_back((from.to_owned(), Message::Delta(parts)));
         }
-        if we_lack {
+        let synced = self.live.get(from).is_some_and(|l| l.synced);
+        if we_lack && !synced {
             let digest = self.digest();
             self.out
                 .push_back((from.to_owned(), Message::Digest(digest)));
         } else if let Some(l) = self.live.get_mut(from) {
-            if l.up && !l.synced {
+            if l.up && !l.synced && !we_lack {
                 l.synced = true;
                 self.events.push_back(Event::Synced(from.to_owned()));
             }
@@ -704,6 +715,18 @@ impl Node {
         self.now = self.now.max(now_ms);
         if now_ms >= self.next_gossip {
             self.heartbeat += 1;
+            for (m, p) in &self.parts {
+                let s = self
+                    .settled
+                    .entry(m.clone())
+                    .or_insert((p.incarnation, 0, 0));
+                *s = if s.0 == p.incarnation {
+                    (p.incarnation, p.max_version, s.1)
+                } else {
+                    (p.incarnation, p.max_version, 0)
+                };
+            }
+            self.settled.retain(|m, _| self.parts.contains_key(m));
             let digest = self.digest();
             for m in self.live.keys() {
                 self.out
