@@ -139,6 +139,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             bytes1 - bytes0,
             (bytes1 - bytes0) as f64 / total as f64
         );
+        drop(s);
         for h in handles {
             h.shutdown().await?;
         }
