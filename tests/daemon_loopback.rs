@@ -511,3 +511,113 @@ fn gateway_name_is_answered_by_the_embedded_dns_while_the_tunnel_is_up() {
         "NXDOMAIN after the tunnel is gone"
     );
 }
+
+fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn two_member_cluster_answers_a_router_on_both_members() {
+    let dir = scratch("cluster");
+    let (repl, memb, dns_port) = (free_tcp_port(), free_tcp_port(), free_ports().0);
+    let mut he = vec![];
+    let mut ike_ports = vec![];
+    for m in 1..=2u8 {
+        let (ike, natt) = free_ports();
+        ike_ports.push((ike, natt));
+        let other = 3 - m;
+        let conf = format!(
+            r#"[ike]
+listen = ["127.0.0.{m}"]
+port = {ike}
+natt_port = {natt}
+[psk]
+default = "loopback-test-psk"
+[pool]
+v4 = "10.77.{}.0/24"
+[dns]
+listen = ["127.0.0.{m}"]
+port = {dns_port}
+negative_ttl = 1
+[[dns.ns]]
+name = "ns1"
+addrs = ["127.0.0.1"]
+[[dns.ns]]
+name = "ns2"
+addrs = ["127.0.0.2"]
+[service.ipsec-ddns]
+self = "127.0.0.{m}"
+peer = ["127.0.0.{other}"]
+secret = "loopback-cluster-secret"
+domain = "vpn.test"
+enable = true
+data_dir = "{}"
+replication_port = {repl}
+membership_port = {memb}
+"#,
+            10 + m,
+            dir.join(format!("data{m}")).display()
+        );
+        let c = write(&dir, &format!("m{m}.toml"), &conf);
+        let p = Proc::spawn(
+            &["run", "--config", c.to_str().unwrap()],
+            dir.join(format!("m{m}.log")),
+        );
+        p.wait_log(Duration::from_secs(15), |l| {
+            l.contains("authoritative DNS server listening")
+        });
+        he.push(p);
+    }
+    assert!(
+        he[0].log_text().contains("Creating new ipsec-ddns cluster"),
+        "{}",
+        he[0].log_text()
+    );
+    he[1].wait_log(Duration::from_secs(10), |l| {
+        l.contains("Joined existing ipsec-ddns cluster")
+    });
+    he[1].wait_log(Duration::from_secs(10), |l| {
+        l.contains("synced with the cluster")
+    });
+
+    // The router connects to member 1 only; member 2 answers its name too.
+    let (ike, natt) = ike_ports[0];
+    let pc = write(&dir, "peer.toml", &peer_conf(&[(ike, natt)], "SN-7"));
+    let mut peer = Proc::spawn(
+        &["peer", "--config", pc.to_str().unwrap()],
+        dir.join("peer.log"),
+    );
+    let up = peer.wait_line(Duration::from_secs(10), |l| l.starts_with("up "));
+    let vip = vip_of(&up);
+    assert!(in_net(vip, Ipv4Addr::new(10, 77, 11, 0), 24), "{up}");
+    let on = |m: u8| -> std::net::SocketAddr { format!("127.0.0.{m}:{dns_port}").parse().unwrap() };
+    let end = Instant::now() + Duration::from_secs(5);
+    loop {
+        let a = dns_a(on(1), "sn-7.vpn.test");
+        let b = dns_a(on(2), "sn-7.vpn.test");
+        if a == (0, vec![vip]) && b == (0, vec![vip]) {
+            break;
+        }
+        assert!(Instant::now() < end, "member answers: 1 {a:?}, 2 {b:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // It leaves: both members stop answering.
+    peer.signal("-TERM");
+    assert_eq!(peer.wait_exit(Duration::from_secs(5)), Some(0));
+    let end = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (a, b) = (
+            dns_a(on(1), "sn-7.vpn.test").0,
+            dns_a(on(2), "sn-7.vpn.test").0,
+        );
+        if a == 3 && b == 3 {
+            break;
+        }
+        assert!(Instant::now() < end, "rcodes after leave: {a} {b}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
