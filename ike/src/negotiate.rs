@@ -1245,6 +1245,76 @@ mod tests {
         );
     }
 
+    fn sa_of(bytes: &[u8]) -> Vec<Proposal> {
+        let m = Message::decode(bytes, &DecodeLimits::default()).unwrap();
+        match &m.payloads[0] {
+            Payload::Sa(p) => p.clone(),
+            other => panic!("first payload is {other:?}"),
+        }
+    }
+
+    /// Our initiator-side validation accepts what charon really chose for the offer it got.
+    #[test]
+    fn check_ike_reply_accepts_real_strongswan_choice() {
+        use crate::message::tests::*;
+        let ours = vec![ike(&[AesGcm16(256)], &[HmacSha256], &[], &[Curve25519])];
+        // The captured request is exactly our offer for this configuration.
+        assert_eq!(sa_of(&STRONGSWAN_INIT_GCM), ike_offer(&ours, &[]));
+        let reply = sa_of(&STRONGSWAN_RESP_GCM);
+        assert_eq!(
+            check_ike_reply(&reply, &ours).unwrap(),
+            NegotiatedIke {
+                encr: AesGcm16(256),
+                prf: HmacSha256,
+                integ: None,
+                dh: Curve25519
+            }
+        );
+        // And our responder makes the same choice charon made.
+        let (_, chosen) = select_ike(&sa_of(&STRONGSWAN_INIT_GCM), &ours, Some(31)).unwrap();
+        assert_eq!(vec![chosen], reply);
+        // The same reply does not satisfy an initiator that offered only AES-CBC.
+        let cbc = vec![ike(
+            &[AesCbc(256)],
+            &[HmacSha256],
+            &[HmacSha256_128],
+            &[Curve25519],
+        )];
+        assert_eq!(check_ike_reply(&reply, &cbc), Err(Error::NoProposalChosen));
+    }
+
+    /// charon insists on its preferred group with INVALID_KE_PAYLOAD even when the KE it
+    /// got is acceptable; our responder takes the KE's group instead (2.7 allows both).
+    #[test]
+    fn ke_group_of_real_request_is_preferred() {
+        use crate::message::tests::*;
+        let offer = sa_of(&REQUEST_KE31_OFFER_19_31);
+        let ours = vec![ike(
+            &[AesGcm16(256)],
+            &[HmacSha256],
+            &[],
+            &[Ecp256, Curve25519],
+        )];
+        let (s, chosen) = select_ike(&offer, &ours, Some(31)).unwrap();
+        assert_eq!(s.dh, Curve25519);
+        assert!(check_ke_group(s.dh, 31).is_ok());
+        assert_eq!(
+            chosen
+                .transforms
+                .iter()
+                .filter(|t| t.kind == Transform::DH)
+                .count(),
+            1
+        );
+        // charon's answer names group 19, which this offer included: the initiator retries.
+        let m = Message::decode(&STRONGSWAN_RESP_INVALID_KE, &DecodeLimits::default()).unwrap();
+        let n = m.notify(NotifyType::INVALID_KE_PAYLOAD).unwrap();
+        let want = u16::from_be_bytes([n.data[0], n.data[1]]);
+        assert_eq!(dh_group_from_number(want), Some(Ecp256));
+        let retry = ike_offer_preferring(&ours, &[], Ecp256);
+        assert_eq!(retry[0].transforms[2], t(4, 19, None));
+    }
+
     #[test]
     fn check_ike_reply_rejects_what_we_did_not_offer() {
         let ours = vec![ike(&[AesGcm16(256)], &[HmacSha256], &[], &[Curve25519])];

@@ -42,6 +42,91 @@ pub(crate) const STRONGSWAN_INIT_DEFAULT: [u8; 660] = hex!(
         "184b57d3290000080000402e290000100000402f00020003000400050000000800004016"
 );
 
+/// charon 5.9.8 as responder (proposals aes256gcm16-prfsha256-ecp256-x25519) answering
+/// [`STRONGSWAN_INIT_GCM`] (replayed to it over loopback in a private namespace).
+pub(crate) const STRONGSWAN_RESP_GCM: [u8; 240] = hex!(
+    "1051689f38d505cd0f8dd585411fdc522120222000000000000000f02200002800000024010100030300000c01000014"
+    "800e01000300000802000005000000080400001f28000028001f00005111243646fb5dc371b9e23f76ac2f25e6f31016"
+    "ddbeebcf34cf07af63af0e30290000249c46743320463a64ac8e917b8f350c234c4cff1786581b7033b573306e581c4f"
+    "2900001c0000400468aa14c992ee9de925c9d0d63af10f008bae8e1a2900001c00004005d0aee0229828bda45691368f"
+    "5b76075ea361ce6d290000080000402e290000100000402f000200030004000529000008000040220000000800004014"
+);
+
+/// A request offering groups 19 and 31 with a group-31 KE (built from the capture above),
+/// which charon (configured ecp256 first) answers with [`STRONGSWAN_RESP_INVALID_KE`].
+pub(crate) const REQUEST_KE31_OFFER_19_31: [u8; 240] = hex!(
+    "785da8f18377fe7300000000000000002120220800000000000000f0220000300000002c010100040300000c01000014"
+    "800e010003000008020000050300000804000013000000080400001f28000028001f000041c3641da7f3c0440a726961"
+    "038eae47ca6786b958291616b446647ab439fa9b290000241a4accabefdffaff325e2acfe05bd8510c8e23ce7910bfd6"
+    "45a33f66185d2f832900001c00004004d05d29ebe92bb784ef79648be5289535a04007372900001c00004005dd51b3f8"
+    "8101b2d3f20678aef1d01e58d83850f0290000080000402e290000100000402f00020003000400050000000800004016"
+);
+
+/// charon's INVALID_KE_PAYLOAD answer to [`REQUEST_KE31_OFFER_19_31`], asking for group 19.
+pub(crate) const STRONGSWAN_RESP_INVALID_KE: [u8; 38] =
+    hex!("785da8f18377fe7300000000000000002920222000000000000000260000000a000000110013");
+
+/// charon's NO_PROPOSAL_CHOSEN answer to a request offering only MODP-2048.
+pub(crate) const STRONGSWAN_RESP_NO_PROPOSAL: [u8; 36] =
+    hex!("1051689f38d505cd0000000000000000292022200000000000000024000000080000000e");
+
+#[test]
+fn decodes_real_strongswan_responses() {
+    let m = Message::decode(&STRONGSWAN_RESP_GCM, &limits()).unwrap();
+    let h = m.header;
+    assert_eq!(
+        h.spi_i, 0x1051_689f_38d5_05cd,
+        "the request's SPIi is echoed"
+    );
+    assert_eq!(h.spi_r, 0x0f8d_d585_411f_dc52);
+    assert!(h.response && !h.initiator);
+    assert_eq!(h.exchange, ExchangeType::IkeSaInit);
+    let kinds: Vec<u8> = m.payloads.iter().map(Payload::kind).collect();
+    assert_eq!(kinds, [33, 34, 40, 41, 41, 41, 41, 41, 41]);
+    let Payload::Sa(p) = &m.payloads[0] else {
+        panic!("no SA")
+    };
+    assert_eq!(p.len(), 1);
+    assert_eq!(
+        p[0].transforms,
+        [
+            Transform {
+                kind: 1,
+                id: 20,
+                key_length: Some(256)
+            },
+            Transform {
+                kind: 2,
+                id: 5,
+                key_length: None
+            },
+            Transform {
+                kind: 4,
+                id: 31,
+                key_length: None
+            },
+        ]
+    );
+    // CHILDLESS_IKEV2_SUPPORTED (RFC 6023) and MULTIPLE_AUTH_SUPPORTED (RFC 4739).
+    assert!(m.notify(NotifyType(16418)).is_some());
+    assert!(m.notify(NotifyType(16404)).is_some());
+    assert_eq!(m.encode().unwrap(), STRONGSWAN_RESP_GCM);
+
+    let m = Message::decode(&STRONGSWAN_RESP_INVALID_KE, &limits()).unwrap();
+    assert_eq!(m.header.spi_r, 0, "no SA is created for INVALID_KE_PAYLOAD");
+    let n = m.notify(NotifyType::INVALID_KE_PAYLOAD).unwrap();
+    assert_eq!(n.data, [0, 19]);
+    assert_eq!(m.payloads.len(), 1);
+
+    let m = Message::decode(&STRONGSWAN_RESP_NO_PROPOSAL, &limits()).unwrap();
+    assert_eq!(m.payloads.len(), 1);
+    assert!(m
+        .notify(NotifyType::NO_PROPOSAL_CHOSEN)
+        .unwrap()
+        .data
+        .is_empty());
+}
+
 fn limits() -> DecodeLimits {
     DecodeLimits::default()
 }
