@@ -1055,19 +1055,23 @@ fn encode_body(p: &Payload, out: &mut Vec<u8>) -> Result<(), Error> {
         }
         Payload::Delete(d) => {
             out.push(d.protocol.to_u8());
-            let (size, n) = match d.protocol {
-                ProtocolId::Ike => (0u8, 0u16),
-                _ => (
-                    4u8,
-                    u16::try_from(d.spis.len())
-                        .map_err(|_| invalid("delete", "more than 65535 SPIs"))?,
-                ),
-            };
-            out.push(size);
-            out.extend_from_slice(&n.to_be_bytes());
-            if size == 4 {
-                for s in &d.spis {
-                    out.extend_from_slice(&s.0.to_be_bytes());
+            match d.protocol {
+                // RFC 7296 3.11: deleting the IKE SA names no SPI.
+                ProtocolId::Ike if d.spis.is_empty() => out.extend_from_slice(&[0, 0, 0]),
+                ProtocolId::Esp | ProtocolId::Ah => {
+                    let n = u16::try_from(d.spis.len())
+                        .map_err(|_| invalid("delete", "more than 65535 SPIs"))?;
+                    out.push(4);
+                    out.extend_from_slice(&n.to_be_bytes());
+                    for s in &d.spis {
+                        out.extend_from_slice(&s.0.to_be_bytes());
+                    }
+                }
+                p => {
+                    return Err(invalid(
+                        "delete",
+                        format!("protocol {} with {} SPIs", p.to_u8(), d.spis.len()),
+                    ))
                 }
             }
         }

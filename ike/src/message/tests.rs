@@ -1129,3 +1129,221 @@ fn smoke_fuzz_decoder() {
     // The mutations must leave a fair share decodable, or the test exercises nothing deep.
     assert!(decoded > 5_000, "only {decoded} inputs decoded");
 }
+
+fn random_bytes(rng: &mut rand_chacha::ChaCha8Rng, lo: usize, hi: usize) -> Vec<u8> {
+    let mut b = vec![0u8; rng.gen_range(lo..=hi)];
+    rng.fill_bytes(&mut b);
+    b
+}
+
+fn random_ts(rng: &mut rand_chacha::ChaCha8Rng) -> TrafficSelector {
+    let (start, end) = if rng.gen_bool(0.5) {
+        (v4(rng.gen()), v4(rng.gen()))
+    } else {
+        (
+            IpAddr::V6(Ipv6Addr::from(rng.gen::<u128>())),
+            IpAddr::V6(Ipv6Addr::from(rng.gen::<u128>())),
+        )
+    };
+    TrafficSelector {
+        start,
+        end,
+        protocol: rng.gen(),
+        start_port: rng.gen(),
+        end_port: rng.gen(),
+    }
+}
+
+/// A random payload of any kind, in the canonical form decoding produces.
+fn random_payload(rng: &mut rand_chacha::ChaCha8Rng) -> Payload {
+    let protocol = |rng: &mut rand_chacha::ChaCha8Rng| ProtocolId::from(rng.gen_range(0..6u8));
+    match rng.gen_range(0..17) {
+        0 => Payload::Sa(
+            (0..rng.gen_range(1..5))
+                .map(|i| Proposal {
+                    number: i + 1,
+                    protocol: protocol(rng),
+                    spi: random_bytes(rng, 0, 8),
+                    transforms: (0..rng.gen_range(0..12))
+                        .map(|_| Transform {
+                            kind: rng.gen_range(1..6),
+                            id: rng.gen(),
+                            key_length: rng.gen_bool(0.3).then(|| rng.gen()),
+                        })
+                        .collect(),
+                })
+                .collect(),
+        ),
+        1 => Payload::Ke {
+            group: rng.gen(),
+            data: random_bytes(rng, 0, 300),
+        },
+        2 | 3 => {
+            let id = match rng.gen_range(0..6) {
+                0 => Identity::Ipv4(Ipv4Addr::from(rng.gen::<u32>())),
+                1 => Identity::Ipv6(Ipv6Addr::from(rng.gen::<u128>())),
+                2 => Identity::Fqdn(format!("gw-{}.example.net", rng.gen::<u32>())),
+                3 => Identity::Rfc822(format!("u{}@example.net", rng.gen::<u16>())),
+                4 => Identity::DerAsn1Dn(random_bytes(rng, 0, 64)),
+                _ => Identity::KeyId(random_bytes(rng, 0, 64)),
+            };
+            if rng.gen_bool(0.5) {
+                Payload::IdI(id)
+            } else {
+                Payload::IdR(id)
+            }
+        }
+        4 => Payload::Cert {
+            encoding: rng.gen(),
+            data: random_bytes(rng, 0, 100),
+        },
+        5 => Payload::CertReq {
+            encoding: rng.gen(),
+            data: random_bytes(rng, 0, 100),
+        },
+        6 => Payload::Auth {
+            method: AuthMethod(rng.gen()),
+            data: random_bytes(rng, 0, 100),
+        },
+        7 => Payload::Nonce(random_bytes(rng, NONCE_MIN, NONCE_MAX)),
+        8 => Payload::Notify(Notify {
+            protocol: protocol(rng),
+            spi: random_bytes(rng, 0, 8),
+            kind: NotifyType(rng.gen()),
+            data: random_bytes(rng, 0, 40),
+        }),
+        9 => Payload::Delete(if rng.gen_bool(0.3) {
+            Delete {
+                protocol: ProtocolId::Ike,
+                spis: vec![],
+            }
+        } else {
+            Delete {
+                protocol: if rng.gen_bool(0.5) {
+                    ProtocolId::Esp
+                } else {
+                    ProtocolId::Ah
+                },
+                spis: (0..rng.gen_range(0..20)).map(|_| Spi(rng.gen())).collect(),
+            }
+        }),
+        10 => Payload::VendorId(random_bytes(rng, 0, 40)),
+        11 => Payload::TsI((0..rng.gen_range(0..6)).map(|_| random_ts(rng)).collect()),
+        12 => Payload::TsR((0..rng.gen_range(0..6)).map(|_| random_ts(rng)).collect()),
+        13 => Payload::Cfg {
+            kind: CfgType::from(rng.gen_range(0..7u8)),
+            attributes: (0..rng.gen_range(0..8))
+                .map(|_| CfgAttribute {
+                    kind: rng.gen_range(0..0x8000),
+                    value: random_bytes(rng, 0, 20),
+                })
+                .collect(),
+        },
+        14 => Payload::Unknown {
+            // Types no IKEv2 payload uses.
+            kind: rng.gen_range(100..=255),
+            critical: false,
+            body: random_bytes(rng, 0, 50),
+        },
+        15 => Payload::Sk {
+            first_inner: rng.gen(),
+            body: random_bytes(rng, 0, 200),
+        },
+        _ => {
+            let total = rng.gen_range(1..=u16::MAX);
+            Payload::Skf {
+                first_inner: rng.gen(),
+                number: rng.gen_range(1..=total),
+                total,
+                body: random_bytes(rng, 0, 200),
+            }
+        }
+    }
+}
+
+/// Property: any message built from the data model encodes, and decodes to itself with
+/// the header's next-payload and length filled in (RFC 7296 3.1, 3.2).
+#[test]
+fn random_messages_round_trip() {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7296);
+    for _ in 0..20_000 {
+        let mut payloads: Vec<Payload> = (0..rng.gen_range(0..8))
+            .map(|_| random_payload(&mut rng))
+            .collect();
+        // SK/SKF only as the last payload.
+        let n = payloads.len();
+        payloads.retain(|p| !matches!(p, Payload::Sk { .. } | Payload::Skf { .. }));
+        if n > 0 && rng.gen_bool(0.3) {
+            payloads.push(match rng.gen_range(0..2) {
+                0 => Payload::Sk {
+                    first_inner: rng.gen(),
+                    body: random_bytes(&mut rng, 0, 64),
+                },
+                _ => Payload::Skf {
+                    first_inner: 0,
+                    number: 2,
+                    total: 3,
+                    body: vec![1; 9],
+                },
+            });
+        }
+        let header = Header {
+            minor_version: rng.gen_range(0..16),
+            exchange: ExchangeType::from(rng.gen::<u8>()),
+            initiator: rng.gen(),
+            response: rng.gen(),
+            message_id: rng.gen(),
+            ..Header::new(rng.gen(), rng.gen(), ExchangeType::IkeAuth, false, false, 0)
+        };
+        let m = Message { header, payloads };
+        let bytes = m.encode().unwrap();
+        let (d, sk) = Message::decode_locating_sk(&bytes, &limits()).unwrap();
+        assert_eq!(d.payloads, m.payloads);
+        assert_eq!(d.header.length as usize, bytes.len());
+        assert_eq!(
+            d.header.next_payload,
+            m.payloads.first().map_or(0, Payload::kind)
+        );
+        assert_eq!(
+            Header {
+                next_payload: 0,
+                length: 0,
+                ..d.header
+            },
+            Header {
+                next_payload: 0,
+                length: 0,
+                ..m.header
+            }
+        );
+        match m.payloads.last() {
+            Some(Payload::Sk { body, .. } | Payload::Skf { body, .. }) => {
+                assert_eq!(&bytes[sk.unwrap()..], &body[..]);
+            }
+            _ => assert_eq!(sk, None),
+        }
+    }
+}
+
+#[test]
+fn encode_refuses_what_cannot_be_represented() {
+    let del = |protocol, spis| Payload::Delete(Delete { protocol, spis });
+    assert!(encode_payloads(&[del(ProtocolId::Ike, vec![Spi(1)])]).is_err());
+    assert!(encode_payloads(&[del(ProtocolId::Other(9), vec![])]).is_err());
+    let big = Payload::VendorId(vec![0; 70_000]);
+    assert!(encode_payloads(&[big]).is_err());
+    let ts = Payload::TsI(vec![
+        random_ts(&mut rand_chacha::ChaCha8Rng::seed_from_u64(
+            1
+        ));
+        256
+    ]);
+    assert!(encode_payloads(&[ts]).is_err());
+    let long_spi = Payload::Notify(Notify {
+        protocol: ProtocolId::Esp,
+        spi: vec![0; 256],
+        kind: NotifyType::REKEY_SA,
+        data: vec![],
+    });
+    assert!(encode_payloads(&[long_spi]).is_err());
+}
