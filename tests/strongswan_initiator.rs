@@ -7,7 +7,7 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use support::charon::{Charon, Conn, IkeSaState, SwanctlConf};
-use support::headend::{Headend, HeadendConf};
+use support::headend::{field, lines_with, Headend, HeadendConf};
 use support::netns::{Natted, Netns, Star, INSIDE_NET};
 use support::TestCtx;
 
@@ -86,12 +86,45 @@ fn assert_peer_sa(sa: &IkeSaState, peer: &Headend) {
         .expect("installed child");
     assert_eq!(child.local_ts, vec![INSIDE_NET.to_string()]);
     assert_eq!(child.remote_ts, vec![format!("{vip}/32")]);
-    // `headend peer` prints its virtual IP when the tunnel is up.
-    support::wait_for(
-        "headend peer reports its VIP",
+    // `headend peer` reports the tunnel up with the virtual IP charon handed out.
+    let line = support::wait_for(
+        "headend peer logs tunnel up",
         Duration::from_secs(5),
-        || peer.log_text().contains(vip.as_str()).then_some(()),
+        || {
+            let log = peer.log_text();
+            lines_with(&log, "tunnel up", "router-7-example")
+                .last()
+                .map(|l| l.to_string())
+        },
     );
+    assert_eq!(
+        field(&line, "vip"),
+        Some(format!("[{vip}]").as_str()),
+        "{line}"
+    );
+    assert_eq!(field(&line, "headend_id"), Some(HE_ID), "{line}");
+}
+
+/// The peer logged a move from head-end `from` to `to` whose reason starts with `why`.
+fn assert_moved(peer: &Headend, from: &str, to: &str, why: &str) {
+    let log = peer.log_text();
+    let moved = log.lines().any(|l| {
+        l.contains("moving to the next head-end")
+            && field(l, "from") == Some(&format!("{from}:500"))
+            && field(l, "to") == Some(&format!("{to}:500"))
+            && l.contains(&format!("reason={why}"))
+    });
+    assert!(
+        moved,
+        "no move {from} -> {to} ({why}) in the peer log:\n{log}"
+    );
+}
+
+/// The peer's latest "tunnel up" line.
+fn sa_line(peer: &Headend) -> String {
+    let log = peer.log_text();
+    let lines = lines_with(&log, "tunnel up", "router-7-example");
+    lines.last().map(|l| l.to_string()).unwrap_or_default()
 }
 
 fn suite(name: &str, ike: &str, esp: &str, expect: [&str; 3]) {
@@ -201,6 +234,14 @@ fn peer_fails_over_when_first_headend_refuses() {
         "head-end 0 should have refused the peer"
     );
     assert!(c0.list_sas().iter().all(|s| s.state != "ESTABLISHED"));
+    let (he0, he1) = (Star::he_addr(0), Star::he_addr(1));
+    assert_moved(&peer, &he0, &he1, "refused: AUTHENTICATION_FAILED");
+    let up = sa_line(&peer);
+    assert_eq!(
+        field(&up, "headend"),
+        Some(format!("{he1}:4500").as_str()),
+        "{up}"
+    );
     peer.assert_running();
 }
 
@@ -229,6 +270,7 @@ fn peer_fails_over_when_headend_dies() {
     c0.pause(true);
     let sa = wait_rw(&c1, 30, |_| true);
     assert_peer_sa(&sa, &peer);
+    assert_moved(&peer, &Star::he_addr(0), &Star::he_addr(1), "no answer");
     c0.pause(false);
     peer.assert_running();
 }
