@@ -110,7 +110,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         let bytes1: u64 = handles.iter().map(|h| h.stats().bytes_sent.load(Ordering::Relaxed)).sum();
         let dropped: u64 = handles.iter().map(|h| h.stats().frames_dropped.load(Ordering::Relaxed)).sum();
-        let s = seen.lock().expect("lock");
+        let s = seen.lock().expect("lock").clone();
         let mut lat: Vec<f64> = Vec::new();
         let mut last_visible = start;
         let mut missing = 0;
@@ -139,7 +139,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             bytes1 - bytes0,
             (bytes1 - bytes0) as f64 / total as f64
         );
-        drop(s);
         for h in handles {
             h.shutdown().await?;
         }
