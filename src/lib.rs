@@ -13,6 +13,7 @@ pub mod driver;
 pub mod error;
 pub mod event;
 pub mod logging;
+pub mod notify;
 pub mod peer;
 pub mod proposal;
 pub mod run;

@@ -169,7 +169,14 @@ fn main() -> ExitCode {
                         s.daemon.ike_addrs, s.daemon.natt_addrs
                     );
                 }
+                let notifier = headend::notify::Notifier::from_env();
+                if let Some(n) = &notifier {
+                    n.ready();
+                }
                 run::wait_for_signal().await;
+                if let Some(n) = &notifier {
+                    n.stopping();
+                }
                 tracing::info!("signal received; deleting IKE SAs");
                 s.shutdown().await;
                 ExitCode::SUCCESS

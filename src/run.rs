@@ -37,6 +37,9 @@ pub struct TunnelStatus {
     pub since: SystemTime,
     /// CHILD SAs as (inbound SPI, outbound SPI).
     pub child_sas: Vec<(Spi, Spi)>,
+    /// IKE SPIs of the current IKE SA (initiator's, responder's), when known.
+    pub spi_i: u64,
+    pub spi_r: u64,
 }
 
 /// The SA table: tunnels by [`TunnelId`], with the IKE SA -> tunnel mapping kept across
@@ -77,6 +80,18 @@ impl SaTable {
 
     /// Applies an engine event; returns the gateway event it causes, if any.
     pub fn apply(&mut self, ev: &Event, at: SystemTime) -> Option<GatewayEvent> {
+        self.apply_with_spis(ev, at, (0, 0))
+    }
+
+    /// [`SaTable::apply`] with the IKE SPIs of the SA the event is about (for the log and
+    /// the status; the events themselves do not carry them).
+    pub fn apply_with_spis(
+        &mut self,
+        ev: &Event,
+        at: SystemTime,
+        spis: (u64, u64),
+    ) -> Option<GatewayEvent> {
+        let (spi_i, spi_r) = spis;
         match ev {
             Event::IkeSaEstablished {
                 ike_sa,
@@ -93,6 +108,7 @@ impl SaTable {
                 tracing::info!(
                     peer = %remote, identity = %remote_id, gateway_id = %gateway_id,
                     vip = ?virtual_ips, ike_sa = ike_sa.0, udp_encap = *udp_encap,
+                    spi_i = %format_args!("{spi_i:016x}"), spi_r = %format_args!("{spi_r:016x}"),
                     "IKE SA established"
                 );
                 let st = TunnelStatus {
@@ -106,6 +122,8 @@ impl SaTable {
                     udp_encap: *udp_encap,
                     since: at,
                     child_sas: vec![],
+                    spi_i,
+                    spi_r,
                 };
                 self.tunnels.insert(tunnel, st);
                 self.by_sa.insert(*ike_sa, tunnel);
@@ -123,6 +141,9 @@ impl SaTable {
                     self.by_sa.insert(*new, t);
                     if let Some(st) = self.tunnels.get_mut(&t) {
                         st.ike_sa = *new;
+                        if spis != (0, 0) {
+                            (st.spi_i, st.spi_r) = spis;
+                        }
                         tracing::info!(peer = %st.remote, identity = %st.identity,
                             gateway_id = %st.gateway_id, old = old.0, new = new.0, "IKE SA rekeyed");
                     }
@@ -370,6 +391,15 @@ pub async fn start(cfg: &Config, opts: StartOptions) -> Result<DaemonHandle, Err
     })
 }
 
+async fn tick(i: &mut Option<tokio::time::Interval>) {
+    match i {
+        Some(i) => {
+            i.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
 async fn recv_opt<T>(rx: &mut Option<mpsc::UnboundedReceiver<T>>) -> Option<T> {
     match rx {
         Some(r) => r.recv().await,
@@ -390,7 +420,15 @@ impl Loop {
         self.sockets.flush(&mut self.ep).await;
         while let Some(ev) = self.ep.poll() {
             to_dataplane(self.dp.as_mut(), &ev);
-            if let Some(g) = self.table.apply(&ev, SystemTime::now()) {
+            let about = match &ev {
+                Event::IkeSaEstablished { ike_sa, .. } => Some(*ike_sa),
+                Event::IkeSaRekeyed { new, .. } => Some(*new),
+                _ => None,
+            };
+            let spis = about
+                .and_then(|id| self.ep.ike_sa(id))
+                .map_or((0, 0), |i| (i.spi_i, i.spi_r));
+            if let Some(g) = self.table.apply_with_spis(&ev, SystemTime::now(), spis) {
                 let _ = self.events.send(g);
             }
         }
@@ -413,9 +451,21 @@ async fn engine_task(
         events,
         dp,
     };
+    // systemd watchdog pings come from this loop: a hung engine stops them.
+    let notifier = crate::notify::Notifier::from_env();
+    let mut wd = notifier
+        .as_ref()
+        .and_then(|n| n.watchdog)
+        .map(tokio::time::interval);
     let done = loop {
         let deadline = l.ep.poll_timeout();
         tokio::select! {
+            _ = tick(&mut wd) => {
+                if let Some(n) = &notifier {
+                    n.watchdog();
+                }
+                continue;
+            }
             cmd = cmd_rx.recv() => match cmd {
                 Some(Command::Status(tx)) => { let _ = tx.send(l.table.tunnels().cloned().collect()); continue; }
                 Some(Command::Counters(tx)) => { let _ = tx.send(l.ep.counters().clone()); continue; }
