@@ -337,8 +337,28 @@ impl DnsHandler {
             }
         };
         match encode(&req, &reply, max, out) {
-            Ok(truncated) => {
-                shard.count(reply.outcome, tcp, truncated);
+            Ok(false) => {
+                shard.count(reply.outcome, tcp, false);
+                true
+            }
+            Ok(true) => {
+                // Too big for UDP: header, question and OPT only, TC=1 (RFC 6891 section
+                // 7 keeps the OPT; RFC 2181 section 9), so the client retries over TCP.
+                let empty = Reply {
+                    metadata: reply.metadata,
+                    answers: [NO_RECORDS, NO_RECORDS],
+                    authority: NO_RECORDS,
+                    additional: NO_RECORDS,
+                    edns: reply.edns.clone(),
+                    outcome: reply.outcome,
+                };
+                if encode(&req, &empty, max, out).is_err() || out.len() < 12 {
+                    header_only_error(query, 2, out);
+                    shard.count(Outcome::ServFail, tcp, false);
+                    return true;
+                }
+                out[2] |= 0x02;
+                shard.count(reply.outcome, tcp, true);
                 true
             }
             Err(_) => {
