@@ -78,6 +78,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let bytes0: u64 = handles.iter().map(|h| h.stats().bytes_sent.load(Ordering::Relaxed)).sum();
+        let dropped0: u64 = handles.iter().map(|h| h.stats().frames_dropped.load(Ordering::Relaxed)).sum();
         let total = rate * secs;
         let start = Instant::now();
         let period = Duration::from_secs_f64(1.0 / rate as f64);
@@ -109,7 +110,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let bytes1: u64 = handles.iter().map(|h| h.stats().bytes_sent.load(Ordering::Relaxed)).sum();
-        let dropped: u64 = handles.iter().map(|h| h.stats().frames_dropped.load(Ordering::Relaxed)).sum();
+        let dropped: u64 = handles.iter().map(|h| h.stats().frames_dropped.load(Ordering::Relaxed)).sum::<u64>() - dropped0;
         let s = seen.lock().expect("lock").clone();
         let mut lat: Vec<f64> = Vec::new();
         let mut last_visible = start;

@@ -1030,18 +1030,7 @@ impl Driver {
         )>,
     ) -> Result<(), Error> {
         let ops = self.node.take_store_ops();
-        let mut res = self.store.apply(&ops);
-        if res.is_ok() && !acks.is_empty() {
-            // Group commit: one fsync acknowledges every publish of this round.
-            res = self.store.flush();
-        }
-        for (reply, r) in acks {
-            let r = match (&res, r) {
-                (Err(e), Ok(_)) => Err(Error::InvalidConfig(format!("not persisted: {e}"))),
-                (_, r) => r,
-            };
-            let _ = reply.send(r);
-        }
+        let res = self.store.apply(&ops);
         self.sync_links();
         while let Some((to, msg)) = self.node.poll_transmit() {
             let Some(link) = self.links.get(&to) else {
@@ -1065,6 +1054,26 @@ impl Driver {
                     .frames_dropped
                     .fetch_add(1, Ordering::Relaxed);
             }
+        }
+        if !acks.is_empty() {
+            // Group commit: one fsync acknowledges every publish of this round, off the
+            // driver so replication keeps flowing meanwhile. Pushes went out first: a change
+            // lost by a crash before the fsync was never acknowledged, and the restarted
+            // member's new incarnation replaces its partition everywhere.
+            let store = self.store.clone();
+            let applied = res.as_ref().map_err(|e| e.to_string()).err();
+            tokio::task::spawn_blocking(move || {
+                let err = applied.or_else(|| store.flush().err().map(|e| e.to_string()));
+                for (reply, r) in acks {
+                    let r = match (&err, r) {
+                        (Some(e), Ok(_)) => {
+                            Err(Error::InvalidConfig(format!("not persisted: {e}")))
+                        }
+                        (_, r) => r,
+                    };
+                    let _ = reply.send(r);
+                }
+            });
         }
         while let Some(e) = self.node.poll_event() {
             match &e {
