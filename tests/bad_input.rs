@@ -131,8 +131,19 @@ impl Target {
         self.send(to, bad);
         let spi = self.spi();
         let probe = self.sa_init(spi, vec![]);
-        self.send(self.ike, &probe);
-        let (seen, resp) = self.recv_until(spi, Duration::from_secs(5));
+        // Like a real initiator, retransmit the probe if it is lost (a burst of junk may
+        // overflow the daemon's socket buffer; UDP drops are fine, a dead daemon is not).
+        let mut seen = Vec::new();
+        let mut resp = None;
+        for _ in 0..4 {
+            self.send(self.ike, &probe);
+            let (s, r) = self.recv_until(spi, Duration::from_millis(1500));
+            seen.extend(s);
+            if r.is_some() {
+                resp = r;
+                break;
+            }
+        }
         let resp = resp.unwrap_or_else(|| {
             panic!(
                 "no answer to a good IKE_SA_INIT after bad input; log {}",
@@ -465,5 +476,162 @@ fn random_garbage_never_kills_the_daemon() {
     }
     // Still answering; then a good peer connects.
     let _ = t.answers_to(t.ike, &[]);
+    t.good_peer_connects();
+}
+
+/// A real initiator (the ike crate's Endpoint) over a plain UDP socket, recording every
+/// datagram, so an encrypted request can be replayed byte for byte.
+mod replay {
+    use std::net::{SocketAddr, UdpSocket};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use ike::endpoint::Endpoint;
+    use ike::message::{ExchangeType, Header};
+    use ike::{
+        AuthConfig, DhGroup, EncrAlg, EndpointConfig, EspProposal, Event, Identity, IkeProposal,
+        InitiatorConfig, Lifetimes, Limits, PrfAlg, PskStore, Retransmit, SocketKind,
+    };
+
+    /// Establishes one IKE SA as `id`; returns (IKE_AUTH request, IKE_AUTH response).
+    pub fn establish(
+        sock: &UdpSocket,
+        target: SocketAddr,
+        natt: u16,
+        id: &str,
+        psk: &str,
+    ) -> (Vec<u8>, Vec<u8>) {
+        let local = sock.local_addr().expect("local addr");
+        let cfg = Arc::new(EndpointConfig {
+            local_natt_port: local.port(),
+            responder: None,
+            lifetimes: Lifetimes {
+                dpd_delay: None,
+                ..Lifetimes::default()
+            },
+            retransmit: Retransmit::default(),
+            limits: Limits::default(),
+        });
+        let ic = Arc::new(InitiatorConfig {
+            local_id: Identity::Fqdn(id.into()),
+            remote_id: None,
+            auth: AuthConfig::Psk(PskStore {
+                by_identity: Default::default(),
+                default: Some(psk.as_bytes().to_vec()),
+            }),
+            ike_proposals: vec![IkeProposal {
+                encr: vec![EncrAlg::AesGcm16(256)],
+                prf: vec![PrfAlg::HmacSha256],
+                integ: vec![],
+                dh: vec![DhGroup::Curve25519],
+            }],
+            esp_proposals: vec![EspProposal {
+                encr: vec![EncrAlg::AesGcm16(256)],
+                integ: vec![],
+                dh: vec![],
+                esn: false,
+            }],
+            request_vip4: true,
+            request_vip6: false,
+            local_ts: vec![],
+            remote_ts: vec![],
+            initial_contact: true,
+            remote_natt_port: natt,
+        });
+        let mut ep = Endpoint::new(cfg, [7u8; 32]);
+        ep.initiate(Instant::now(), local, target, ic)
+            .expect("initiate");
+        let (mut auth_req, mut auth_resp) = (None, None);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut buf = vec![0u8; 65536];
+        loop {
+            while let Some(t) = ep.poll_transmit() {
+                assert_eq!(
+                    t.socket,
+                    SocketKind::Ike,
+                    "no NAT on loopback: stays on the IKE port"
+                );
+                if let Ok(h) = Header::decode(&t.payload) {
+                    if h.exchange == ExchangeType::IkeAuth && !h.response {
+                        auth_req = Some(t.payload.clone());
+                    }
+                }
+                sock.send_to(&t.payload, t.remote).expect("send");
+            }
+            while let Some(ev) = ep.poll() {
+                match ev {
+                    Event::IkeSaEstablished { .. } => {
+                        return (
+                            auth_req.expect("IKE_AUTH request sent"),
+                            auth_resp.expect("IKE_AUTH response received"),
+                        );
+                    }
+                    Event::NegotiationFailed { reason, .. } => {
+                        panic!("negotiation failed: {reason}")
+                    }
+                    _ => {}
+                }
+            }
+            let now = Instant::now();
+            assert!(now < deadline, "IKE SA not established within 10 s");
+            let wait = ep
+                .poll_timeout()
+                .map(|d| d.saturating_duration_since(now))
+                .unwrap_or(Duration::from_millis(200))
+                .clamp(Duration::from_millis(1), Duration::from_millis(200));
+            sock.set_read_timeout(Some(wait)).expect("timeout");
+            match sock.recv_from(&mut buf) {
+                Ok((n, from)) => {
+                    let d = &buf[..n];
+                    if let Ok(h) = Header::decode(d) {
+                        if h.exchange == ExchangeType::IkeAuth && h.response {
+                            auth_resp = Some(d.to_vec());
+                        }
+                    }
+                    ep.handle(Instant::now(), SocketKind::Ike, local, from, d);
+                }
+                Err(_) => ep.handle_timeout(Instant::now()),
+            }
+        }
+    }
+}
+
+#[test]
+fn replayed_ike_auth_gets_the_cached_response_and_no_second_sa() {
+    let t = Target::start("bad_replay_auth", |_| {});
+    let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let (req, resp) = replay::establish(&sock, t.ike, t.natt.port(), "replay-router.example", PSK);
+    support::headend::wait_up(&t.he, "replay-router-example", Duration::from_secs(5));
+    // RFC 7296 2.1: the retransmitted (here: replayed) IKE_AUTH request is answered with
+    // the cached response, byte for byte, and processed no second time.
+    for _ in 0..3 {
+        sock.send_to(&req, t.ike).expect("replay");
+        sock.set_read_timeout(Some(Duration::from_secs(3)))
+            .expect("timeout");
+        let mut buf = vec![0u8; 65536];
+        let (n, _) = sock
+            .recv_from(&mut buf)
+            .expect("answer to the replayed IKE_AUTH");
+        assert_eq!(&buf[..n], &resp[..], "cached IKE_AUTH response replayed");
+    }
+    // A tampered copy (one ciphertext bit flipped) fails its ICV and is dropped silently
+    // (RFC 7296 2.21.2), without disturbing the SA.
+    let mut bad = req.clone();
+    let last = bad.len() - 1;
+    bad[last] ^= 0x01;
+    sock.send_to(&bad, t.ike).expect("send tampered");
+    sock.set_read_timeout(Some(Duration::from_millis(500)))
+        .expect("timeout");
+    let mut buf = vec![0u8; 65536];
+    if let Ok((n, _)) = sock.recv_from(&mut buf) {
+        assert_eq!(
+            &buf[..n],
+            &resp[..],
+            "only the cached response may come back"
+        );
+    }
+    let log = t.he.log_text();
+    let ups = support::headend::lines_with(&log, "IKE SA established", "replay-router-example");
+    assert_eq!(ups.len(), 1, "one tunnel, not one per replay:\n{log}");
     t.good_peer_connects();
 }
