@@ -17,7 +17,7 @@ use rand::Rng;
 use tokio::sync::mpsc;
 
 use crate::config::{parse_identity, Config, HeadendAddr, PeerSection, Policy};
-use crate::driver::{self, NullDataplane, Sockets};
+use crate::driver::{self, ChildSaSink, NullDataplane, Sockets};
 use crate::error::Error;
 use crate::event::gateway_id_for;
 
@@ -356,6 +356,43 @@ impl Routers {
     }
 }
 
+/// `ip addr add|del <vip>/32 (or /128) dev <tun>`: the router's own traffic leaves from its
+/// virtual IP (RFC 7296 3.15.1) through the data plane.
+fn ip_addr(op: &str, vip: IpAddr, tun: &str) {
+    let prefix = if vip.is_ipv4() { 32 } else { 128 };
+    let r = std::process::Command::new("ip")
+        .args(["addr", op, &format!("{vip}/{prefix}"), "dev", tun])
+        .output();
+    match r {
+        Ok(o) if o.status.success() => {
+            tracing::info!(%vip, tun, op, "virtual IP on the TUN device")
+        }
+        Ok(o) => {
+            tracing::warn!(%vip, tun, op, err = %String::from_utf8_lossy(&o.stderr).trim(), "ip addr failed")
+        }
+        Err(e) => tracing::warn!(%vip, tun, op, error = %e, "cannot run ip (iproute2)"),
+    }
+}
+
+fn vip_addresses(tun: &str, e: &PeerEvent, assigned: &mut HashMap<usize, Vec<IpAddr>>) {
+    match e {
+        PeerEvent::Up { router, vips, .. } => {
+            for old in assigned.remove(router).unwrap_or_default() {
+                ip_addr("del", old, tun);
+            }
+            for v in vips {
+                ip_addr("add", *v, tun);
+            }
+            assigned.insert(*router, vips.clone());
+        }
+        PeerEvent::Moving { router, .. } => {
+            for old in assigned.remove(router).unwrap_or_default() {
+                ip_addr("del", old, tun);
+            }
+        }
+    }
+}
+
 /// Options of `headend peer`.
 #[derive(Debug, Clone, Default)]
 pub struct PeerOptions {
@@ -394,7 +431,23 @@ pub async fn run(
     let ids = router_ids(&peer, &opts)?;
     let esp = Arc::new(NullDataplane::default());
     let bind_ip = peer.bind.ip();
-    let mut sockets = Sockets::bind(&[bind_ip], peer.bind.port(), Some(0), esp).await?;
+    // With [dataplane] the data plane owns the NAT-T socket and carries the CHILD SAs.
+    let dp = match &cfg.dataplane {
+        Some(d) => Some(crate::services::start_dataplane(d.clone())?),
+        None => None,
+    };
+    let natt = if dp.is_some() { None } else { Some(0) };
+    let mut sockets = Sockets::bind(&[bind_ip], peer.bind.port(), natt, esp).await?;
+    let mut sink: Box<dyn ChildSaSink> = Box::new(NullDataplane::default());
+    let mut rekey = None;
+    let mut _dp_handle = None;
+    if let Some(parts) = dp {
+        let (local, rx, send) = parts.natt;
+        sockets.attach_natt(local, rx, send);
+        sink = parts.sink;
+        rekey = parts.rekey;
+        _dp_handle = Some((parts.handle, parts.tasks));
+    }
     let local = sockets.ike_addrs[0];
     let natt_port = sockets.natt_addrs[0].port();
     let mut ep = Endpoint::new(cfg.initiator_endpoint(natt_port), driver::seed());
@@ -403,6 +456,8 @@ pub async fn run(
     tracing::info!(routers = routers.len(), local = %local, headends = ?peer.headends.iter().map(|h| h.addr).collect::<Vec<_>>(),
         policy = ?peer.policy, "peer routers starting");
     let stop_at = opts.duration.map(|d| now + d);
+    // Virtual IPs put on the TUN device, per router (with a data plane only).
+    let mut assigned: HashMap<usize, Vec<IpAddr>> = HashMap::new();
     let signal = crate::run::wait_for_signal();
     tokio::pin!(signal);
     loop {
@@ -424,15 +479,31 @@ pub async fn run(
                 ep.handle_timeout(now);
                 routers.handle_timeout(&mut ep, now);
             }
+            Some(spi) = crate::run::recv_opt(&mut rekey) => {
+                if let Err(e) = ep.rekey_child_sa(Instant::now(), spi) {
+                    tracing::debug!(spi = %format_args!("{:08x}", spi.0), error = %e, "CHILD SA rekey request refused");
+                }
+            }
         }
         sockets.flush(&mut ep).await;
         while let Some(ev) = ep.poll() {
+            crate::run::to_dataplane(sink.as_mut(), &ev);
             routers.handle_event(&mut ep, Instant::now(), &ev);
         }
         for e in routers.events.drain(..) {
+            if let Some((h, _)) = &_dp_handle {
+                vip_addresses(h.tun_name(), &e, &mut assigned);
+            }
             let _ = out.send(e);
         }
         sockets.flush(&mut ep).await;
+    }
+    if let Some((h, _)) = &_dp_handle {
+        for vips in assigned.values() {
+            for v in vips {
+                ip_addr("del", *v, h.tun_name());
+            }
+        }
     }
     // Leave cleanly: Delete our IKE SAs so the head-ends release the addresses.
     let now = Instant::now();
@@ -451,7 +522,9 @@ pub async fn run(
             _ = driver::sleep_until(Some(deadline)) => ep.handle_timeout(Instant::now()),
         }
         sockets.flush(&mut ep).await;
-        while ep.poll().is_some() {}
+        while let Some(ev) = ep.poll() {
+            crate::run::to_dataplane(sink.as_mut(), &ev);
+        }
     }
     Ok(())
 }

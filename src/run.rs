@@ -263,7 +263,7 @@ impl SaTable {
 }
 
 /// Passes CHILD SA events to the data plane.
-fn to_dataplane(dp: &mut dyn ChildSaSink, ev: &Event) {
+pub(crate) fn to_dataplane(dp: &mut dyn ChildSaSink, ev: &Event) {
     match ev {
         Event::ChildSaInstalled(c) => dp.install(c),
         Event::ChildSaRekeyed { old_inbound, new } => dp.rekeyed(*old_inbound, new),
@@ -400,7 +400,7 @@ async fn tick(i: &mut Option<tokio::time::Interval>) {
     }
 }
 
-async fn recv_opt<T>(rx: &mut Option<mpsc::UnboundedReceiver<T>>) -> Option<T> {
+pub(crate) async fn recv_opt<T>(rx: &mut Option<mpsc::UnboundedReceiver<T>>) -> Option<T> {
     match rx {
         Some(r) => r.recv().await,
         None => std::future::pending().await,

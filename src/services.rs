@@ -97,6 +97,75 @@ fn dataplane_config(cfg: &Config, dp: &DataplaneConfig) -> DataplaneConfig {
     dp
 }
 
+/// A started data plane, cut into the pieces the IKE drivers take.
+pub struct DataplaneParts {
+    pub handle: Arc<DataplaneHandle>,
+    /// The NAT-T socket's address, the IKE datagrams received on it, and how to send on it.
+    pub natt: (SocketAddr, mpsc::Receiver<Datagram>, NattSend),
+    /// CHILD SA events go here (applied on a thread of their own).
+    pub sink: Box<dyn ChildSaSink>,
+    /// CHILD SAs (inbound SPI) the data plane wants rekeyed (lifetimes, sequence numbers).
+    pub rekey: Option<mpsc::UnboundedReceiver<Spi>>,
+    pub tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Starts the userspace data plane (TUN device: needs CAP_NET_ADMIN) and the glue tasks.
+pub fn start_dataplane(dp: DataplaneConfig) -> Result<DataplaneParts, Error> {
+    let mut tasks = vec![];
+    let mut h = Dataplane::start(dp)?;
+    let local = h.natt_local();
+    let mut ike_rx = h
+        .take_ike_datagrams()
+        .ok_or_else(|| Error::Other("data plane IKE channel already taken".into()))?;
+    let rekey_rx = h.take_rekey_requests();
+    let h = Arc::new(h);
+    let (tx, rx) = mpsc::channel::<Datagram>(4096);
+    tasks.push(tokio::spawn(async move {
+        while let Some(d) = ike_rx.recv().await {
+            let d = Datagram {
+                kind: SocketKind::NatT,
+                local: d.local,
+                remote: d.remote,
+                data: d.bytes,
+            };
+            if tx.send(d).await.is_err() {
+                return;
+            }
+        }
+    }));
+    let hs = h.clone();
+    let send: NattSend = Arc::new(move |remote, bytes| {
+        hs.send_natt(remote, bytes)
+            .map_err(|e| std::io::Error::other(e.to_string()))
+    });
+    let mut rekey = None;
+    if let Some(mut rr) = rekey_rx {
+        let (stx, srx) = mpsc::unbounded_channel();
+        tasks.push(tokio::spawn(async move {
+            while let Some(r) = rr.recv().await {
+                tracing::debug!(spi = %format_args!("{:08x}", r.child.0), reason = ?r.reason, "data plane asks for a CHILD SA rekey");
+                if stx.send(r.child).is_err() {
+                    return;
+                }
+            }
+        }));
+        rekey = Some(srx);
+    }
+    let (otx, orx) = std_mpsc::channel();
+    let hw = h.clone();
+    std::thread::Builder::new()
+        .name("dataplane-ops".into())
+        .spawn(move || dp_worker(hw, orx))?;
+    tracing::info!(tun = h.tun_name(), natt = %local, "data plane started");
+    Ok(DataplaneParts {
+        handle: h,
+        natt: (local, rx, send),
+        sink: Box::new(DpSink { tx: otx }),
+        rekey,
+        tasks,
+    })
+}
+
 /// Starts everything the configuration asks for.
 pub async fn start(cfg: &Config) -> Result<Services, Error> {
     let mut tasks = vec![];
@@ -107,53 +176,12 @@ pub async fn start(cfg: &Config) -> Result<Services, Error> {
         let dp = dataplane_config(&cfg, dp);
         // The engine must send NAT-T from the data plane's socket port.
         cfg.ike.natt_port = dp.natt_bind.port();
-        let mut h = Dataplane::start(dp)?;
-        let local = h.natt_local();
-        let mut ike_rx = h
-            .take_ike_datagrams()
-            .ok_or_else(|| Error::Other("data plane IKE channel already taken".into()))?;
-        let rekey_rx = h.take_rekey_requests();
-        let h = Arc::new(h);
-        let (tx, rx) = mpsc::channel::<Datagram>(4096);
-        tasks.push(tokio::spawn(async move {
-            while let Some(d) = ike_rx.recv().await {
-                let d = Datagram {
-                    kind: SocketKind::NatT,
-                    local: d.local,
-                    remote: d.remote,
-                    data: d.bytes,
-                };
-                if tx.send(d).await.is_err() {
-                    return;
-                }
-            }
-        }));
-        let hs = h.clone();
-        let send: NattSend = Arc::new(move |remote, bytes| {
-            hs.send_natt(remote, bytes)
-                .map_err(|e| std::io::Error::other(e.to_string()))
-        });
-        opts.natt = Some((local, rx, send));
-        if let Some(mut rr) = rekey_rx {
-            let (stx, srx) = mpsc::unbounded_channel();
-            tasks.push(tokio::spawn(async move {
-                while let Some(r) = rr.recv().await {
-                    tracing::debug!(spi = %format_args!("{:08x}", r.child.0), reason = ?r.reason, "data plane asks for a CHILD SA rekey");
-                    if stx.send(r.child).is_err() {
-                        return;
-                    }
-                }
-            }));
-            opts.rekey = Some(srx);
-        }
-        let (otx, orx) = std_mpsc::channel();
-        let hw = h.clone();
-        std::thread::Builder::new()
-            .name("dataplane-ops".into())
-            .spawn(move || dp_worker(hw, orx))?;
-        opts.dataplane = Box::new(DpSink { tx: otx });
-        tracing::info!(tun = h.tun_name(), natt = %local, "data plane started");
-        dataplane = Some(h);
+        let parts = start_dataplane(dp)?;
+        opts.natt = Some(parts.natt);
+        opts.rekey = parts.rekey;
+        opts.dataplane = parts.sink;
+        tasks.extend(parts.tasks);
+        dataplane = Some(parts.handle);
     }
     let daemon = run::start(&cfg, opts).await?;
 
