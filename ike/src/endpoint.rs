@@ -1730,6 +1730,9 @@ impl Endpoint {
 
     fn established(&mut self, sa: &mut IkeSa) {
         self.counters.established += 1;
+        // RealMessage1/2 were only needed for AUTH (2.15).
+        sa.init_req = Vec::new();
+        sa.init_resp = Vec::new();
         let now = sa.established_at.unwrap_or(sa.created);
         sa.ike_rekey_at = Some(now + self.jittered(sa, self.config.lifetimes.ike_rekey));
         tracing::info!(ike_sa = sa.id.0, remote = %sa.remote, remote_id = ?sa.remote_id, spi_i = format_args!("{:016x}", sa.spi_i), spi_r = format_args!("{:016x}", sa.spi_r), "IKE SA established");

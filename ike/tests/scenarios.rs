@@ -942,3 +942,23 @@ fn pfs_rekey_follows_invalid_ke_payload() {
         .count();
     assert_eq!(create_child, 2);
 }
+
+#[test]
+fn simultaneous_ike_rekey_converges_on_one_sa() {
+    for seed in 60..64 {
+        let (mut p, id) = established_pair(seed);
+        let rid = p.responder.ep.ike_sas()[0].id;
+        let child_before = children(&p.initiator);
+        p.initiator.ep.rekey_ike_sa(p.now, id).unwrap();
+        p.responder.ep.rekey_ike_sa(p.now, rid).unwrap();
+        p.drive();
+        let si = p.initiator.ep.ike_sas();
+        let sr = p.responder.ep.ike_sas();
+        assert_eq!((si.len(), sr.len()), (1, 1), "seed {seed}");
+        assert_eq!((si[0].spi_i, si[0].spi_r), (sr[0].spi_i, sr[0].spi_r));
+        assert_ne!(si[0].id, id);
+        assert_eq!(children(&p.initiator), child_before);
+        assert_one_matching_child(&p);
+        assert_eq!(p.initiator.deleted(), vec![(id, DeleteReason::Rekeyed)]);
+    }
+}

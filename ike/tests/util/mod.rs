@@ -153,6 +153,7 @@ pub struct Pair {
     pub horizon: Duration,
     /// Longest virtual time one `drive` call runs.
     pub max_drive: Duration,
+    timed: Option<(Side, Duration)>,
     rng: TestRng,
     seq: u64,
     queue: BinaryHeap<Reverse<(Instant, u64)>>,
@@ -182,6 +183,7 @@ impl Pair {
             unroutable: 0,
             horizon: Duration::from_secs(20),
             max_drive: Duration::from_secs(120),
+            timed: None,
             rng,
             seq: 0,
             queue: BinaryHeap::new(),
@@ -378,8 +380,15 @@ impl Pair {
             if let Some(f) = self.flights.remove(&seq) {
                 self.delivered += 1;
                 let now = self.now;
+                let timed = self.timed.filter(|(s, _)| *s == f.to).is_some();
+                let t0 = std::time::Instant::now();
                 let node = self.node(f.to);
                 node.ep.handle(now, f.socket, f.local, f.remote, &f.payload);
+                if timed {
+                    if let Some((_, d)) = self.timed.as_mut() {
+                        *d += t0.elapsed();
+                    }
+                }
             }
         } else {
             let Some(t) = next_timer else { return false };
@@ -410,6 +419,14 @@ impl Pair {
             }
         }
         panic!("Pair::drive did not settle");
+    }
+
+    /// Like [`Pair::drive`], returning the wall-clock time spent inside `side`'s
+    /// `handle` calls (for cost measurements).
+    pub fn drive_timed(&mut self, side: Side) -> Duration {
+        self.timed = Some((side, Duration::ZERO));
+        self.drive();
+        self.timed.take().map_or(Duration::ZERO, |(_, d)| d)
     }
 
     /// Run everything due within `d` and leave the clock at `now + d`.
