@@ -482,3 +482,83 @@ async fn a_replayed_join_handshake_is_useless() {
     assert_eq!(a.members().await.expect("m").len(), members_before);
     a.shutdown().await.expect("stop");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_are_added_and_removed_without_restarting_the_others() {
+    logs();
+    let dir = tempfile::tempdir().expect("tmp");
+    let (a, _ea, _) = start(cfg(
+        "127.0.10.1",
+        &["127.0.10.2"],
+        SECRET,
+        "vpn.example",
+        &dir,
+    ))
+    .await;
+    let (b, _eb, _) = start(cfg(
+        "127.0.10.2",
+        &["127.0.10.1"],
+        SECRET,
+        "vpn.example",
+        &dir,
+    ))
+    .await;
+    a.publish("branch-a", vec![ip("100.64.0.1")], true)
+        .await
+        .expect("publish");
+    // A new member configured with only one peer: both running members learn it (the
+    // seed's "add the new ACM as peer" becomes a no-op confirmation), nobody restarts.
+    let (c, mut ec, sc) = start(cfg(
+        "127.0.10.3",
+        &["127.0.10.1"],
+        SECRET,
+        "vpn.example",
+        &dir,
+    ))
+    .await;
+    assert_eq!(sc, Started::Joined);
+    c.publish("branch-c", vec![ip("100.64.2.1")], true)
+        .await
+        .expect("publish");
+    for h in [&a, &b, &c] {
+        wait_for(h, |v| v.len() == 2, "records of the new member everywhere").await;
+    }
+    assert!(
+        b.add_peer("127.0.10.3").await.expect("add"),
+        "idempotent add"
+    );
+    let t = Instant::now();
+    while b
+        .members()
+        .await
+        .expect("m")
+        .iter()
+        .filter(|m| m.state == MemberState::Up)
+        .count()
+        < 3
+    {
+        assert!(t.elapsed() < Duration::from_secs(5), "b never saw c up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // `delete service ipsec-ddns enable` on c: the others forget it and its records.
+    c.leave().await.expect("leave");
+    for h in [&a, &b] {
+        wait_for(
+            h,
+            |v| v.len() == 1 && v.contains_key("branch-a"),
+            "c's records gone",
+        )
+        .await;
+        let t = Instant::now();
+        while h.members().await.expect("m").len() != 2 {
+            assert!(t.elapsed() < Duration::from_secs(5), "c still a member");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    // `delete service ipsec-ddns peer` on the others is then a plain removal.
+    a.remove_peer("127.0.10.3").await.expect("remove");
+    assert_eq!(a.members().await.expect("m").len(), 2);
+    while ec.try_recv().is_ok() {}
+    a.shutdown().await.expect("stop");
+    b.shutdown().await.expect("stop");
+}
