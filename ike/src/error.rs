@@ -40,6 +40,9 @@ pub enum Error {
     InvalidMessageId { got: u32, expected: u32 },
     #[error("missing {0} payload")]
     MissingPayload(&'static str),
+    /// A rekey or delete names a CHILD SA we do not have (RFC 7296 2.25, 3.10.1).
+    #[error("no CHILD SA with SPI {0:08x}")]
+    ChildSaNotFound(u32),
 
     // --- incompatible ---
     #[error("no proposal chosen")]
@@ -94,7 +97,8 @@ impl Error {
             | InvalidIkeSpi
             | InvalidSpi(_)
             | InvalidMessageId { .. }
-            | MissingPayload(_) => ErrorKind::PeerMisbehaved,
+            | MissingPayload(_)
+            | ChildSaNotFound(_) => ErrorKind::PeerMisbehaved,
             NoProposalChosen
             | InvalidKePayload { .. }
             | TsUnacceptable
@@ -123,6 +127,7 @@ impl Error {
             InvalidSpi(_) => "invalid_spi",
             InvalidMessageId { .. } => "invalid_message_id",
             MissingPayload(_) => "missing_payload",
+            ChildSaNotFound(_) => "child_sa_not_found",
             NoProposalChosen => "no_proposal",
             InvalidKePayload { .. } => "invalid_ke",
             TsUnacceptable => "ts_unacceptable",
@@ -159,6 +164,7 @@ impl TryFrom<&Error> for NotifyType {
             TemporaryFailure(_) => NotifyType::TEMPORARY_FAILURE,
             InvalidMessageId { .. } => NotifyType::INVALID_MESSAGE_ID,
             InvalidIkeSpi => NotifyType::INVALID_IKE_SPI,
+            ChildSaNotFound(_) => NotifyType::CHILD_SA_NOT_FOUND,
             Oversized(_) | IntegrityCheckFailed | UnexpectedMessage(_) | Crypto(_) | Limit(_)
             | NoSuchSa | Esp(_) => return Err(()),
         })
