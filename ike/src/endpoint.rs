@@ -297,6 +297,32 @@ impl Endpoint {
         }
     }
 
+    /// The data plane received ESP for an SPI it does not know from `remote`: tell the
+    /// peer with an INVALID_SPI notification over an IKE SA we share with it (RFC 7296
+    /// 2.21.4). Rate limited; without an established IKE SA to that address nothing is
+    /// sent (the packet was unauthenticated).
+    pub fn report_invalid_spi(
+        &mut self,
+        now: Instant,
+        remote: IpAddr,
+        spi: Spi,
+    ) -> Result<(), Error> {
+        if !self.invalid_spi_budget(now) {
+            return Err(Error::Limit("INVALID_SPI notifications"));
+        }
+        let id = self
+            .sas
+            .values()
+            .find(|s| s.state == IkeSaState::Established && s.remote.ip() == remote)
+            .map(|s| s.id)
+            .ok_or(Error::NoSuchSa)?;
+        let mut sa = self.sas.remove(&id).ok_or(Error::NoSuchSa)?;
+        sa.queue.push_back(LocalReq::InvalidSpi(spi));
+        self.kick(now, &mut sa);
+        self.finish(now, sa, After::Keep);
+        Ok(())
+    }
+
     /// Status of every IKE SA.
     pub fn ike_sas(&self) -> Vec<IkeSaInfo> {
         let mut v: Vec<IkeSaInfo> = self.sas.values().map(info).collect();
@@ -542,6 +568,7 @@ impl Endpoint {
                         });
                     }
                     let reason = match p.kind {
+                        _ if sa.state == IkeSaState::Rekeyed => DeleteReason::Rekeyed,
                         PendingKind::DeleteIke => sa
                             .delete_reason
                             .clone()
@@ -747,6 +774,15 @@ impl Endpoint {
                 continue;
             }
             let r = match req {
+                LocalReq::InvalidSpi(spi) => {
+                    let n = Payload::Notify(Notify {
+                        protocol: ProtocolId::Esp,
+                        spi: spi.0.to_be_bytes().to_vec(),
+                        kind: NotifyType::INVALID_SPI,
+                        data: spi.0.to_be_bytes().to_vec(),
+                    });
+                    self.send_request(now, sa, ExchangeType::Informational, &[n], PendingKind::Dpd)
+                }
                 LocalReq::Dpd => {
                     self.send_request(now, sa, ExchangeType::Informational, &[], PendingKind::Dpd)
                 }
@@ -2250,10 +2286,7 @@ impl Endpoint {
                 let idx = sa
                     .child_index_by_outbound(spi)
                     .or_else(|| sa.children.iter().position(|c| c.sa.inbound.spi == spi))
-                    .ok_or(Error::InvalidField {
-                        field: "REKEY_SA",
-                        detail: "CHILD_SA_NOT_FOUND".into(),
-                    })?;
+                    .ok_or(Error::ChildSaNotFound(spi.0))?;
                 if !matches!(
                     sa.children[idx].state,
                     ChildState::Installed | ChildState::Rekeying

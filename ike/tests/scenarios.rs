@@ -962,3 +962,28 @@ fn simultaneous_ike_rekey_converges_on_one_sa() {
         assert_eq!(p.initiator.deleted(), vec![(id, DeleteReason::Rekeyed)]);
     }
 }
+
+#[test]
+fn invalid_spi_is_reported_over_the_ike_sa() {
+    let (mut p, _) = established_pair(70);
+    let (i_sent, r_sent) = (p.initiator.sent.len(), p.responder.sent.len());
+    p.responder
+        .ep
+        .report_invalid_spi(p.now, p.initiator.ip, ike::Spi(0xdead_beef))
+        .unwrap();
+    p.drive();
+    // One INFORMATIONAL exchange (type 37): request from the responder, answer back.
+    let req = &p.responder.sent[r_sent..];
+    assert_eq!(req.len(), 1);
+    assert_eq!(req[0].payload[18], 37);
+    assert_eq!(p.initiator.sent.len(), i_sent + 1);
+    assert!(p.initiator.deleted().is_empty() && p.responder.deleted().is_empty());
+    // Unknown peers get nothing.
+    let stranger = "192.0.2.1".parse().unwrap();
+    assert_eq!(
+        p.responder
+            .ep
+            .report_invalid_spi(p.now, stranger, ike::Spi(1)),
+        Err(ike::Error::NoSuchSa)
+    );
+}

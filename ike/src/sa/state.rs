@@ -57,6 +57,8 @@ pub(crate) enum LocalReq {
     DeleteChild(Vec<Spi>),
     DeleteIke,
     Dpd,
+    /// Tell the peer its ESP SPI is unknown here (2.21.4).
+    InvalidSpi(Spi),
 }
 
 /// What an outstanding request of ours was about.
