@@ -172,36 +172,40 @@ fn ping(ns: &Netns, count: u32) -> bool {
 
 /// Runs iperf3 from a's virtual IP to b's inside address; returns (JSON, exit ok).
 fn iperf3(p: &Pair, secs: u32, during: impl FnOnce()) -> (String, bool) {
+    iperf3_between(&p.a_ns, A_VIP, &p.b_ns, INSIDE, secs, during)
+}
+
+/// iperf3 from `client` (bound to `from`) to a one-shot server in `server` on `to`.
+fn iperf3_between(
+    client: &Netns,
+    from: &str,
+    server: &Netns,
+    to: &str,
+    secs: u32,
+    during: impl FnOnce(),
+) -> (String, bool) {
     let iperf = require_tool("iperf3", "iperf3");
     let iperf = iperf.to_str().unwrap();
-    let mut server = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &p.b_ns.name,
-            iperf,
-            "-s",
-            "-1",
-            "-B",
-            INSIDE,
-        ])
+    let mut srv = Command::new("ip")
+        .args(["netns", "exec", &server.name, iperf, "-s", "-1", "-B", to])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(500));
-    let client = Command::new("ip")
+    let secs = secs.to_string();
+    let cl = Command::new("ip")
         .args([
             "netns",
             "exec",
-            &p.a_ns.name,
+            &client.name,
             iperf,
             "-c",
-            INSIDE,
+            to,
             "-B",
-            A_VIP,
+            from,
             "-t",
-            &secs.to_string(),
+            &secs,
             "-J",
         ])
         .stdout(Stdio::piped())
@@ -209,9 +213,9 @@ fn iperf3(p: &Pair, secs: u32, during: impl FnOnce()) -> (String, bool) {
         .spawn()
         .unwrap();
     during();
-    let out = client.wait_with_output().unwrap();
-    let _ = server.kill();
-    let _ = server.wait();
+    let out = cl.wait_with_output().unwrap();
+    let _ = srv.kill();
+    let _ = srv.wait();
     (
         String::from_utf8_lossy(&out.stdout).into_owned(),
         out.status.success(),
@@ -277,6 +281,7 @@ fn esp_ping_and_iperf3_through_a_headend_pair() {
             "headend-to-headend AES-256-GCM iperf3: {:.2} Gbit/s",
             bps / 1e9
         );
+        eprintln!("a: {:?}\nb: {:?}", p.a.counters(), p.b.counters());
     }
     let (ca, cb) = (p.a.counters(), p.b.counters());
     // Both directions carried traffic (TCP data one way, ACKs the other).
@@ -395,4 +400,102 @@ fn esp_hostile_input_is_dropped_and_counted_and_ike_is_forwarded() {
         .a_ns
         .exec(&["ping", "-c", "1", "-W", "1", "-I", A_VIP, "10.250.0.1"]);
     assert!(p.a.counters().dropped(EspDrop::NoRoute) > no_route);
+}
+
+/// BENCHMARKS.md "ESP data plane": bare veth, charon-to-charon (kernel-libipsec, aesni)
+/// and headend-to-headend, AES-256-GCM, iperf3 -t 8, one after the other in one run.
+/// `cargo test --release -p headend --test esp_tunnel -- --ignored --nocapture`
+#[test]
+#[ignore = "benchmark (8 s per leg); run with --ignored"]
+fn esp_throughput_bare_veth_vs_charon_vs_headend() {
+    use support::charon::{Charon, Conn, SwanctlConf};
+    use support::netns::{Direct, INSIDE_ADDR};
+    const SECS: u32 = 8;
+
+    // 1. The bare veth pair: the ceiling.
+    let ctx = TestCtx::new("esp-bench-veth");
+    let net = Direct::new(&ctx);
+    let (json, ok) = iperf3_between(
+        &net.peer,
+        &net.peer_addr.to_string(),
+        &net.he,
+        &net.he_addr.to_string(),
+        SECS,
+        || {},
+    );
+    assert!(ok, "{json}");
+    let veth = received_bps(&json);
+    drop(net);
+
+    // 2. charon <-> charon, kernel-libipsec with aesni, AES-256-GCM.
+    let ctx2 = TestCtx::new("esp-bench-charon");
+    let net = Direct::new(&ctx2);
+    let resp = Charon::start(&ctx2, &net.he, "resp");
+    let init = Charon::start(&ctx2, &net.peer, "init");
+    let psk = "bench-psk-0123456789";
+    resp.load(
+        &ctx2,
+        &SwanctlConf {
+            conns: vec![Conn::responder(
+                "rw",
+                &net.he_addr.to_string(),
+                "he.test",
+                Some("p4"),
+            )],
+            pools: vec![("p4".into(), "10.99.0.0/24".into())],
+            secrets: vec![(vec![], psk.into())],
+        },
+    );
+    let mut c = Conn::initiator(
+        "net",
+        &net.peer_addr.to_string(),
+        &net.he_addr.to_string(),
+        "router-1.example",
+    );
+    c.remote_id = Some("he.test".into());
+    init.load(
+        &ctx2,
+        &SwanctlConf {
+            conns: vec![c],
+            pools: vec![],
+            secrets: vec![(vec![], psk.into())],
+        },
+    );
+    init.initiate_ok("net");
+    let sa = init.wait_established("net", Duration::from_secs(10));
+    let vip = sa.local_vips[0].clone();
+    std::thread::sleep(Duration::from_secs(1));
+    let (json, ok) = iperf3_between(&net.peer, &vip, &net.he, INSIDE_ADDR, SECS, || {});
+    assert!(ok, "{json}");
+    let charon = received_bps(&json);
+    drop((resp, init, net));
+
+    // 3. headend <-> headend.
+    let p = pair("esp-bench-headend");
+    assert!(ping(&p.a_ns, 1));
+    let (json, ok) = iperf3(&p, SECS, || {});
+    assert!(ok, "{json}");
+    let headend = received_bps(&json);
+
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    eprintln!("| path | iperf3 -t {SECS}, Gbit/s |");
+    eprintln!("| bare veth pair | {:.2} |", veth / 1e9);
+    eprintln!(
+        "| charon <-> charon (kernel-libipsec, aesni), AES-256-GCM | {:.2} |",
+        charon / 1e9
+    );
+    eprintln!(
+        "| headend <-> headend (userspace ESP), AES-256-GCM | {:.2} |",
+        headend / 1e9
+    );
+    eprintln!(
+        "headend / charon = {:.1}x; loadavg at end: {}",
+        headend / charon,
+        load.trim()
+    );
+    eprintln!("a: {:?}\nb: {:?}", p.a.counters(), p.b.counters());
+    assert!(
+        headend > charon,
+        "headend ({headend}) slower than charon ({charon})"
+    );
 }

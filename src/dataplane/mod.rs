@@ -144,6 +144,10 @@ pub(crate) struct WorkerCounters {
     rx_bytes: AtomicU64,
     ike_datagrams: AtomicU64,
     keepalives: AtomicU64,
+    tx_sends: AtomicU64,
+    rx_reads: AtomicU64,
+    tun_reads: AtomicU64,
+    tun_writes: AtomicU64,
     drops: [AtomicU64; DROP_SLOTS],
 }
 
@@ -169,6 +173,12 @@ pub struct Counters {
     pub rx_bytes: u64,
     pub ike_datagrams: u64,
     pub keepalives: u64,
+    /// Batching efficiency: UDP datagrams (GSO super-datagrams count once) sent,
+    /// datagrams read (a GRO read counts once), TUN reads and TUN write batches.
+    pub tx_sends: u64,
+    pub rx_reads: u64,
+    pub tun_reads: u64,
+    pub tun_writes: u64,
     /// Dropped packets by reason label (`esp_replayed`, `esp_integrity`, `io`, ...).
     pub drops: BTreeMap<&'static str, u64>,
     /// Installed inbound SAs.
@@ -483,6 +493,10 @@ impl DataplaneHandle {
             c.rx_bytes += w.rx_bytes.load(Ordering::Relaxed);
             c.ike_datagrams += w.ike_datagrams.load(Ordering::Relaxed);
             c.keepalives += w.keepalives.load(Ordering::Relaxed);
+            c.tx_sends += w.tx_sends.load(Ordering::Relaxed);
+            c.rx_reads += w.rx_reads.load(Ordering::Relaxed);
+            c.tun_reads += w.tun_reads.load(Ordering::Relaxed);
+            c.tun_writes += w.tun_writes.load(Ordering::Relaxed);
             for (i, d) in w.drops.iter().enumerate() {
                 drops[i] += d.load(Ordering::Relaxed);
             }

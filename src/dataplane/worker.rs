@@ -90,6 +90,7 @@ impl Worker {
                     continue;
                 }
             };
+            self.counters.tun_reads.fetch_add(1, Ordering::Relaxed);
             let tables = self.shared.tables.load();
             pending.clear();
             for i in 0..n {
@@ -242,8 +243,15 @@ impl Worker {
 
     fn send_list<'a>(&self, batch: &mut SendBatch, dgrams: impl Iterator<Item = Datagram<'a>>) {
         match batch.send(&self.sock, dgrams) {
-            Ok((sent, offered)) if sent == offered => {}
-            _ => self.counters.count_drop(DROP_IO),
+            Ok((sent, offered)) => {
+                self.counters
+                    .tx_sends
+                    .fetch_add(sent as u64, Ordering::Relaxed);
+                if sent != offered {
+                    self.counters.count_drop(DROP_IO);
+                }
+            }
+            Err(_) => self.counters.count_drop(DROP_IO),
         }
     }
 
@@ -267,6 +275,9 @@ impl Worker {
             if n == 0 {
                 continue;
             }
+            self.counters
+                .rx_reads
+                .fetch_add(n as u64, Ordering::Relaxed);
             let tables = self.shared.tables.load();
             for i in 0..n {
                 let len = rb.lens[i];
