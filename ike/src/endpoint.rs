@@ -44,6 +44,8 @@ const NONCE_LEN: usize = 32;
 const NON_ESP_MARKER: [u8; 4] = [0; 4];
 /// Unprotected INVALID_IKE_SPI notifications sent per second at most (2.21.4).
 const INVALID_SPI_PER_SEC: u32 = 100;
+/// Failed-authentication responses kept for replay at most.
+const MAX_TOMBSTONES: usize = 4096;
 /// How often the cookie secret rotates (RFC 7296 2.6).
 const COOKIE_ROTATE: Duration = Duration::from_secs(120);
 
@@ -100,6 +102,9 @@ pub struct Endpoint {
     half_open: usize,
     next_id: u64,
     invalid_spi_window: (Option<Instant>, u32),
+    /// Last responses of SAs that failed IKE_AUTH, by our SPI, and their expiry order.
+    tombstones: HashMap<u64, ([u8; 32], Vec<Vec<u8>>)>,
+    tombstone_order: VecDeque<(Instant, u64)>,
 }
 
 /// What a response handler decided about the SA.
@@ -144,6 +149,8 @@ impl Endpoint {
             half_open: 0,
             next_id: 1,
             invalid_spi_window: (None, 0),
+            tombstones: HashMap::new(),
+            tombstone_order: VecDeque::new(),
         }
     }
 
@@ -297,6 +304,19 @@ impl Endpoint {
         }
     }
 
+    /// The data plane received authenticated ESP on CHILD SA `inbound`: the peer is alive,
+    /// so no liveness check is needed (RFC 7296 2.4). Cheap (one hash lookup); call it at
+    /// most every few seconds per SA, not per packet.
+    pub fn esp_activity(&mut self, now: Instant, inbound: Spi) {
+        if let Some(sa) = self
+            .child_index
+            .get(&inbound)
+            .and_then(|id| self.sas.get_mut(id))
+        {
+            sa.last_inbound = sa.last_inbound.max(now);
+        }
+    }
+
     /// The data plane received ESP for an SPI it does not know from `remote`: tell the
     /// peer with an INVALID_SPI notification over an IKE SA we share with it (RFC 7296
     /// 2.21.4). Rate limited; without an established IKE SA to that address nothing is
@@ -395,6 +415,52 @@ impl Endpoint {
         }
         *n += 1;
         *n <= INVALID_SPI_PER_SEC
+    }
+
+    /// Keep the last response of an SA that failed authentication for a while, so a
+    /// retransmitted IKE_AUTH still gets AUTHENTICATION_FAILED (2.1) though the SA is gone.
+    fn tombstone(&mut self, now: Instant, sa: &IkeSa) {
+        let Some(c) = sa.cached.as_ref() else { return };
+        let until = now + self.rekey_linger();
+        let spi = sa.our_spi();
+        self.tombstones
+            .insert(spi, (c.request_hash, c.packets.clone()));
+        self.tombstone_order.push_back((until, spi));
+        while self.tombstone_order.len() > MAX_TOMBSTONES {
+            if let Some((_, old)) = self.tombstone_order.pop_front() {
+                self.tombstones.remove(&old);
+            }
+        }
+    }
+
+    fn replay_tombstone(
+        &mut self,
+        now: Instant,
+        spi: u64,
+        socket: SocketKind,
+        local: SocketAddr,
+        remote: SocketAddr,
+        data: &[u8],
+    ) -> bool {
+        while let Some(&(t, old)) = self.tombstone_order.front() {
+            if t > now {
+                break;
+            }
+            self.tombstone_order.pop_front();
+            self.tombstones.remove(&old);
+        }
+        let Some((hash, packets)) = self.tombstones.get(&spi) else {
+            return false;
+        };
+        if *hash != sha256(data) {
+            return false;
+        }
+        let packets = packets.clone();
+        self.counters.replayed += 1;
+        for p in &packets {
+            self.transmit(socket, local, remote, p);
+        }
+        true
     }
 
     /// RFC 7296 2.5: an IKE_SA_INIT request of a higher major version gets
@@ -890,6 +956,9 @@ impl Endpoint {
         }
         let our_spi = if hdr.initiator { hdr.spi_r } else { hdr.spi_i };
         let Some(&id) = self.by_spi.get(&our_spi) else {
+            if self.replay_tombstone(now, our_spi, socket, local, remote, data) {
+                return Ok(());
+            }
             // RFC 7296 2.21.4: a request for an unknown SA may get an unprotected
             // INVALID_IKE_SPI; never answer responses.
             if !hdr.response
@@ -1694,6 +1763,7 @@ impl Endpoint {
                 &[notify(NotifyType::AUTHENTICATION_FAILED, vec![])],
             );
             this.negotiation_failed(to.2, id, &e);
+            this.tombstone(now, sa);
             Ok(After::Remove(None))
         };
         let (Some(idi), Some((method, auth_data))) = (idi, auth) else {

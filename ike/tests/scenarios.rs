@@ -987,3 +987,60 @@ fn invalid_spi_is_reported_over_the_ike_sa() {
         Err(ike::Error::NoSuchSa)
     );
 }
+
+#[test]
+fn lost_authentication_failed_is_replayed_without_keeping_the_sa() {
+    let mut p = pair(&SUITES[..1], 71);
+    // Lose the responder's first IKE_AUTH answer (exchange 35, a response).
+    let mut dropped = false;
+    p.drop_filter = Some(Box::new(move |side, t| {
+        let hit = side == Side::Responder && !dropped && t.payload.get(18) == Some(&35);
+        dropped |= hit;
+        hit
+    }));
+    p.connect(Arc::new(initiator_config(
+        SUITES[0],
+        "router1.example",
+        b"wrong key",
+    )));
+    p.drive();
+    assert_eq!(p.lost, 1);
+    assert!(
+        p.initiator
+            .negotiation_failures()
+            .iter()
+            .any(|r| r.contains("AUTHENTICATION_FAILED")),
+        "{:?}",
+        p.initiator.events
+    );
+    assert!(p.responder.ep.ike_sas().is_empty());
+    assert_eq!(p.responder.ep.counters().replayed, 1);
+    assert_eq!(p.responder.ep.counters().failed, 1);
+}
+
+#[test]
+fn esp_activity_postpones_liveness_checks() {
+    let mut icfg = base_config(None);
+    icfg.lifetimes.dpd_delay = Some(Duration::from_secs(10));
+    let mut p = Pair::new(
+        Arc::new(icfg),
+        Arc::new(base_config(Some(responder_config(&SUITES)))),
+        72,
+    );
+    p.horizon = Duration::from_secs(1);
+    p.connect(Arc::new(initiator_config(
+        SUITES[0],
+        "router1.example",
+        PSK,
+    )));
+    p.drive();
+    let (inb, _) = children(&p.initiator)[0];
+    let sent = p.initiator.sent.len();
+    for _ in 0..10 {
+        p.advance(Duration::from_secs(5));
+        p.initiator.ep.esp_activity(p.now, inb);
+    }
+    assert_eq!(p.initiator.sent.len(), sent, "no DPD while ESP flows");
+    p.advance(Duration::from_secs(11));
+    assert_eq!(p.initiator.sent.len(), sent + 1, "one DPD once ESP stops");
+}

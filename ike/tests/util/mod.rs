@@ -153,6 +153,8 @@ pub struct Pair {
     pub horizon: Duration,
     /// Longest virtual time one `drive` call runs.
     pub max_drive: Duration,
+    /// Drop the datagrams for which this returns true (targeted loss).
+    pub drop_filter: Option<Box<dyn FnMut(Side, &Transmit) -> bool>>,
     timed: Option<(Side, Duration)>,
     rng: TestRng,
     seq: u64,
@@ -184,6 +186,7 @@ impl Pair {
             horizon: Duration::from_secs(20),
             max_drive: Duration::from_secs(120),
             timed: None,
+            drop_filter: None,
             rng,
             seq: 0,
             queue: BinaryHeap::new(),
@@ -241,6 +244,12 @@ impl Pair {
 
     /// Put one datagram from `from` on the wire (loss, duplication, NAT applied).
     pub fn send(&mut self, from: Side, t: Transmit) {
+        if let Some(f) = self.drop_filter.as_mut() {
+            if f(from, &t) {
+                self.lost += 1;
+                return;
+            }
+        }
         if self.blackhole == Some(from) {
             self.lost += 1;
             return;
