@@ -125,6 +125,9 @@ struct InFlight {
     payload: Vec<u8>,
 }
 
+/// Decides, per datagram and sender, whether the network loses it.
+pub type DropFilter = Box<dyn FnMut(Side, &Transmit) -> bool>;
+
 /// Two endpoints and the network between them.
 pub struct Pair {
     pub start: Instant,
@@ -154,7 +157,7 @@ pub struct Pair {
     /// Longest virtual time one `drive` call runs.
     pub max_drive: Duration,
     /// Drop the datagrams for which this returns true (targeted loss).
-    pub drop_filter: Option<Box<dyn FnMut(Side, &Transmit) -> bool>>,
+    pub drop_filter: Option<DropFilter>,
     timed: Option<(Side, Duration)>,
     rng: TestRng,
     seq: u64,
