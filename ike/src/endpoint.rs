@@ -550,6 +550,23 @@ impl Endpoint {
         if let Some(k) = sa.init_key.take() {
             self.init_index.remove(&k);
         }
+        // SPIs reserved for exchanges that never completed.
+        if let Some(fc) = sa.first_child.take() {
+            self.child_index.remove(&fc.our_spi);
+        }
+        match sa.pending.take().map(|p| p.kind) {
+            Some(PendingKind::RekeyChild { our_spi, .. }) => {
+                if self.child_index.get(&our_spi) == Some(&sa.id) {
+                    self.child_index.remove(&our_spi);
+                }
+            }
+            Some(PendingKind::RekeyIke { new_spi, .. }) => {
+                if self.by_spi.get(&new_spi) == Some(&sa.id) {
+                    self.by_spi.remove(&new_spi);
+                }
+            }
+            _ => {}
+        }
         for c in sa.children.drain(..) {
             self.child_index.remove(&c.sa.inbound.spi);
             if reason.is_some() {
@@ -569,6 +586,10 @@ impl Endpoint {
             }
         }
         self.pool.release(sa.id);
+        // Nothing may keep pointing at a destroyed SA (checked in debug builds, small tables).
+        debug_assert!(self.sas.len() > 10_000 || !self.by_spi.values().any(|v| *v == sa.id));
+        debug_assert!(self.sas.len() > 10_000 || !self.child_index.values().any(|v| *v == sa.id));
+        debug_assert!(self.sas.len() > 10_000 || !self.init_index.values().any(|v| *v == sa.id));
         if let Some(reason) = reason {
             tracing::info!(ike_sa = sa.id.0, remote = %sa.remote, ?reason, "IKE SA deleted");
             self.events.push_back(Event::IkeSaDeleted {
