@@ -805,6 +805,10 @@ pub fn ts_any(v6: bool) -> TrafficSelector {
     }
 }
 
+/// Most selectors [`narrow`] returns per side. Narrowing may drop selectors (2.9), and this
+/// keeps the answer well inside one TS payload (255) and the work per request bounded.
+pub const MAX_NARROWED: usize = 32;
+
 fn intersect_all(peer: &[TrafficSelector], allowed: &[TrafficSelector]) -> Vec<TrafficSelector> {
     let mut out: Vec<TrafficSelector> = Vec::new();
     for p in peer {
@@ -812,6 +816,9 @@ fn intersect_all(peer: &[TrafficSelector], allowed: &[TrafficSelector]) -> Vec<T
             if let Some(x) = ts_intersect(p, a) {
                 if !out.contains(&x) {
                     out.push(x);
+                    if out.len() == MAX_NARROWED {
+                        return out;
+                    }
                 }
             }
         }
@@ -825,7 +832,11 @@ fn intersect_all(peer: &[TrafficSelector], allowed: &[TrafficSelector]) -> Vec<T
 /// * TSi (the peer's side) becomes the intersection of the peer's TSi with its virtual
 ///   addresses `vips` (each a /32 or /128 host) when it was given any, as a client that
 ///   asked 0.0.0.0/0 with a CFG_REQUEST expects; without virtual addresses the peer's TSi
-///   is kept (its own networks), minus malformed selectors.
+///   is kept (its own networks), minus malformed selectors. A driver that wants
+///   strongSwan's `remote_ts = dynamic` for peers without a virtual IP passes the peer's
+///   outer address as `vips`.
+/// * At most [`MAX_NARROWED`] selectors per side, in the peer's order (so a first,
+///   packet-specific selector stays first).
 ///
 /// Nothing left on either side is [`Error::TsUnacceptable`] (TS_UNACCEPTABLE).
 pub fn narrow(
@@ -835,7 +846,11 @@ pub fn narrow(
     vips: &[IpAddr],
 ) -> Result<(Vec<TrafficSelector>, Vec<TrafficSelector>), Error> {
     let out_i = if vips.is_empty() {
-        tsi.iter().filter(|t| ts_is_valid(t)).cloned().collect()
+        tsi.iter()
+            .filter(|t| ts_is_valid(t))
+            .take(MAX_NARROWED)
+            .cloned()
+            .collect()
     } else {
         let hosts: Vec<TrafficSelector> = vips.iter().map(|v| ts_host(*v)).collect();
         intersect_all(tsi, &hosts)
@@ -1536,6 +1551,25 @@ mod tests {
         assert!(ts_within(&[ts_host(vip)], &[ts_any(false)]));
         assert!(!ts_within(&[ts_any(false)], &[ts_host(vip)]));
         assert!(!ts_within(&[], &[ts_any(false)]));
+    }
+
+    #[test]
+    fn narrowing_output_is_bounded() {
+        // 64 x 64 distinct intersections would not fit a reply; the answer is capped.
+        let peer: Vec<TrafficSelector> = (0..64u16)
+            .map(|p| ts("0.0.0.0", "255.255.255.255", 6, (p, p)))
+            .collect();
+        let local: Vec<TrafficSelector> = (0..64u8)
+            .map(|i| {
+                let a = format!("10.0.{i}.0");
+                let b = format!("10.0.{i}.255");
+                ts(&a, &b, 0, (0, 65535))
+            })
+            .collect();
+        let (i, r) = narrow(&peer, &peer, &local, &[]).unwrap();
+        assert_eq!((i.len(), r.len()), (MAX_NARROWED, MAX_NARROWED));
+        assert_eq!(r[0], ts("10.0.0.0", "10.0.0.255", 6, (0, 0)));
+        assert!(ts_within(&r, &local) && ts_within(&r, &peer));
     }
 
     fn random_ts(rng: &mut rand_chacha::ChaCha8Rng, v6: bool) -> TrafficSelector {
