@@ -555,15 +555,15 @@ impl Endpoint {
             self.child_index.remove(&fc.our_spi);
         }
         match sa.pending.take().map(|p| p.kind) {
-            Some(PendingKind::RekeyChild { our_spi, .. }) => {
-                if self.child_index.get(&our_spi) == Some(&sa.id) {
-                    self.child_index.remove(&our_spi);
-                }
+            Some(PendingKind::RekeyChild { our_spi, .. })
+                if self.child_index.get(&our_spi) == Some(&sa.id) =>
+            {
+                self.child_index.remove(&our_spi);
             }
-            Some(PendingKind::RekeyIke { new_spi, .. }) => {
-                if self.by_spi.get(&new_spi) == Some(&sa.id) {
-                    self.by_spi.remove(&new_spi);
-                }
+            Some(PendingKind::RekeyIke { new_spi, .. })
+                if self.by_spi.get(&new_spi) == Some(&sa.id) =>
+            {
+                self.by_spi.remove(&new_spi);
             }
             _ => {}
         }
