@@ -60,6 +60,10 @@ fn keys(spi: u32, seed: u8) -> EspKeys {
 
 /// The two halves of one CHILD SA: (a's view, b's view). `gen` varies SPIs and keys.
 fn child_pair(gen: u32) -> (ChildSa, ChildSa) {
+    child_pair_encap(gen, true)
+}
+
+fn child_pair_encap(gen: u32, udp_encap: bool) -> (ChildSa, ChildSa) {
     let a_in = keys(0xa000_0000 + gen, gen as u8 * 2 + 1);
     let b_in = keys(0xb000_0000 + gen, gen as u8 * 2 + 2);
     let a_addr: SocketAddr = format!("{A_OUTER}:4500").parse().unwrap();
@@ -74,7 +78,7 @@ fn child_pair(gen: u32) -> (ChildSa, ChildSa) {
         remote_ts: vec![inside.clone()],
         local: a_addr,
         remote: b_addr,
-        udp_encap: true,
+        udp_encap,
     };
     let b = ChildSa {
         ike_sa: IkeSaId(1),
@@ -84,7 +88,7 @@ fn child_pair(gen: u32) -> (ChildSa, ChildSa) {
         remote_ts: vec![vip],
         local: b_addr,
         remote: a_addr,
-        udp_encap: true,
+        udp_encap,
     };
     (a, b)
 }
@@ -111,6 +115,10 @@ fn cfg() -> DataplaneConfig {
 }
 
 fn pair(name: &str) -> Pair {
+    pair_encap(name, true)
+}
+
+fn pair_encap(name: &str, udp_encap: bool) -> Pair {
     require_tool("ip", "iproute2");
     let ctx = TestCtx::new(name);
     let a_ns = Netns::new(&ctx, "a");
@@ -128,7 +136,7 @@ fn pair(name: &str) -> Pair {
     let b = start_in(&b_ns, cfg());
     // The peer router's virtual IP lives on its tunnel device.
     a_ns.ip(&["addr", "add", &format!("{A_VIP}/32"), "dev", "esp0"]);
-    let (ca, cb) = child_pair(1);
+    let (ca, cb) = child_pair_encap(1, udp_encap);
     b.install(&cb).unwrap();
     a.install(&ca).unwrap();
     Pair {
@@ -328,6 +336,26 @@ fn esp_rekey_during_iperf3_loses_no_connection() {
     assert!(p.b.usage(Spi(0xb000_0001)).is_none());
     assert_eq!(p.b.counters().inbound_sas, 1);
     assert!(ping(&p.a_ns, 2), "tunnel broken after the rekey");
+}
+
+#[test]
+fn esp_plain_esp_over_raw_sockets_carries_ping_and_tcp() {
+    // No NAT: ESP as IP protocol 50 (RFC 4303), not UDP-encapsulated.
+    let p = pair_encap("esp-raw", false);
+    assert!(
+        ping(&p.a_ns, 3),
+        "ping over plain ESP failed: {:?} {:?}",
+        p.a.counters(),
+        p.b.counters()
+    );
+    let (json, ok) = iperf3(&p, 2, || {});
+    assert!(ok, "iperf3 over plain ESP failed: {json}");
+    assert!(received_bps(&json) > 1e6);
+    let (ca, cb) = (p.a.counters(), p.b.counters());
+    assert!(ca.tx_packets > 10 && cb.rx_packets > 10, "{ca:?} {cb:?}");
+    // Nothing went over UDP.
+    assert_eq!(ca.tx_sends, 0, "{ca:?}");
+    assert_eq!(cb.rx_reads, 0, "{cb:?}");
 }
 
 /// Sends datagrams to b's NAT-T port from inside namespace a.

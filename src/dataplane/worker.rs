@@ -418,6 +418,7 @@ impl OutQueue {
         if self.n == 0 {
             return;
         }
+        counters.tun_writes.fetch_add(1, Ordering::Relaxed);
         if tun
             .send_multiple(&mut self.gro, &mut self.bufs[..self.n], VIRTIO_NET_HDR_LEN)
             .is_err()
