@@ -376,6 +376,21 @@ fn pick_encr_integ(
     None
 }
 
+/// Our proposals with those accepting the KE payload's group first: within one offered
+/// proposal, any of ours that can take the group the peer already sent wins, so the KE
+/// is used whenever possible and INVALID_KE_PAYLOAD is only sent when it must be (2.7).
+fn ke_first<'a, T>(
+    ours: &'a [T],
+    group: Option<DhGroup>,
+    dh: impl Fn(&T) -> &Vec<DhGroup>,
+) -> Vec<&'a T> {
+    let has = |o: &&T| group.is_some_and(|g| dh(o).contains(&g));
+    ours.iter()
+        .filter(has)
+        .chain(ours.iter().filter(|o| !has(o)))
+        .collect()
+}
+
 /// Responder side of IKE_SA_INIT (and IKE SA rekey, 2.18): the first offered IKE proposal
 /// acceptable under any of our proposals (RFC 7296 2.7), with one transform of each type.
 ///
@@ -389,11 +404,12 @@ pub fn select_ike(
     ke_group: Option<u16>,
 ) -> Result<(NegotiatedIke, Proposal), Error> {
     let prefer_dh = ke_group.and_then(dh_group_from_number);
+    let ours = ke_first(ours, prefer_dh, |o| &o.dh);
     for p in offered {
         if p.protocol != ProtocolId::Ike || !(p.spi.is_empty() || p.spi.len() == 8) {
             continue;
         }
-        for o in ours {
+        for o in ours.iter().copied() {
             let Some(EncrInteg {
                 encr,
                 encr_t: te,
@@ -471,6 +487,7 @@ pub fn select_esp(
     ke_group: Option<u16>,
 ) -> Result<(NegotiatedEsp, Proposal, Spi), Error> {
     let prefer_dh = ke_group.and_then(dh_group_from_number);
+    let ours = ke_first(ours, prefer_dh, |o| &o.dh);
     for p in offered {
         if p.protocol != ProtocolId::Esp {
             continue;
@@ -479,7 +496,7 @@ pub fn select_esp(
             continue;
         };
         let peer_spi = Spi(u32::from_be_bytes(spi_bytes));
-        for o in ours {
+        for o in ours.iter().copied() {
             let Some(EncrInteg {
                 encr,
                 encr_t: te,
@@ -1570,6 +1587,115 @@ mod tests {
         assert_eq!((i.len(), r.len()), (MAX_NARROWED, MAX_NARROWED));
         assert_eq!(r[0], ts("10.0.0.0", "10.0.0.255", 6, (0, 0)));
         assert!(ts_within(&r, &local) && ts_within(&r, &peer));
+    }
+
+    fn subset<T: Copy>(rng: &mut rand_chacha::ChaCha8Rng, all: &[T], min: usize) -> Vec<T> {
+        let mut v: Vec<T> = all.iter().copied().filter(|_| rng.gen_bool(0.5)).collect();
+        while v.len() < min {
+            v.push(all[rng.gen_range(0..all.len())]);
+        }
+        v
+    }
+
+    const ENCRS: [EncrAlg; 5] = [
+        AesCbc(128),
+        AesCbc(256),
+        AesGcm16(128),
+        AesGcm16(256),
+        ChaCha20Poly1305,
+    ];
+    const PRFS: [PrfAlg; 3] = [HmacSha256, HmacSha384, HmacSha512];
+    const INTEGS: [IntegAlg; 3] = [HmacSha256_128, HmacSha384_192, HmacSha512_256];
+    const GROUPS: [DhGroup; 4] = [Modp2048, Ecp256, Ecp384, Curve25519];
+
+    fn random_ike(rng: &mut rand_chacha::ChaCha8Rng) -> Vec<IkeProposal> {
+        (0..rng.gen_range(1..4))
+            .map(|_| IkeProposal {
+                encr: subset(rng, &ENCRS, 1),
+                prf: subset(rng, &PRFS, 1),
+                integ: subset(rng, &INTEGS, 0),
+                dh: subset(rng, &GROUPS, 1),
+            })
+            .collect()
+    }
+
+    fn random_esp(rng: &mut rand_chacha::ChaCha8Rng) -> Vec<EspProposal> {
+        (0..rng.gen_range(1..4))
+            .map(|_| EspProposal {
+                encr: subset(rng, &ENCRS, 1),
+                integ: subset(rng, &INTEGS, 0),
+                dh: subset(rng, &GROUPS, 0),
+                esn: rng.gen(),
+            })
+            .collect()
+    }
+
+    /// Property: for random initiator and responder configurations, whatever our responder
+    /// selects from our initiator's offer, our initiator's reply check accepts with the
+    /// same suite; the suite is allowed by both configurations; and the KE group is the
+    /// one sent whenever the responder could take it.
+    #[test]
+    fn responder_choice_always_passes_initiator_check() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(2_7);
+        let (mut ike_ok, mut esp_ok) = (0, 0);
+        for _ in 0..4000 {
+            let (ci, cr) = (random_ike(&mut rng), random_ike(&mut rng));
+            let ke = GROUPS[rng.gen_range(0..4)];
+            let offer = ike_offer_preferring(&ci, &[], ke);
+            if let Ok((suite, chosen)) = select_ike(&offer, &cr, Some(dh_group_number(ke))) {
+                ike_ok += 1;
+                assert_eq!(
+                    check_ike_reply(&[chosen.clone()], &ci),
+                    Ok(suite),
+                    "{ci:?} {cr:?}"
+                );
+                let o = &cr.iter().find(|o| {
+                    o.encr.contains(&suite.encr)
+                        && o.prf.contains(&suite.prf)
+                        && o.dh.contains(&suite.dh)
+                });
+                assert!(o.is_some());
+                assert_eq!(suite.integ.is_none(), is_aead(suite.encr));
+                // Only one transform per type in the answer.
+                for kind in 1..=5 {
+                    assert!(chosen.transforms.iter().filter(|t| t.kind == kind).count() <= 1);
+                }
+                // The KE's group is chosen whenever one of our proposals could take the
+                // chosen offered proposal with it (no needless INVALID_KE round trip).
+                let p = &offer[usize::from(chosen.number) - 1];
+                let could = cr.iter().any(|o| {
+                    o.dh.contains(&ke)
+                        && select_ike(
+                            std::slice::from_ref(p),
+                            &[IkeProposal {
+                                dh: vec![ke],
+                                ..o.clone()
+                            }],
+                            None,
+                        )
+                        .is_ok()
+                });
+                assert_eq!(suite.dh == ke, could, "{p:?} {cr:?} ke {ke:?}");
+            }
+            let (ei, er) = (random_esp(&mut rng), random_esp(&mut rng));
+            let pfs = rng.gen_bool(0.5);
+            let spi = Spi(rng.gen());
+            let offer = esp_offer(&ei, spi, pfs);
+            if let Ok((suite, mut chosen, peer_spi)) = select_esp(&offer, &er, pfs, None) {
+                esp_ok += 1;
+                assert_eq!(peer_spi, spi);
+                chosen.spi = vec![1, 2, 3, 4];
+                let (s, rspi) = check_esp_reply(&[chosen], &ei, pfs).unwrap();
+                assert_eq!((s, rspi), (suite, Spi(0x0102_0304)));
+                assert_eq!(suite.integ.is_none(), is_aead(suite.encr));
+                if !pfs {
+                    assert_eq!(suite.dh, None);
+                }
+            }
+        }
+        // Both outcomes must be common, or the property says little.
+        assert!(ike_ok > 400 && ike_ok < 3600, "{ike_ok}");
+        assert!(esp_ok > 400 && esp_ok < 3600, "{esp_ok}");
     }
 
     fn random_ts(rng: &mut rand_chacha::ChaCha8Rng, v6: bool) -> TrafficSelector {
