@@ -255,6 +255,9 @@ impl Dataplane {
             let q = tuns[0].try_clone()?;
             tuns.push(q);
         }
+        for t in &tuns {
+            t.set_nonblocking(true)?;
+        }
 
         let mut socks = Vec::new();
         for _ in 0..queues {

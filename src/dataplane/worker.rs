@@ -70,23 +70,34 @@ impl Worker {
         let mut batch = SendBatch::new(BATCH.max(TUN_BATCH));
         let mut dgram_meta: Vec<(usize, usize, SocketAddr, u16)> = Vec::with_capacity(TUN_BATCH);
         let fd = self.tun.as_raw_fd();
+        // The TUN fd is non-blocking: read until it runs dry, poll only then.
+        let mut dry = true;
         while !self.stopped() {
-            match sys::poll_readable(fd, 200) {
-                Ok(true) => {}
-                Ok(false) => continue,
-                Err(_) => {
-                    self.counters.count_drop(DROP_IO);
-                    continue;
+            if dry {
+                match sys::poll_readable(fd, 200) {
+                    Ok(true) => {}
+                    Ok(false) => continue,
+                    Err(_) => {
+                        self.counters.count_drop(DROP_IO);
+                        continue;
+                    }
                 }
             }
             let n = match self
                 .tun
                 .recv_multiple(&mut original, &mut bufs, &mut sizes, HEADROOM)
             {
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Ok(n) => {
+                    dry = false;
+                    n
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    dry = true;
+                    continue;
+                }
                 Err(_) => {
                     self.counters.count_drop(DROP_IO);
+                    dry = true;
                     continue;
                 }
             };
