@@ -379,11 +379,7 @@ fn pick_encr_integ(
 /// Our proposals with those accepting the KE payload's group first: within one offered
 /// proposal, any of ours that can take the group the peer already sent wins, so the KE
 /// is used whenever possible and INVALID_KE_PAYLOAD is only sent when it must be (2.7).
-fn ke_first<'a, T>(
-    ours: &'a [T],
-    group: Option<DhGroup>,
-    dh: impl Fn(&T) -> &Vec<DhGroup>,
-) -> Vec<&'a T> {
+fn ke_first<T>(ours: &[T], group: Option<DhGroup>, dh: impl Fn(&T) -> &Vec<DhGroup>) -> Vec<&T> {
     let has = |o: &&T| group.is_some_and(|g| dh(o).contains(&g));
     ours.iter()
         .filter(has)
