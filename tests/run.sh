@@ -54,6 +54,16 @@ else
   say "all test packages present"
 fi
 
+# strongSwan's Debian AppArmor profiles keep charon/swanctl away from the per-test files
+# under $TMPDIR; where AppArmor is active, unload those two profiles for the test run.
+if [ "$(cat /sys/module/apparmor/parameters/enabled 2>/dev/null)" = Y ] &&
+   grep -qs 'ipsec/charon\|swanctl' /sys/kernel/security/apparmor/profiles; then
+  say "AppArmor confines charon/swanctl: unloading their profiles for the tests"
+  for p in usr.lib.ipsec.charon usr.sbin.swanctl; do
+    [ -e "/etc/apparmor.d/$p" ] && apparmor_parser -R "/etc/apparmor.d/$p" 2>/dev/null || true
+  done
+fi
+
 # --- 2. Leftovers of killed runs -----------------------------------------------------
 # Test namespaces are named het-<pid>-<seq>-<role>; remove those whose test process is gone.
 for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep '^het-' || true); do
