@@ -3085,3 +3085,7 @@ fn _assert_auth_config_exhaustive(a: &AuthConfig) {
 
 #[allow(dead_code)]
 type _SecretBytes = Zeroizing<Vec<u8>>;
+
+#[cfg(test)]
+#[path = "sa/endpoint_tests.rs"]
+mod tests;

@@ -1,0 +1,267 @@
+//! In-crate state-machine tests that need the engine's internals: requests the public
+//! API cannot produce (a rekey of an unknown CHILD SA, an authenticated but malformed
+//! request), protected with the real SA keys.
+#![allow(clippy::unwrap_used)]
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::config::*;
+
+fn cfgs() -> (
+    Arc<EndpointConfig>,
+    Arc<EndpointConfig>,
+    Arc<InitiatorConfig>,
+) {
+    let ike = IkeProposal {
+        encr: vec![EncrAlg::AesGcm16(256)],
+        prf: vec![PrfAlg::HmacSha256],
+        integ: vec![],
+        dh: vec![DhGroup::Curve25519],
+    };
+    let esp = EspProposal {
+        encr: vec![EncrAlg::AesGcm16(256)],
+        integ: vec![],
+        dh: vec![],
+        esn: false,
+    };
+    let psk = PskStore {
+        by_identity: Default::default(),
+        default: Some(b"k".to_vec()),
+    };
+    let any = crate::negotiate::ts_any(false);
+    let base = |responder| EndpointConfig {
+        local_natt_port: 4500,
+        responder,
+        lifetimes: Lifetimes {
+            dpd_delay: None,
+            ..Lifetimes::default()
+        },
+        retransmit: Retransmit::default(),
+        limits: Limits::default(),
+    };
+    let r = ResponderConfig {
+        local_id: Identity::Fqdn("gw".into()),
+        auth: AuthConfig::Psk(psk.clone()),
+        ike_proposals: vec![ike.clone()],
+        esp_proposals: vec![esp.clone()],
+        local_ts: vec![any.clone()],
+        pool: PoolConfig {
+            v4: Some("100.64.0.0/24".parse().unwrap()),
+            v6: None,
+            dns: vec![],
+        },
+    };
+    let i = InitiatorConfig {
+        local_id: Identity::Fqdn("r1".into()),
+        remote_id: None,
+        auth: AuthConfig::Psk(psk),
+        ike_proposals: vec![ike],
+        esp_proposals: vec![esp],
+        request_vip4: true,
+        request_vip6: false,
+        local_ts: vec![],
+        remote_ts: vec![any],
+        initial_contact: false,
+        remote_natt_port: 4500,
+    };
+    (Arc::new(base(None)), Arc::new(base(Some(r))), Arc::new(i))
+}
+
+/// Move datagrams between the two endpoints until both are quiet; returns the
+/// responder's datagrams.
+fn pump(i: &mut Endpoint, r: &mut Endpoint, now: Instant) -> Vec<Vec<u8>> {
+    let mut from_r = Vec::new();
+    loop {
+        let mut moved = false;
+        while let Some(t) = i.poll_transmit() {
+            r.handle(now, t.socket, t.remote, t.local, &t.payload);
+            moved = true;
+        }
+        while let Some(t) = r.poll_transmit() {
+            from_r.push(t.payload.clone());
+            i.handle(now, t.socket, t.remote, t.local, &t.payload);
+            moved = true;
+        }
+        if !moved {
+            return from_r;
+        }
+    }
+}
+
+fn established() -> (Endpoint, Endpoint, IkeSaId, Instant) {
+    let (ic, rc, cfg) = cfgs();
+    let now = Instant::now();
+    let mut i = Endpoint::new(ic, [1; 32]);
+    let mut r = Endpoint::new(rc, [2; 32]);
+    let local = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)), 500);
+    let remote = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)), 500);
+    let id = i.initiate(now, local, remote, cfg).unwrap();
+    pump(&mut i, &mut r, now);
+    assert_eq!(i.ike_sa(id).unwrap().state, IkeSaState::Established);
+    (i, r, id, now)
+}
+
+/// Send `payloads` as a request of `exchange` on the initiator's SA and return the
+/// decrypted payloads of the responder's answer.
+fn request(
+    i: &mut Endpoint,
+    r: &mut Endpoint,
+    id: IkeSaId,
+    now: Instant,
+    exchange: ExchangeType,
+    payloads: &[Payload],
+) -> Vec<Payload> {
+    let mut sa = i.sas.remove(&id).unwrap();
+    i.send_request(now, &mut sa, exchange, payloads, PendingKind::Dpd)
+        .unwrap();
+    let keys_in = |sa: &IkeSa, data: &[u8]| {
+        let (m, off) = Message::decode_locating_sk(data, &DecodeLimits::default()).unwrap();
+        let Some(Payload::Sk { first_inner, .. }) = m.payloads.last() else {
+            panic!("no SK")
+        };
+        let plain = sa
+            .keys
+            .as_ref()
+            .unwrap()
+            .inb
+            .open(data, off.unwrap())
+            .unwrap();
+        decode_payloads(*first_inner, &plain, &DecodeLimits::default()).unwrap()
+    };
+    let pkts: Vec<Transmit> = std::iter::from_fn(|| i.poll_transmit()).collect();
+    let mut answers = Vec::new();
+    for t in pkts {
+        r.handle(now, t.socket, t.remote, t.local, &t.payload);
+        while let Some(a) = r.poll_transmit() {
+            answers.push(a.payload);
+        }
+    }
+    assert_eq!(answers.len(), 1, "one answer");
+    let out = keys_in(&sa, &answers[0]);
+    i.sas.insert(id, sa);
+    out
+}
+
+fn notifies(p: &[Payload]) -> Vec<NotifyType> {
+    p.iter()
+        .filter_map(|x| match x {
+            Payload::Notify(n) => Some(n.kind),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn rekey_of_an_unknown_child_sa_gets_child_sa_not_found() {
+    let (mut i, mut r, id, now) = established();
+    let spi = Spi(0x1234_5678);
+    let offer = crate::negotiate::esp_offer(
+        &[EspProposal {
+            encr: vec![EncrAlg::AesGcm16(256)],
+            integ: vec![],
+            dh: vec![],
+            esn: false,
+        }],
+        Spi(0x0bad_cafe),
+        false,
+    );
+    let any = crate::negotiate::ts_any(false);
+    let ans = request(
+        &mut i,
+        &mut r,
+        id,
+        now,
+        ExchangeType::CreateChildSa,
+        &[
+            Payload::Notify(Notify {
+                protocol: ProtocolId::Esp,
+                spi: spi.0.to_be_bytes().to_vec(),
+                kind: NotifyType::REKEY_SA,
+                data: vec![],
+            }),
+            Payload::Sa(offer),
+            Payload::Nonce(vec![7; 32]),
+            Payload::TsI(vec![any.clone()]),
+            Payload::TsR(vec![any]),
+        ],
+    );
+    assert_eq!(notifies(&ans), vec![NotifyType::CHILD_SA_NOT_FOUND]);
+    assert_eq!(
+        r.counters().dropped("child_sa_not_found"),
+        0,
+        "answered, not a drop"
+    );
+    // The SA is still fine: a DPD goes through.
+    assert!(request(
+        &mut i,
+        &mut r,
+        id,
+        now + Duration::from_secs(1),
+        ExchangeType::Informational,
+        &[]
+    )
+    .is_empty());
+}
+
+#[test]
+fn authenticated_malformed_requests_are_answered_not_dropped() {
+    let (mut i, mut r, id, now) = established();
+    // An unknown critical payload inside SK.
+    let ans = request(
+        &mut i,
+        &mut r,
+        id,
+        now,
+        ExchangeType::Informational,
+        &[Payload::Unknown {
+            kind: 222,
+            critical: true,
+            body: vec![1],
+        }],
+    );
+    assert_eq!(
+        notifies(&ans),
+        vec![NotifyType::UNSUPPORTED_CRITICAL_PAYLOAD]
+    );
+    // A CREATE_CHILD_SA without SA payload.
+    let ans = request(
+        &mut i,
+        &mut r,
+        id,
+        now,
+        ExchangeType::CreateChildSa,
+        &[Payload::Nonce(vec![1; 32])],
+    );
+    assert_eq!(notifies(&ans), vec![NotifyType::INVALID_SYNTAX]);
+    // A new CHILD SA (no REKEY_SA) with selectors outside ours is TS_UNACCEPTABLE... ours
+    // is 0.0.0.0/0 here, so ask for IPv6 only.
+    let offer = crate::negotiate::esp_offer(
+        &[EspProposal {
+            encr: vec![EncrAlg::AesGcm16(256)],
+            integ: vec![],
+            dh: vec![],
+            esn: false,
+        }],
+        Spi(0x0bad_cafe),
+        false,
+    );
+    let v6 = crate::negotiate::ts_any(true);
+    let ans = request(
+        &mut i,
+        &mut r,
+        id,
+        now,
+        ExchangeType::CreateChildSa,
+        &[
+            Payload::Sa(offer),
+            Payload::Nonce(vec![7; 32]),
+            Payload::TsI(vec![v6.clone()]),
+            Payload::TsR(vec![v6]),
+        ],
+    );
+    assert_eq!(notifies(&ans), vec![NotifyType::TS_UNACCEPTABLE]);
+    assert_eq!(r.ike_sas()[0].child_sas.len(), 1, "no CHILD SA was added");
+}
