@@ -1715,7 +1715,13 @@ impl Endpoint {
 
     fn negotiation_failed(&mut self, remote: SocketAddr, identity: Option<Identity>, e: &Error) {
         self.counters.failed += 1;
-        tracing::info!(%remote, identity = ?identity, error = %e, "IKE negotiation failed");
+        // Unauthenticated failures can be driven by anyone: keep them off the info level.
+        match &identity {
+            Some(id) => {
+                tracing::info!(%remote, identity = %id, error = %e, "IKE negotiation failed")
+            }
+            None => tracing::debug!(%remote, error = %e, "IKE negotiation failed"),
+        }
         self.emit(Event::NegotiationFailed {
             remote,
             identity,
