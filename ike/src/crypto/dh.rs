@@ -362,6 +362,11 @@ mod tests {
         let mut pb = b.public_value().to_vec();
         pb[63] ^= 1;
         assert!(a.agree(&pb).is_err());
+        // The point at infinity has no affine encoding; all zeros is not on either curve.
+        for g in [DhGroup::Ecp256, DhGroup::Ecp384] {
+            let a = KeyExchange::generate(g, &mut rng).unwrap();
+            assert!(a.agree(&vec![0u8; public_value_len(g)]).is_err(), "{g:?}");
+        }
     }
 
     /// RFC 5903 8.1 (256-bit random ECP group): the KE payload carries `gix | giy` and
