@@ -129,8 +129,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let span = last_visible.duration_since(start).as_secs_f64();
         println!("members={n} offered_rate={rate}/s changes={total} issue_span={issue_secs:.2}s");
         println!(
-            "visible_on_all: p50={:.1}ms p99={:.1}ms max={:.1}ms missing={missing}",
+            "visible_on_all: p50={:.1}ms p90={:.1}ms p99={:.1}ms max={:.1}ms missing={missing}",
             pct(&lat, 0.5),
+            pct(&lat, 0.9),
             pct(&lat, 0.99),
             pct(&lat, 1.0)
         );

@@ -26,7 +26,9 @@ use tracing::{debug, info, warn};
 
 use crate::config::{resolve, ClusterConfig};
 use crate::join::{self, JoinMsg, Refusal};
-use crate::node::{Event, MemberId, MemberStatus, Message, Node, NodeConfig, Record, MAX_MEMBERS};
+use crate::node::{
+    Event, MemberId, MemberStatus, Message, Node, NodeConfig, Record, StoreOp, MAX_MEMBERS,
+};
 use crate::store::Store;
 use crate::tls::{self, Credentials};
 use crate::Error;
@@ -343,9 +345,10 @@ impl Cluster {
             shared.clone(),
             tx.clone(),
         ));
+        let disk = spawn_store_thread(store);
         let driver = Driver {
+            disk,
             node,
-            store,
             start,
             links: HashMap::new(),
             client: repl_client,
@@ -891,7 +894,6 @@ async fn link_task(
 
 struct Driver {
     node: Node,
-    store: Store,
     start: Instant,
     links: HashMap<MemberId, mpsc::Sender<Arc<Vec<u8>>>>,
     client: Arc<rustls::ClientConfig>,
@@ -899,6 +901,73 @@ struct Driver {
     events: mpsc::UnboundedSender<Event>,
     join_task: tokio::task::JoinHandle<()>,
     repl_task: tokio::task::JoinHandle<()>,
+    disk: std::sync::mpsc::Sender<StoreWork>,
+}
+
+type Ack = (
+    oneshot::Sender<Result<Record, Error>>,
+    Result<Record, Error>,
+);
+
+enum StoreWork {
+    /// Apply `ops` in order; when `acks` is not empty, fsync before answering them.
+    Write(Vec<StoreOp>, Vec<Ack>),
+    /// Everything queued before is durable when this answers.
+    Barrier(oneshot::Sender<()>),
+}
+
+/// The store lives on its own thread so the replication driver never waits for the disk.
+/// Group commit: every batch queued while an fsync runs is covered by the next single fsync.
+fn spawn_store_thread(store: Store) -> std::sync::mpsc::Sender<StoreWork> {
+    let (tx, rx) = std::sync::mpsc::channel::<StoreWork>();
+    std::thread::spawn(move || {
+        while let Ok(first) = rx.recv() {
+            let mut work = vec![first];
+            while let Ok(more) = rx.try_recv() {
+                work.push(more);
+            }
+            let mut applied: Vec<(Option<String>, Vec<Ack>)> = Vec::new();
+            let mut barriers = Vec::new();
+            let mut need_flush = false;
+            for w in work {
+                match w {
+                    StoreWork::Write(ops, acks) => {
+                        let err = store.apply(&ops).err().map(|e| e.to_string());
+                        if let Some(e) = &err {
+                            warn!("cluster store: {e}");
+                        }
+                        need_flush |= !acks.is_empty();
+                        applied.push((err, acks));
+                    }
+                    StoreWork::Barrier(b) => {
+                        need_flush = true;
+                        barriers.push(b);
+                    }
+                }
+            }
+            let flushed = if need_flush {
+                store.flush().err().map(|e| e.to_string())
+            } else {
+                None
+            };
+            for (err, acks) in applied {
+                let err = err.or_else(|| flushed.clone());
+                for (reply, r) in acks {
+                    let r = match (&err, r) {
+                        (Some(e), Ok(_)) => {
+                            Err(Error::InvalidConfig(format!("not persisted: {e}")))
+                        }
+                        (_, r) => r,
+                    };
+                    let _ = reply.send(r);
+                }
+            }
+            for b in barriers {
+                let _ = b.send(());
+            }
+        }
+    });
+    tx
 }
 
 fn wall_ms() -> u64 {
@@ -952,8 +1021,9 @@ impl Driver {
                     // Give the Leave frames a moment to go out.
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
-                if let Err(e) = self.store.flush() {
-                    warn!("cluster store: {e}");
+                let (btx, brx) = oneshot::channel();
+                if self.disk.send(StoreWork::Barrier(btx)).is_ok() {
+                    let _ = brx.await;
                 }
                 self.join_task.abort();
                 self.repl_task.abort();
@@ -1029,8 +1099,6 @@ impl Driver {
             Result<Record, Error>,
         )>,
     ) -> Result<(), Error> {
-        let ops = self.node.take_store_ops();
-        let res = self.store.apply(&ops);
         self.sync_links();
         while let Some((to, msg)) = self.node.poll_transmit() {
             let Some(link) = self.links.get(&to) else {
@@ -1055,25 +1123,13 @@ impl Driver {
                     .fetch_add(1, Ordering::Relaxed);
             }
         }
-        if !acks.is_empty() {
-            // Group commit: one fsync acknowledges every publish of this round, off the
-            // driver so replication keeps flowing meanwhile. Pushes went out first: a change
-            // lost by a crash before the fsync was never acknowledged, and the restarted
-            // member's new incarnation replaces its partition everywhere.
-            let store = self.store.clone();
-            let applied = res.as_ref().map_err(|e| e.to_string()).err();
-            tokio::task::spawn_blocking(move || {
-                let err = applied.or_else(|| store.flush().err().map(|e| e.to_string()));
-                for (reply, r) in acks {
-                    let r = match (&err, r) {
-                        (Some(e), Ok(_)) => {
-                            Err(Error::InvalidConfig(format!("not persisted: {e}")))
-                        }
-                        (_, r) => r,
-                    };
-                    let _ = reply.send(r);
-                }
-            });
+        // Pushes went out first: a change lost by a crash before its fsync was never
+        // acknowledged, and the restarted member's new incarnation replaces its partition.
+        let ops = self.node.take_store_ops();
+        if (!ops.is_empty() || !acks.is_empty())
+            && self.disk.send(StoreWork::Write(ops, acks)).is_err()
+        {
+            return Err(Error::Stopped);
         }
         while let Some(e) = self.node.poll_event() {
             match &e {
@@ -1089,7 +1145,7 @@ impl Driver {
             }
             let _ = self.events.send(e);
         }
-        res
+        Ok(())
     }
 
     fn sync_links(&mut self) {
