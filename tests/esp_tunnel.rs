@@ -119,6 +119,10 @@ fn pair(name: &str) -> Pair {
 }
 
 fn pair_encap(name: &str, udp_encap: bool) -> Pair {
+    pair_with(name, udp_encap, cfg())
+}
+
+fn pair_with(name: &str, udp_encap: bool, b_cfg: DataplaneConfig) -> Pair {
     require_tool("ip", "iproute2");
     let ctx = TestCtx::new(name);
     let a_ns = Netns::new(&ctx, "a");
@@ -133,7 +137,7 @@ fn pair_encap(name: &str, udp_encap: bool) -> Pair {
     );
     b_ns.add_lo_addr(&format!("{INSIDE}/16"));
     let a = start_in(&a_ns, cfg());
-    let b = start_in(&b_ns, cfg());
+    let b = start_in(&b_ns, b_cfg);
     // The peer router's virtual IP lives on its tunnel device.
     a_ns.ip(&["addr", "add", &format!("{A_VIP}/32"), "dev", "esp0"]);
     let (ca, cb) = child_pair_encap(1, udp_encap);
@@ -356,6 +360,41 @@ fn esp_plain_esp_over_raw_sockets_carries_ping_and_tcp() {
     // Nothing went over UDP.
     assert_eq!(ca.tx_sends, 0, "{ca:?}");
     assert_eq!(cb.rx_reads, 0, "{cb:?}");
+}
+
+#[test]
+fn esp_soft_lifetime_asks_the_engine_for_a_rekey() {
+    // b's SAs ask for a rekey after 4 packets (RFC 4301 4.4.2.1 soft lifetime) and
+    // refuse traffic after 2000 (hard lifetime).
+    let b_cfg = DataplaneConfig {
+        soft_lifetime_packets: 4,
+        hard_lifetime_packets: 2000,
+        ..cfg()
+    };
+    let mut p = pair_with("esp-lifetime", true, b_cfg);
+    let mut rekeys = p.b.take_rekey_requests().unwrap();
+    assert!(p.b.take_rekey_requests().is_none());
+    assert!(ping(&p.a_ns, 3));
+    assert!(rekeys.try_recv().is_err(), "no rekey before the soft limit");
+    assert!(ping(&p.a_ns, 2));
+    let r = rekeys
+        .try_recv()
+        .expect("soft lifetime crossed: rekey requested");
+    assert_eq!(r.child, Spi(0xb000_0001));
+    assert!(matches!(r.reason, ike::esp::RekeyReason::Packets));
+    // Once per SA direction at most (inbound and outbound each cross the limit).
+    let mut more = 0;
+    while rekeys.try_recv().is_ok() {
+        more += 1;
+    }
+    assert!(more <= 1, "{more} extra rekey requests");
+    // Past the hard limit the inbound SA refuses packets, counted by reason.
+    let _ = p
+        .a_ns
+        .exec(&["ping", "-f", "-c", "2500", "-w", "4", "-I", A_VIP, INSIDE]);
+    let c = p.b.counters();
+    assert!(c.dropped(EspDrop::LifetimeExpired) > 0, "{c:?}");
+    assert!(c.rx_packets <= 2000, "{c:?}");
 }
 
 /// Sends datagrams to b's NAT-T port from inside namespace a.
