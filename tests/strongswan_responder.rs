@@ -22,7 +22,7 @@ struct Rig {
     he: Headend,
     peer_addr: String,
     he_addr: String,
-    _net: Direct,
+    net: Direct,
     ctx: TestCtx,
 }
 
@@ -59,7 +59,7 @@ impl Rig {
             he,
             peer_addr,
             he_addr,
-            _net: net,
+            net,
             ctx,
         }
     }
@@ -535,4 +535,46 @@ impl Rig {
     fn he_still_up(&mut self) {
         self.he.assert_running();
     }
+}
+
+#[test]
+fn rebooted_peer_with_initial_contact_replaces_its_old_sa() {
+    let mut rig = Rig::new("initial_contact", |_| {}, |_| {});
+    let sa = rig.up();
+    support::headend::wait_up(&rig.he, "router-1-example", Duration::from_secs(5));
+    let he0 = rig.he.proc.log_len();
+
+    // The router reboots: charon dies without a Delete, a new charon connects with the
+    // same identity and INITIAL_CONTACT (RFC 7296 2.4).
+    rig.charon.crash();
+    let fresh = Charon::start(&rig.ctx, &rig.net.peer, "peer2");
+    let mut conn = Conn::initiator("net", &rig.peer_addr, &rig.he_addr, PEER_ID);
+    conn.remote_id = Some(HE_ID.into());
+    fresh.load(
+        &rig.ctx,
+        &SwanctlConf {
+            conns: vec![conn],
+            pools: vec![],
+            secrets: vec![(vec![], PSK.into())],
+        },
+    );
+    let out = fresh.initiate_ok("net");
+    assert!(
+        out.all().contains("N(INIT_CONTACT)"),
+        "charon sends INITIAL_CONTACT:\n{}",
+        out.all()
+    );
+    let sa2 = fresh.wait_established("net", Duration::from_secs(10));
+    assert_ne!(sa2.initiator_spi, sa.initiator_spi);
+
+    // The head-end dropped the stale SA of that identity and the address came back.
+    let reason =
+        support::headend::wait_down(&rig.he, he0, "router-1-example", Duration::from_secs(5));
+    assert_eq!(reason, "initial-contact");
+    assert_eq!(
+        sa2.local_vips, sa.local_vips,
+        "the identity gets its address back"
+    );
+    drop(fresh);
+    rig.he_still_up();
 }

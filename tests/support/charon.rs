@@ -410,6 +410,11 @@ impl Charon {
         self.proc.signal(if stop { "STOP" } else { "CONT" });
     }
 
+    /// SIGKILL: the peer vanishes without sending Deletes (a router reboot).
+    pub fn crash(&mut self) {
+        self.proc.kill();
+    }
+
     pub fn conf_path(&self) -> &PathBuf {
         &self.conf_path
     }
