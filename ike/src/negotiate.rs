@@ -1311,6 +1311,68 @@ mod tests {
         assert_eq!(check_ike_reply(&reply, &cbc), Err(Error::NoProposalChosen));
     }
 
+    /// Our responder, given charon's real IKE_AUTH request, makes the choices charon's own
+    /// responder made: ESP proposal 1 (AES-GCM-256, no ESN) and TS 10.1.0.1/32 ===
+    /// 10.200.0.0/16; our initiator accepts charon's real answer.
+    #[test]
+    fn ike_auth_choices_match_strongswan() {
+        use crate::message::tests::*;
+        use crate::message::{cfg_address, decode_payloads, payload_type};
+        let l = DecodeLimits::default();
+        let req = decode_payloads(payload_type::IDI, &STRONGSWAN_AUTH_REQ_INNER, &l).unwrap();
+        let resp = decode_payloads(payload_type::IDR, &STRONGSWAN_AUTH_RESP_INNER, &l).unwrap();
+        let find_sa = |p: &[Payload]| {
+            p.iter()
+                .find_map(|x| match x {
+                    Payload::Sa(s) => Some(s.clone()),
+                    _ => None,
+                })
+                .unwrap()
+        };
+        let find_ts = |p: &[Payload], initiator: bool| {
+            p.iter()
+                .find_map(|x| match (x, initiator) {
+                    (Payload::TsI(t), true) | (Payload::TsR(t), false) => Some(t.clone()),
+                    _ => None,
+                })
+                .unwrap()
+        };
+        let ours = vec![
+            esp(&[AesGcm16(256)], &[], &[], false),
+            esp(&[AesCbc(128)], &[HmacSha256_128], &[], false),
+        ];
+        let (suite, mut chosen, _) = select_esp(&find_sa(&req), &ours, false, None).unwrap();
+        assert_eq!(
+            suite,
+            NegotiatedEsp {
+                encr: AesGcm16(256),
+                integ: None,
+                dh: None,
+                esn: false
+            }
+        );
+        let charon_sa = find_sa(&resp);
+        chosen.spi = charon_sa[0].spi.clone();
+        assert_eq!(vec![chosen], charon_sa);
+        assert_eq!(check_esp_reply(&charon_sa, &ours, false).unwrap().0, suite);
+
+        let vip = resp
+            .iter()
+            .find_map(|x| match x {
+                Payload::Cfg { attributes, .. } => attributes.iter().find_map(cfg_address),
+                _ => None,
+            })
+            .unwrap();
+        let local = [ts("10.200.0.0", "10.200.255.255", 0, (0, 65535))];
+        let (tsi, tsr) =
+            narrow(&find_ts(&req, true), &find_ts(&req, false), &local, &[vip]).unwrap();
+        assert_eq!(tsi, find_ts(&resp, true));
+        assert_eq!(tsr, find_ts(&resp, false));
+        // And the initiator's check: charon only narrowed what was asked.
+        assert!(ts_within(&find_ts(&resp, true), &find_ts(&req, true)));
+        assert!(ts_within(&find_ts(&resp, false), &find_ts(&req, false)));
+    }
+
     /// charon insists on its preferred group with INVALID_KE_PAYLOAD even when the KE it
     /// got is acceptable; our responder takes the KE's group instead (2.7 allows both).
     #[test]

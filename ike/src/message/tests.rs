@@ -127,6 +127,146 @@ fn decodes_real_strongswan_responses() {
         .is_empty());
 }
 
+/// The decrypted inner payloads of a real IKE_AUTH request (first payload IDi), from a
+/// charon 5.9.8 <-> charon 5.9.8 exchange between two private namespaces (plaintext taken
+/// from charon's `enc = 4` log): initiator `gw-17.example.net` with `vips = 0.0.0.0, ::`,
+/// `esp_proposals = aes256gcm16, aes128-sha256`, `remote_ts = 10.200.0.0/16`.
+pub(crate) const STRONGSWAN_AUTH_REQ_INNER: [u8; 316] = hex!(
+    "290000190200000067772d31372e6578616d706c652e6e6574240000080000400027000017020000006875622e657861"
+    "6d706c652e6e65742f00002802000000f77d6074cdb724c28835c3abb86ac022038783757365e05dad0ddfcd58c94e54"
+    "210000100100000000010000000800002c00004c02000020010304026574577a0300000c01000014800e010000000008"
+    "0500000000000028020304036574577a0300000c0100000c800e0080030000080300000c00000008050000002d000040"
+    "02000000070000100000ffff00000000ffffffff080000280000ffff00000000000000000000000000000000ffffffff"
+    "ffffffffffffffffffffffff2900001801000000070000100000ffff0ac800000ac8ffff290000080000400c29000008"
+    "0000400f290000080000401429000008000040210000000800004024"
+);
+
+/// The decrypted inner payloads (first payload IDr) of the responder's IKE_AUTH answer:
+/// pool 10.1.0.0/24 with DNS 10.200.0.53, `local_ts = 10.200.0.0/16`.
+pub(crate) const STRONGSWAN_AUTH_RESP_INNER: [u8; 187] = hex!(
+    "27000017020000006875622e6578616d706c652e6e65742f00002802000000a3057400d413b85efc587a227ddf178356"
+    "60724a3cfff0529fadcdcb00488e492100001802000000000100040a010001000300040ac800352c0000240000002001"
+    "030402f68a48430300000c01000014800e010000000008050000002d00001801000000070000100000ffff0a0100010a"
+    "0100012900001801000000070000100000ffff0ac800000ac8ffff290000080000400c000000080000400f"
+);
+
+#[test]
+fn decodes_real_strongswan_ike_auth_inner_payloads() {
+    let p = decode_payloads(payload_type::IDI, &STRONGSWAN_AUTH_REQ_INNER, &limits()).unwrap();
+    let kinds: Vec<u8> = p.iter().map(Payload::kind).collect();
+    assert_eq!(kinds, [35, 41, 36, 39, 47, 33, 44, 45, 41, 41, 41, 41, 41]);
+    assert_eq!(
+        p[0],
+        Payload::IdI(Identity::Fqdn("gw-17.example.net".into()))
+    );
+    assert!(matches!(&p[1], Payload::Notify(n) if n.kind == NotifyType::INITIAL_CONTACT));
+    assert_eq!(p[2], Payload::IdR(Identity::Fqdn("hub.example.net".into())));
+    let Payload::Auth { method, data } = &p[3] else {
+        panic!("no AUTH")
+    };
+    assert_eq!((*method, data.len()), (AuthMethod::SHARED_KEY_MIC, 32));
+    // CFG_REQUEST for an IPv4 and an IPv6 address, both empty (RFC 7296 3.15.1).
+    let Payload::Cfg { kind, attributes } = &p[4] else {
+        panic!("no CP")
+    };
+    assert_eq!(*kind, CfgType::Request);
+    let asked: Vec<(u16, usize)> = attributes.iter().map(|a| (a.kind, a.value.len())).collect();
+    assert_eq!(
+        asked,
+        [
+            (CfgAttribute::INTERNAL_IP4_ADDRESS, 0),
+            (CfgAttribute::INTERNAL_IP6_ADDRESS, 0)
+        ]
+    );
+    // Two ESP proposals with the initiator's SPI and "no ESN".
+    let Payload::Sa(props) = &p[5] else {
+        panic!("no SA")
+    };
+    assert_eq!(props.len(), 2);
+    assert!(props
+        .iter()
+        .all(|x| x.protocol == ProtocolId::Esp && x.spi.len() == 4));
+    assert_eq!(props[0].spi, props[1].spi);
+    assert_eq!(
+        props[0].transforms,
+        [
+            Transform {
+                kind: 1,
+                id: 20,
+                key_length: Some(256)
+            },
+            Transform {
+                kind: 5,
+                id: 0,
+                key_length: None
+            }
+        ]
+    );
+    assert_eq!(
+        props[1].transforms,
+        [
+            Transform {
+                kind: 1,
+                id: 12,
+                key_length: Some(128)
+            },
+            Transform {
+                kind: 3,
+                id: 12,
+                key_length: None
+            },
+            Transform {
+                kind: 5,
+                id: 0,
+                key_length: None
+            }
+        ]
+    );
+    // A client with virtual IPs asks for everything on its side.
+    let Payload::TsI(tsi) = &p[6] else {
+        panic!("no TSi")
+    };
+    assert_eq!(tsi.len(), 2);
+    assert_eq!((tsi[0].start, tsi[0].end), (v4([0, 0, 0, 0]), v4([255; 4])));
+    assert_eq!(tsi[1].start, IpAddr::V6(Ipv6Addr::UNSPECIFIED));
+    let Payload::TsR(tsr) = &p[7] else {
+        panic!("no TSr")
+    };
+    assert_eq!(
+        tsr,
+        &[TrafficSelector {
+            start: v4([10, 200, 0, 0]),
+            end: v4([10, 200, 255, 255]),
+            protocol: 0,
+            start_port: 0,
+            end_port: 65535
+        }]
+    );
+    let (first, again) = encode_payloads(&p).unwrap();
+    assert_eq!(
+        (first, &again[..]),
+        (payload_type::IDI, &STRONGSWAN_AUTH_REQ_INNER[..])
+    );
+
+    let r = decode_payloads(payload_type::IDR, &STRONGSWAN_AUTH_RESP_INNER, &limits()).unwrap();
+    let kinds: Vec<u8> = r.iter().map(Payload::kind).collect();
+    assert_eq!(kinds, [36, 39, 47, 33, 44, 45, 41, 41]);
+    let Payload::Cfg { kind, attributes } = &r[2] else {
+        panic!("no CP")
+    };
+    assert_eq!(*kind, CfgType::Reply);
+    let addrs: Vec<IpAddr> = attributes.iter().filter_map(cfg_address).collect();
+    assert_eq!(addrs, [v4([10, 1, 0, 1])]);
+    assert!(attributes
+        .iter()
+        .any(|a| a.kind == CfgAttribute::INTERNAL_IP4_DNS && a.value == [10, 200, 0, 53]));
+    let (first, again) = encode_payloads(&r).unwrap();
+    assert_eq!(
+        (first, &again[..]),
+        (payload_type::IDR, &STRONGSWAN_AUTH_RESP_INNER[..])
+    );
+}
+
 fn limits() -> DecodeLimits {
     DecodeLimits::default()
 }
