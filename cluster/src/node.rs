@@ -209,6 +209,8 @@ pub struct Node {
     next_gossip: u64,
     /// Per partition: (incarnation, max_version one round ago, two rounds ago).
     settled: BTreeMap<MemberId, (u64, u64, u64)>,
+    /// (to, partition) -> (incarnation, to_version, when) of the last delta or push sent.
+    sent: BTreeMap<(MemberId, MemberId), (u64, u64, u64)>,
     now: u64,
     out: VecDeque<(MemberId, Message)>,
     events: VecDeque<Event>,
@@ -248,6 +250,7 @@ impl Node {
             view: BTreeMap::new(),
             next_gossip: now_ms,
             settled: BTreeMap::new(),
+            sent: BTreeMap::new(),
             now: now_ms,
             out: VecDeque::new(),
             events: VecDeque::new(),
@@ -381,6 +384,10 @@ impl Node {
         });
         self.recompute(gateway_id, true);
         for m in self.live.keys() {
+            self.sent.insert(
+                (m.clone(), self.me.clone()),
+                (part.incarnation, part.to_version, self.now),
+            );
             self.out
                 .push_back((m.clone(), Message::Delta(vec![part.clone()])));
         }
@@ -423,10 +430,19 @@ impl Node {
         }
     }
 
-    /// Liveness evidence about `m`: its heartbeat `(incarnation, heartbeat)` as seen `age_ms`
-    /// ago (0 for a message from `m` itself; hearsay carries the relayer's age, so a stale
-    /// heartbeat relayed late never revives a dead member).
-    fn saw(&mut self, m: &str, incarnation: u64, heartbeat: u64, age_ms: u64, now_ms: u64) {
+    /// Liveness evidence about `m`: its heartbeat `(incarnation, heartbeat)`, from `m` itself
+    /// (`hearsay_age: None`) or relayed with the relayer's age of it, so a stale heartbeat
+    /// relayed late never revives a dead member.
+    fn saw(
+        &mut self,
+        m: &str,
+        incarnation: u64,
+        heartbeat: u64,
+        hearsay_age: Option<u64>,
+        now_ms: u64,
+    ) {
+        let direct = hearsay_age.is_none();
+        let age_ms = hearsay_age.unwrap_or(0);
         let dead_after = self.cfg.dead_after_ms;
         let Some(l) = self.live.get_mut(m) else {
             return;
@@ -436,7 +452,9 @@ impl Node {
             l.incarnation = incarnation;
             l.heartbeat = heartbeat;
         }
-        if !(newer || age_ms == 0) || age_ms > dead_after {
+        // Hearsay counts only when it brings a newer heartbeat: two members repeating an
+        // old one to each other must not keep a dead member alive.
+        if !(newer || direct) || age_ms > dead_after {
             return;
         }
         let seen_at = now_ms.saturating_sub(age_ms);
@@ -472,7 +490,7 @@ impl Node {
             if e.member == self.me {
                 continue;
             }
-            let age = if e.member == from { 0 } else { e.silent_ms };
+            let age = (e.member != from).then_some(e.silent_ms);
             self.saw(&e.member, e.incarnation, e.heartbeat, age, now_ms);
             if let Some(p) = self.parts.get(&e.member) {
                 if (e.incarnation, e.max_version) > (p.incarnation, p.max_version) {
@@ -482,6 +500,7 @@ impl Node {
         }
         // What `from` lacks.
         let mut parts = Vec::new();
+        let mut sent = Vec::new();
         let mut budget = MAX_DELTA_ENTRIES;
         for (m, p) in &self.parts {
             if m == from || budget == 0 {
@@ -513,6 +532,14 @@ impl Node {
             if p.incarnation == 0 && p.max_version == 0 {
                 continue; // we know nothing of it either
             }
+            // Flow control: what we sent `from` recently is still on its way; sending it
+            // again would only add load (and under overload, collapse).
+            if let Some(&(inc, v, at)) = self.sent.get(&(from.to_owned(), m.clone())) {
+                let fresh = now_ms.saturating_sub(at) < 4 * self.cfg.gossip_interval_ms;
+                if fresh && inc == p.incarnation && v > from_version && !full {
+                    continue;
+                }
+            }
             let mut entries: Vec<Entry> = p
                 .entries
                 .values()
@@ -530,6 +557,7 @@ impl Node {
                 to_version = entries.last().map_or(from_version, |e| e.version);
             }
             budget -= entries.len();
+            sent.push((m.clone(), p.incarnation, to_version));
             parts.push(PartDelta {
                 member: m.clone(),
                 incarnation: p.incarnation,
@@ -538,6 +566,9 @@ impl Node {
                 to_version,
                 entries,
             });
+        }
+        for (m, inc, v) in sent {
+            self.sent.insert((from.to_owned(), m), (inc, v, now_ms));
         }
         if !parts.is_empty() {
             self.out.push_back((from.to_owned(), Message::Delta(parts)));
@@ -591,7 +622,7 @@ impl Node {
                 continue; // only we write our partition
             }
             if pd.member == from {
-                self.saw(from, pd.incarnation, pd.heartbeat, 0, now_ms);
+                self.saw(from, pd.incarnation, pd.heartbeat, None, now_ms);
             }
             let Some(p) = self.parts.get_mut(&pd.member) else {
                 continue;
@@ -727,6 +758,8 @@ impl Node {
                 };
             }
             self.settled.retain(|m, _| self.parts.contains_key(m));
+            self.sent
+                .retain(|(to, m), _| self.parts.contains_key(to) && self.parts.contains_key(m));
             let digest = self.digest();
             for m in self.live.keys() {
                 self.out
