@@ -220,8 +220,8 @@ pub struct Unbound {
 
 impl Unbound {
     /// Start Unbound in `ns` listening on `listen` (an address inside `ns`), with
-    /// `stub-zone: domain` -> `servers` (`addr@port`). `cache_max_negative_ttl` caps
-    /// negative caching (seconds).
+    /// `stub-zone: domain` -> `servers` (`addr@port`). The root is stubbed to the same
+    /// servers too (they answer REFUSED), so Unbound never tries real root servers.
     pub fn start(ns: &Netns, listen: SocketAddr, domain: &str, servers: &[SocketAddr]) -> Unbound {
         let unbound = need("unbound");
         let dir = std::env::temp_dir().join(format!(
@@ -261,6 +261,9 @@ impl Unbound {
              \x20   local-zone: \"{domain}\" nodefault\n\
              stub-zone:\n\
              \x20   name: \"{domain}\"\n\
+             {stubs}\
+             stub-zone:\n\
+             \x20   name: \".\"\n\
              {stubs}\
              remote-control:\n\
              \x20   control-enable: no\n",
