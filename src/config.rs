@@ -916,7 +916,9 @@ level = "debug"
         assert_eq!(r.local_ts[0].end, IpAddr::from([10, 1, 255, 255]));
         assert_eq!(r.local_ts[1].start, r.local_ts[1].end);
         assert_eq!(r.pool.dns, vec![IpAddr::from([10, 1, 0, 53])]);
-        let AuthConfig::Psk(s) = &r.auth;
+        let AuthConfig::Psk(s) = &r.auth else {
+            panic!("PSK auth expected")
+        };
         assert_eq!(s.default.as_deref(), Some(&b"d"[..]));
         assert_eq!(
             s.by_identity
@@ -1013,7 +1015,9 @@ backoff = "250ms"
         assert_eq!(i.local_id, Identity::Fqdn("router-7".into()));
         assert_eq!(i.remote_natt_port, 41501);
         assert!(i.request_vip4);
-        let AuthConfig::Psk(s) = &i.auth;
+        let AuthConfig::Psk(s) = &i.auth else {
+            panic!("PSK auth expected")
+        };
         assert_eq!(s.default.as_deref(), Some(&b"fallback"[..]));
         assert_eq!(i.remote_ts[0].end, IpAddr::from([255, 255, 255, 255]));
     }

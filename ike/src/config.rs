@@ -133,7 +133,9 @@ pub struct PoolConfig {
 pub enum AuthConfig {
     /// Shared key authentication (RFC 7296 2.15).
     Psk(PskStore),
-    // Certificate authentication (issue 7) plugs in here.
+    /// Certificate authentication (RFC 7296 2.15 with signatures, RFC 7427; issue 7).
+    /// Shared with the driver, which swaps CRLs through it.
+    Cert(std::sync::Arc<crate::cert::CertAuth>),
 }
 
 /// Responder (head-end) configuration.

@@ -9,7 +9,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
@@ -33,8 +33,8 @@ use crate::message::{
 use crate::pool::Pool;
 use crate::sa::neg::{self, EspSuite};
 use crate::sa::{
-    auth_payload, verify_auth, Cached, Child, ChildState, FirstChild, IkeSa, LocalReq, Pending,
-    PendingKind, Reassembly, SaKeys, MAX_FRAGMENTS,
+    auth_certreq, auth_payloads, init_payloads, verify_auth, Cached, Child, ChildState, FirstChild,
+    IkeSa, LocalReq, Pending, PendingKind, Reassembly, SaKeys, MAX_FRAGMENTS,
 };
 pub use crate::sa::{ChildSaInfo, IkeSaInfo, IkeSaState};
 
@@ -105,6 +105,8 @@ pub struct Endpoint {
     /// Last responses of SAs that failed IKE_AUTH, by our SPI, and their expiry order.
     tombstones: HashMap<u64, ([u8; 32], Vec<Vec<u8>>)>,
     tombstone_order: VecDeque<(Instant, u64)>,
+    /// Wall-clock time from the driver, for certificate validity (issue 7).
+    wall_clock: Option<SystemTime>,
 }
 
 /// What a response handler decided about the SA.
@@ -151,7 +153,15 @@ impl Endpoint {
             invalid_spi_window: (None, 0),
             tombstones: HashMap::new(),
             tombstone_order: VecDeque::new(),
+            wall_clock: None,
         }
+    }
+
+    /// The current wall-clock time, against which certificate validity is checked
+    /// (RFC 5280 6.1.3). The driver calls this before feeding datagrams; the engine reads
+    /// no clock of its own. Certificate peers are refused until it has been set.
+    pub fn set_wall_clock(&mut self, now: SystemTime) {
+        self.wall_clock = Some(now);
     }
 
     /// Feed one received datagram. `local` is the address it was received on (the
@@ -1282,6 +1292,7 @@ impl Endpoint {
             nat_detection_hash(sa.spi_i, 0, sa.remote).to_vec(),
         ));
         payloads.push(notify(NotifyType::IKEV2_FRAGMENTATION_SUPPORTED, vec![]));
+        payloads.extend(init_payloads(&cfg.auth, false));
         let msg = Message {
             header: Header::new(sa.spi_i, 0, ExchangeType::IkeSaInit, true, false, 0),
             payloads,
@@ -1463,6 +1474,9 @@ impl Endpoint {
         }
         if frag {
             payloads.push(notify(NotifyType::IKEV2_FRAGMENTATION_SUPPORTED, vec![]));
+        }
+        if let Some(r) = &self.config.responder {
+            payloads.extend(init_payloads(&r.auth, true));
         }
         let resp = Message {
             header: Header::new(hdr.spi_i, spi_r, ExchangeType::IkeSaInit, false, true, 0),
@@ -1654,15 +1668,16 @@ impl Endpoint {
             &keys.sk_pi,
             &id_payload_body(&local_id),
         );
-        let auth = auth_payload(&cfg.auth, cfg.remote_id.as_ref(), suite.prf, &octets)?;
+        let auth = auth_payloads(&cfg.auth, cfg.remote_id.as_ref(), suite.prf, &octets)?;
         let mut payloads = vec![Payload::IdI(local_id)];
+        payloads.extend(auth_certreq(&cfg.auth));
         if cfg.initial_contact {
             payloads.push(notify(NotifyType::INITIAL_CONTACT, vec![]));
         }
         if let Some(r) = &cfg.remote_id {
             payloads.push(Payload::IdR(r.clone()));
         }
-        payloads.push(auth);
+        payloads.extend(auth);
         if cfg.request_vip4 || cfg.request_vip6 {
             let mut attributes = Vec::new();
             if cfg.request_vip4 {
@@ -1804,8 +1819,18 @@ impl Endpoint {
             &keys.sk_pi,
             &id_payload_body(&idi),
         );
-        if let Err(e) = verify_auth(&rcfg.auth, &idi, suite.prf, &octets, method, auth_data) {
-            return fail(self, sa, e, Some(idi));
+        match verify_auth(
+            &rcfg.auth,
+            &idi,
+            suite.prf,
+            &octets,
+            method,
+            auth_data,
+            &payloads,
+            self.wall_clock,
+        ) {
+            Ok(cn) => sa.remote_cert_cn = cn,
+            Err(e) => return fail(self, sa, e, Some(idi)),
         }
         // Authenticated.
         sa.remote_id = Some(idi.clone());
@@ -1828,8 +1853,9 @@ impl Endpoint {
             &keys.sk_pr,
             &id_payload_body(&local_id),
         );
-        let auth_r = auth_payload(&rcfg.auth, Some(&idi), suite.prf, &octets_r)?;
-        let mut resp = vec![Payload::IdR(local_id), auth_r];
+        let auth_r = auth_payloads(&rcfg.auth, Some(&idi), suite.prf, &octets_r)?;
+        let mut resp = vec![Payload::IdR(local_id)];
+        resp.extend(auth_r);
         sa.state = IkeSaState::Established;
         sa.established_at = Some(now);
         sa.expire_at = None;
@@ -1875,7 +1901,7 @@ impl Endpoint {
             remote: sa.remote,
             local_id: sa.local_id.clone().unwrap_or(Identity::KeyId(vec![])),
             remote_id: sa.remote_id.clone().unwrap_or(Identity::KeyId(vec![])),
-            remote_cert_cn: None,
+            remote_cert_cn: sa.remote_cert_cn.clone(),
             virtual_ips: sa.vips.clone(),
             udp_encap: sa.udp_encap,
         });
@@ -2137,8 +2163,20 @@ impl Endpoint {
             Some(want) if *want != idr => Err(Error::AuthenticationFailed(format!(
                 "responder identity {idr} is not {want}"
             ))),
-            _ => verify_auth(&cfg.auth, &idr, suite.prf, &octets, method, auth_data),
+            _ => verify_auth(
+                &cfg.auth,
+                &idr,
+                suite.prf,
+                &octets,
+                method,
+                auth_data,
+                &payloads,
+                self.wall_clock,
+            ),
         };
+        if let Ok(cn) = &verified {
+            sa.remote_cert_cn.clone_from(cn);
+        }
         if let Err(e) = verified {
             self.negotiation_failed(sa.remote, Some(idr), &e);
             // 2.21.2: we could tell the responder in an INFORMATIONAL; the SA is simply dropped.
@@ -2586,6 +2624,7 @@ impl Endpoint {
         sa.nr = nr.to_vec();
         sa.local_id = old.local_id.clone();
         sa.remote_id = old.remote_id.clone();
+        sa.remote_cert_cn = old.remote_cert_cn.clone();
         sa.peer_frag = old.peer_frag;
         sa.state = IkeSaState::Established;
         sa.established_at = Some(now);
@@ -2958,6 +2997,7 @@ fn new_sa(
         keys: None,
         local_id: None,
         remote_id: None,
+        remote_cert_cn: None,
         peer_frag: false,
         next_msg_id: 0,
         pending: None,
@@ -3085,7 +3125,7 @@ fn initiator_tsi(cfg: &InitiatorConfig) -> Vec<TrafficSelector> {
 #[allow(dead_code)]
 fn _assert_auth_config_exhaustive(a: &AuthConfig) {
     match a {
-        AuthConfig::Psk(_) => {}
+        AuthConfig::Psk(_) | AuthConfig::Cert(_) => {}
     }
 }
 

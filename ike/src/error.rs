@@ -30,6 +30,9 @@ pub enum Error {
     IntegrityCheckFailed,
     #[error("authentication failed: {0}")]
     AuthenticationFailed(String),
+    /// Certificate authentication refused (issue 7): answered with AUTHENTICATION_FAILED.
+    #[error("certificate authentication failed: {0}")]
+    Certificate(crate::cert::CertReject),
     #[error("unexpected {0} in this state")]
     UnexpectedMessage(&'static str),
     #[error("unknown IKE SPI")]
@@ -93,6 +96,7 @@ impl Error {
             | InvalidMajorVersion(_) => ErrorKind::Malformed,
             IntegrityCheckFailed
             | AuthenticationFailed(_)
+            | Certificate(_)
             | UnexpectedMessage(_)
             | InvalidIkeSpi
             | InvalidSpi(_)
@@ -122,6 +126,7 @@ impl Error {
             InvalidMajorVersion(_) => "invalid_major_version",
             IntegrityCheckFailed => "integrity",
             AuthenticationFailed(_) => "auth_failed",
+            Certificate(r) => r.label(),
             UnexpectedMessage(_) => "unexpected",
             InvalidIkeSpi => "invalid_ike_spi",
             InvalidSpi(_) => "invalid_spi",
@@ -154,7 +159,7 @@ impl TryFrom<&Error> for NotifyType {
             }
             UnsupportedCriticalPayload(_) => NotifyType::UNSUPPORTED_CRITICAL_PAYLOAD,
             InvalidMajorVersion(_) => NotifyType::INVALID_MAJOR_VERSION,
-            AuthenticationFailed(_) => NotifyType::AUTHENTICATION_FAILED,
+            AuthenticationFailed(_) | Certificate(_) => NotifyType::AUTHENTICATION_FAILED,
             InvalidSpi(_) => NotifyType::INVALID_SPI,
             NoProposalChosen => NotifyType::NO_PROPOSAL_CHOSEN,
             InvalidKePayload { .. } => NotifyType::INVALID_KE_PAYLOAD,

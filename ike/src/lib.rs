@@ -6,6 +6,7 @@
 //! in the manner of quinn-proto.
 #![forbid(unsafe_code)]
 
+pub mod cert;
 pub mod config;
 pub mod crypto;
 pub mod endpoint;

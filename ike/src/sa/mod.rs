@@ -55,6 +55,6 @@ mod fragments;
 pub(crate) mod neg;
 mod state;
 
-pub(crate) use auth::{auth_payload, verify_auth};
+pub(crate) use auth::{auth_certreq, auth_payloads, init_payloads, verify_auth};
 pub(crate) use fragments::{Reassembly, MAX_FRAGMENTS};
 pub(crate) use state::*;

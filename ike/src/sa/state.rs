@@ -128,6 +128,8 @@ pub(crate) struct IkeSa {
     pub keys: Option<SaKeys>,
     pub local_id: Option<Identity>,
     pub remote_id: Option<Identity>,
+    /// CN of the peer's certificate subject, for certificate peers (issue 7).
+    pub remote_cert_cn: Option<String>,
     pub peer_frag: bool,
     pub next_msg_id: u32,
     pub pending: Option<Pending>,
