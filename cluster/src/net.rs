@@ -1100,23 +1100,30 @@ impl Driver {
         )>,
     ) -> Result<(), Error> {
         self.sync_links();
+        // A push goes to every member as the same message: encode it once.
+        let mut last: Option<(Message, Arc<Vec<u8>>)> = None;
         while let Some((to, msg)) = self.node.poll_transmit() {
             let Some(link) = self.links.get(&to) else {
                 continue;
             };
-            let frame = match serde_json::to_vec(&msg) {
-                Ok(body) => match encode_len(&body) {
-                    Ok(n) => {
-                        let mut f = Vec::with_capacity(body.len() + 4);
-                        f.extend_from_slice(&n);
-                        f.extend_from_slice(&body);
-                        f
-                    }
-                    Err(_) => continue,
-                },
-                Err(_) => continue,
+            let frame = match &last {
+                Some((m, f)) if *m == msg => f.clone(),
+                _ => {
+                    let Ok(body) = serde_json::to_vec(&msg) else {
+                        continue;
+                    };
+                    let Ok(n) = encode_len(&body) else {
+                        continue;
+                    };
+                    let mut f = Vec::with_capacity(body.len() + 4);
+                    f.extend_from_slice(&n);
+                    f.extend_from_slice(&body);
+                    let f = Arc::new(f);
+                    last = Some((msg, f.clone()));
+                    f
+                }
             };
-            if link.try_send(Arc::new(frame)).is_err() {
+            if link.try_send(frame).is_err() {
                 self.shared
                     .stats
                     .frames_dropped
