@@ -24,6 +24,8 @@ struct Range {
     v6: bool,
     /// Next never-used offset.
     cursor: u128,
+    /// The cursor ran past the end of a range reaching `u128::MAX` (an `::/0` pool).
+    fresh_done: bool,
     /// Released addresses, reused in release order.
     free: VecDeque<u128>,
 }
@@ -44,6 +46,7 @@ impl Range {
             last,
             v6: false,
             cursor: first,
+            fresh_done: false,
             free: VecDeque::new(),
         })
     }
@@ -63,6 +66,7 @@ impl Range {
             last,
             v6: true,
             cursor: first,
+            fresh_done: false,
             free: VecDeque::new(),
         })
     }
@@ -173,9 +177,12 @@ impl Pool {
             None => {
                 // Fresh addresses first, so remembered ones stay free for their identity longest.
                 let mut pick = None;
-                while range.cursor <= range.last {
+                while !range.fresh_done && range.cursor <= range.last {
                     let a = range.addr(range.cursor);
-                    range.cursor += 1;
+                    match range.cursor.checked_add(1) {
+                        Some(c) => range.cursor = c,
+                        None => range.fresh_done = true,
+                    }
                     if !self.leases.contains_key(&a) {
                         pick = Some(a);
                         break;
@@ -337,6 +344,33 @@ mod tests {
         assert_eq!(p.owner(a), Some(IkeSaId(2)));
         assert_eq!(p.release(IkeSaId(2)), vec![a]);
         assert_eq!(p.owner(a), None);
+    }
+
+    #[test]
+    fn tiny_and_huge_prefixes() {
+        // /32: the one address; /31: both (no network/broadcast to skip).
+        let mut p = Pool::new(&PoolConfig {
+            v4: Some("10.9.9.9/32".parse().unwrap()),
+            v6: Some("::/0".parse().unwrap()),
+            dns: vec![],
+        });
+        assert_eq!(
+            p.allocate(IkeSaId(1), &id("a"), false).unwrap(),
+            "10.9.9.9".parse::<IpAddr>().unwrap()
+        );
+        assert!(p.allocate(IkeSaId(2), &id("b"), false).is_err());
+        let a = p.allocate(IkeSaId(1), &id("a"), true).unwrap();
+        let b = p.allocate(IkeSaId(2), &id("b"), true).unwrap();
+        assert_ne!(a, b);
+        let mut p = Pool::new(&PoolConfig {
+            v4: Some("10.9.9.8/31".parse().unwrap()),
+            v6: None,
+            dns: vec![],
+        });
+        let x = p.allocate(IkeSaId(1), &id("a"), false).unwrap();
+        let y = p.allocate(IkeSaId(2), &id("b"), false).unwrap();
+        assert_ne!(x, y);
+        assert!(p.allocate(IkeSaId(3), &id("c"), false).is_err());
     }
 
     #[test]
