@@ -1044,3 +1044,48 @@ fn esp_activity_postpones_liveness_checks() {
     p.advance(Duration::from_secs(11));
     assert_eq!(p.initiator.sent.len(), sent + 1, "one DPD once ESP stops");
 }
+
+#[test]
+fn fragmented_response_is_replayed_once_per_retransmitted_request() {
+    let mut rc = base_config(Some(responder_config(&SUITES)));
+    rc.limits.fragment_mtu = 200;
+    let mut ic = base_config(None);
+    ic.limits.fragment_mtu = 200;
+    let mut p = Pair::new(Arc::new(ic), Arc::new(rc), 73);
+    // Lose every fragment of the responder's first IKE_AUTH answer.
+    let mut first_msg: Option<Vec<u8>> = None;
+    p.drop_filter = Some(Box::new(move |side, t| {
+        if side != Side::Responder || t.payload.get(18) != Some(&35) {
+            return false;
+        }
+        // SPIs + message ID identify the message; all its fragments share them.
+        let key = [&t.payload[..16], &t.payload[20..24]].concat();
+        match &first_msg {
+            None => {
+                first_msg = Some(key);
+                true
+            }
+            Some(k) => *k == key,
+        }
+    }));
+    p.connect(Arc::new(initiator_config(
+        SUITES[2],
+        "router1.example",
+        PSK,
+    )));
+    // Keep dropping only during the first answer: lift the filter after 300 ms.
+    p.advance(Duration::from_millis(300));
+    p.drop_filter = None;
+    p.drive();
+    assert!(
+        p.lost >= 2,
+        "the whole fragmented answer was lost ({})",
+        p.lost
+    );
+    assert_eq!(p.initiator.established().len(), 1);
+    assert_eq!(p.responder.established().len(), 1);
+    // The initiator resent all its fragments; only fragment 1 triggered the replay of
+    // the whole fragmented answer (RFC 7383 2.6.1), once.
+    assert_eq!(p.responder.ep.counters().replayed, 1);
+    assert!(p.responder.ep.counters().dropped("invalid_message_id") >= 1);
+}
