@@ -251,6 +251,7 @@ async fn recv_loop(
     esp: Arc<dyn EspSink>,
 ) {
     let mut buf = vec![0u8; MAX_DATAGRAM];
+    let mut route_cache: HashMap<IpAddr, IpAddr> = HashMap::new();
     loop {
         let (n, remote) = match sock.recv_from(&mut buf).await {
             Ok(x) => x,
@@ -271,6 +272,16 @@ async fn recv_loop(
                 NattKind::Ike => {}
             }
         }
+        // A wildcard bind does not say which address the peer sent to; NAT detection
+        // (RFC 7296 2.23) hashes it, so use the address the kernel routes back from.
+        let local = if local.ip().is_unspecified() {
+            SocketAddr::new(
+                route_source(&mut route_cache, remote.ip()).unwrap_or(local.ip()),
+                local.port(),
+            )
+        } else {
+            local
+        };
         let dg = Datagram {
             kind,
             local,
@@ -285,6 +296,27 @@ async fn recv_loop(
             Err(mpsc::error::TrySendError::Closed(_)) => return,
         }
     }
+}
+
+/// The source address the kernel would use towards `remote` (a connected UDP socket sends
+/// nothing), cached per remote address (bounded).
+fn route_source(cache: &mut HashMap<IpAddr, IpAddr>, remote: IpAddr) -> Option<IpAddr> {
+    if let Some(a) = cache.get(&remote) {
+        return Some(*a);
+    }
+    let any: SocketAddr = if remote.is_ipv4() {
+        ([0, 0, 0, 0], 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let s = std::net::UdpSocket::bind(any).ok()?;
+    s.connect(SocketAddr::new(remote, 9)).ok()?;
+    let ip = s.local_addr().ok()?.ip();
+    if cache.len() >= 65_536 {
+        cache.clear();
+    }
+    cache.insert(remote, ip);
+    Some(ip)
 }
 
 /// Feeds one datagram and then up to `BATCH - 1` more already queued ones to the engine.
@@ -315,6 +347,39 @@ pub fn seed() -> [u8; 32] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wildcard_local_address_is_resolved_per_peer() {
+        let mut c = HashMap::new();
+        let lo = IpAddr::from([127, 0, 0, 1]);
+        assert_eq!(route_source(&mut c, lo), Some(lo));
+        assert_eq!(route_source(&mut c, IpAddr::from([127, 0, 0, 9])), Some(lo));
+        assert_eq!(c.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn wildcard_socket_reports_the_real_local_address() {
+        let null = Arc::new(NullDataplane::default());
+        let mut s = Sockets::bind(&[IpAddr::from([0, 0, 0, 0])], 0, Some(0), null.clone())
+            .await
+            .unwrap();
+        let port = s.ike_addrs[0].port();
+        let c = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        c.send_to(b"hello", ("127.0.0.1", port)).unwrap();
+        let d = s.rx.recv().await.unwrap();
+        assert_eq!(d.local, SocketAddr::from(([127, 0, 0, 1], port)));
+        assert_eq!(d.remote, c.local_addr().unwrap());
+        assert_eq!(d.data, b"hello");
+        // ESP on the NAT-T socket goes to the sink, keepalives are dropped, IKE passes.
+        let natt = s.natt_addrs[0].port();
+        c.send_to(&[0, 0, 0, 1, 0, 0, 0, 1], ("127.0.0.1", natt))
+            .unwrap();
+        c.send_to(&[0xff], ("127.0.0.1", natt)).unwrap();
+        c.send_to(&[0, 0, 0, 0, 9], ("127.0.0.1", natt)).unwrap();
+        let d = s.rx.recv().await.unwrap();
+        assert_eq!((d.kind, d.data), (SocketKind::NatT, vec![0, 0, 0, 0, 9]));
+        assert_eq!(null.esp_dropped.load(Ordering::Relaxed), 1);
+    }
 
     #[test]
     fn natt_demux_follows_rfc3948() {
