@@ -12,7 +12,7 @@ set -euo pipefail
 ROUNDS=${1:-3}; SECS=${2:-10}; CLIENTS=${3:-4}
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 W=$(mktemp -d /tmp/ddns-bench.XXXXXX)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$W"' EXIT
+trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$W"' EXIT
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 for t in dnsperf nsd knotd; do command -v $t >/dev/null || { echo "missing $t" >&2; exit 1; }; done
 cargo build -q --release -p ddns --example dns_bench_server --manifest-path "$ROOT/Cargo.toml"
