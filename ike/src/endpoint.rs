@@ -298,6 +298,24 @@ impl Endpoint {
         }
     }
 
+    /// Delete one CHILD SA (RFC 7296 1.4.1), e.g. at an ESP hard lifetime; the IKE SA
+    /// stays. `ChildSaDeleted` follows when the peer has answered.
+    pub fn delete_child_sa(&mut self, now: Instant, inbound: Spi) -> Result<(), Error> {
+        let id = *self.child_index.get(&inbound).ok_or(Error::NoSuchSa)?;
+        let mut sa = self.sas.remove(&id).ok_or(Error::NoSuchSa)?;
+        let ok = sa.children.iter().any(|c| c.sa.inbound.spi == inbound);
+        if ok {
+            sa.queue.push_back(LocalReq::DeleteChild(vec![inbound]));
+            self.kick(now, &mut sa);
+        }
+        self.finish(now, sa, After::Keep);
+        if ok {
+            Ok(())
+        } else {
+            Err(Error::NoSuchSa)
+        }
+    }
+
     /// Rekey an IKE SA now (RFC 7296 2.18).
     pub fn rekey_ike_sa(&mut self, now: Instant, id: IkeSaId) -> Result<(), Error> {
         let mut sa = self.sas.remove(&id).ok_or(Error::NoSuchSa)?;

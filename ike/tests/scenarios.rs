@@ -1089,3 +1089,23 @@ fn fragmented_response_is_replayed_once_per_retransmitted_request() {
     assert_eq!(p.responder.ep.counters().replayed, 1);
     assert!(p.responder.ep.counters().dropped("invalid_message_id") >= 1);
 }
+
+#[test]
+fn delete_one_child_sa_keeps_the_ike_sa() {
+    let (mut p, id) = established_pair(74);
+    let (inb, out) = children(&p.initiator)[0];
+    p.initiator.ep.delete_child_sa(p.now, inb).unwrap();
+    p.drive();
+    assert_eq!(child_deleted(&p.initiator), vec![inb]);
+    assert_eq!(child_deleted(&p.responder), vec![out]);
+    assert!(children(&p.initiator).is_empty() && children(&p.responder).is_empty());
+    assert!(p.initiator.deleted().is_empty());
+    assert_eq!(
+        p.initiator.ep.ike_sa(id).unwrap().state,
+        ike::endpoint::IkeSaState::Established
+    );
+    assert_eq!(
+        p.initiator.ep.delete_child_sa(p.now, inb),
+        Err(ike::Error::NoSuchSa)
+    );
+}
