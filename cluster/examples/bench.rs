@@ -115,6 +115,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let mut lat: Vec<f64> = Vec::new();
         let mut last_visible = start;
         let mut missing = 0;
+        let mut worst: Vec<(f64, f64)> = Vec::new();
         for (issued, v) in s.values() {
             let Some(issued) = issued else { continue };
             if v.iter().any(Option::is_none) {
@@ -123,9 +124,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
             let all = v.iter().flatten().max().copied().unwrap_or(*issued);
             last_visible = last_visible.max(all);
-            lat.push(all.duration_since(*issued).as_secs_f64() * 1000.0);
+            let l = all.duration_since(*issued).as_secs_f64() * 1000.0;
+            worst.push((l, issued.duration_since(start).as_secs_f64()));
+            lat.push(l);
         }
         lat.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+        worst.sort_by(|a, b| b.0.partial_cmp(&a.0).unwrap_or(std::cmp::Ordering::Equal));
+        let w: Vec<String> = worst.iter().step_by(worst.len().max(100) / 100).take(8).map(|(l, t)| format!("{l:.0}ms@{t:.2}s")).collect();
+        println!("slowest (latency@issue time): {}", w.join(" "));
         let span = last_visible.duration_since(start).as_secs_f64();
         println!("members={n} offered_rate={rate}/s changes={total} issue_span={issue_secs:.2}s");
         println!(

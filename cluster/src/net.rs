@@ -798,6 +798,7 @@ async fn serve_link(
 async fn link_task(
     peer: MemberId,
     mut rx: mpsc::Receiver<Arc<Vec<u8>>>,
+    wake: Arc<tokio::sync::Notify>,
     client: Arc<rustls::ClientConfig>,
     shared: Arc<Shared>,
 ) {
@@ -851,7 +852,11 @@ async fn link_task(
                         Err(mpsc::error::TryRecvError::Disconnected) => return,
                     }
                 }
-                tokio::time::sleep(backoff).await;
+                // Retry at once when the member is heard from (it just started listening).
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = wake.notified() => {}
+                }
                 backoff = (backoff * 2).min(Duration::from_secs(1));
                 continue;
             }
@@ -892,10 +897,13 @@ async fn link_task(
     }
 }
 
+/// Queue of an outbound link and the bell that cuts its reconnect backoff short.
+type Link = (mpsc::Sender<Arc<Vec<u8>>>, Arc<tokio::sync::Notify>);
+
 struct Driver {
     node: Node,
     start: Instant,
-    links: HashMap<MemberId, mpsc::Sender<Arc<Vec<u8>>>>,
+    links: HashMap<MemberId, Link>,
     client: Arc<rustls::ClientConfig>,
     shared: Arc<Shared>,
     events: mpsc::UnboundedSender<Event>,
@@ -1103,7 +1111,7 @@ impl Driver {
         // A push goes to every member as the same message: encode it once.
         let mut last: Option<(Message, Arc<Vec<u8>>)> = None;
         while let Some((to, msg)) = self.node.poll_transmit() {
-            let Some(link) = self.links.get(&to) else {
+            let Some((link, _)) = self.links.get(&to) else {
                 continue;
             };
             let frame = match &last {
@@ -1140,7 +1148,12 @@ impl Driver {
         }
         while let Some(e) = self.node.poll_event() {
             match &e {
-                Event::MemberUp(m) => info!(member = m, "ipsec-ddns member up"),
+                Event::MemberUp(m) => {
+                    info!(member = m, "ipsec-ddns member up");
+                    if let Some((_, wake)) = self.links.get(m) {
+                        wake.notify_one();
+                    }
+                }
                 Event::MemberDown(m) => {
                     warn!(
                         member = m,
@@ -1163,13 +1176,15 @@ impl Driver {
                 continue;
             }
             let (tx, rx) = mpsc::channel(LINK_QUEUE);
+            let wake = Arc::new(tokio::sync::Notify::new());
             tokio::spawn(link_task(
                 m.clone(),
                 rx,
+                wake.clone(),
                 self.client.clone(),
                 self.shared.clone(),
             ));
-            self.links.insert(m, tx);
+            self.links.insert(m, (tx, wake));
         }
     }
 }
