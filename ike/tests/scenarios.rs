@@ -1109,3 +1109,25 @@ fn delete_one_child_sa_keeps_the_ike_sa() {
         Err(ike::Error::NoSuchSa)
     );
 }
+
+#[test]
+fn cookie_then_invalid_ke_then_established() {
+    let mut rcfg = base_config(Some(responder_config(&["aes128-sha256-ecp256"])));
+    rcfg.limits.cookie_threshold = 0;
+    let mut p = Pair::new(Arc::new(base_config(None)), Arc::new(rcfg), 75);
+    let mut cfg = initiator_config("aes128-sha256-ecp256", "router1.example", PSK);
+    cfg.ike_proposals[0].dh = vec![ike::DhGroup::Curve25519, ike::DhGroup::Ecp256];
+    p.connect(Arc::new(cfg));
+    p.drive();
+    assert_eq!(p.initiator.established().len(), 1);
+    assert_eq!(p.responder.ep.counters().cookies_sent, 1);
+    assert_eq!(p.responder.ep.counters().dropped("invalid_ke"), 1);
+    // Three IKE_SA_INIT requests: plain, with the cookie, with the cookie and ECP-256.
+    let inits: Vec<_> = p
+        .initiator
+        .sent
+        .iter()
+        .filter(|t| t.payload[18] == 34)
+        .collect();
+    assert_eq!(inits.len(), 3);
+}
