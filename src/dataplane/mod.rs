@@ -574,6 +574,14 @@ impl Housekeeping {
         for r in &t.ranges {
             want.extend(table::range_to_cidrs(r.start, r.end));
         }
+        // A selector covering everything (0.0.0.0/0, ::/0) would also swallow the outer
+        // ESP packets to the peer: the SA still carries it, but the default route stays.
+        want.retain(|n: &ipnet::IpNet| {
+            if n.prefix_len() == 0 {
+                tracing::warn!(net = %n, "not routing a catch-all selector into the TUN device");
+            }
+            n.prefix_len() > 0
+        });
         let mut err = Ok(());
         for net in want.difference(&self.installed) {
             if let Err(e) = ip_route("replace", net, &self.tun_name) {
