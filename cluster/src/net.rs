@@ -83,10 +83,20 @@ fn encode_len(body: &[u8]) -> Result<[u8; 4], Error> {
 pub(crate) async fn read_frame<R: AsyncRead + Unpin, T: DeserializeOwned>(
     r: &mut R,
 ) -> Result<T, Error> {
+    read_frame_max(r, MAX_FRAME).await
+}
+
+/// Largest frame on the join port, where the peer is not authenticated yet.
+pub const MAX_JOIN_FRAME: usize = 64 << 10;
+
+pub(crate) async fn read_frame_max<R: AsyncRead + Unpin, T: DeserializeOwned>(
+    r: &mut R,
+    max: usize,
+) -> Result<T, Error> {
     let mut n = [0u8; 4];
     r.read_exact(&mut n).await?;
     let n = u32::from_be_bytes(n) as usize;
-    if n > MAX_FRAME {
+    if n > max {
         return Err(Error::Malformed("frame too large"));
     }
     let mut body = vec![0u8; n];
@@ -617,7 +627,7 @@ async fn serve_join(
         .get_ref()
         .1
         .export_keying_material([0u8; 32], join::EXPORTER_LABEL, None)?;
-    let their_pake = match read_frame(&mut s).await? {
+    let their_pake = match read_frame_max(&mut s, MAX_JOIN_FRAME).await? {
         JoinMsg::Hello { pake } => pake,
         _ => return Err(Error::Malformed("expected Hello")),
     };
@@ -642,7 +652,7 @@ async fn serve_join(
         },
     )
     .await?;
-    let msg = match read_frame(&mut s).await {
+    let msg = match read_frame_max(&mut s, MAX_JOIN_FRAME).await {
         Ok(m) => m,
         Err(e) => {
             // The joiner hung up after our confirmation: it found the secret wrong.

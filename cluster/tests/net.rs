@@ -562,3 +562,54 @@ async fn members_are_added_and_removed_without_restarting_the_others() {
     a.shutdown().await.expect("stop");
     b.shutdown().await.expect("stop");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_and_oversized_frames_from_strangers_change_nothing() {
+    use tokio::io::AsyncReadExt;
+    logs();
+    let dir = tempfile::tempdir().expect("tmp");
+    let (a, _ea, _) = start(cfg("127.0.11.1", &[], SECRET, "vpn.example", &dir)).await;
+    a.publish("branch-1", vec![ip("100.64.0.1")], true)
+        .await
+        .expect("publish");
+    // Plain garbage on both ports.
+    for port in [REPL, JOIN] {
+        let mut s = TcpStream::connect(("127.0.11.1", port))
+            .await
+            .expect("connect");
+        s.write_all(&[0x16, 0x03, 0x01, 0xff, 0xff, 1, 2, 3, 4, 5])
+            .await
+            .ok();
+        let mut buf = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(6), s.read_to_end(&mut buf)).await;
+    }
+    // A TLS session on the join port announcing a 4 GiB frame.
+    let tcp = TcpStream::connect(("127.0.11.1", JOIN))
+        .await
+        .expect("connect");
+    let name = cluster::tls::server_name("ipsec-ddns-join").expect("name");
+    let mut s = tokio_rustls::TlsConnector::from(cluster::tls::join_client().expect("tls"))
+        .connect(name, tcp)
+        .await
+        .expect("TLS to the join port");
+    s.write_all(&u32::MAX.to_be_bytes()).await.expect("write");
+    s.flush().await.expect("flush");
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(6), s.read_to_end(&mut buf)).await;
+    assert!(buf.is_empty(), "no answer to an oversized frame");
+    // The member is unharmed and still admits a real joiner.
+    assert_eq!(a.view().await.expect("view").len(), 1);
+    assert_eq!(a.members().await.expect("m").len(), 1);
+    let (b, _eb, sb) = start(cfg(
+        "127.0.11.2",
+        &["127.0.11.1"],
+        SECRET,
+        "vpn.example",
+        &dir,
+    ))
+    .await;
+    assert_eq!(sb, Started::Joined);
+    wait_for(&b, |v| v.contains_key("branch-1"), "replication").await;
+    a.shutdown().await.expect("stop");
+    b.shutdown().await.expect("stop");
+}
