@@ -120,6 +120,7 @@ enum Cmd {
         reply: oneshot::Sender<Result<Record, Error>>,
     },
     Members(oneshot::Sender<Vec<MemberStatus>>),
+    Own(oneshot::Sender<Vec<Record>>),
     View(oneshot::Sender<BTreeMap<String, Record>>),
     Admit {
         member: MemberId,
@@ -196,6 +197,12 @@ impl ClusterHandle {
     /// `show cluster`: members, state, last seen, records each.
     pub async fn members(&self) -> Result<Vec<MemberStatus>, Error> {
         self.ask(Cmd::Members).await
+    }
+
+    /// This member's own up records as stored (after a restart: what it published before,
+    /// so the daemon can withdraw the tunnels it no longer has).
+    pub async fn own_records(&self) -> Result<Vec<Record>, Error> {
+        self.ask(Cmd::Own).await
     }
 
     /// Every record this member answers.
@@ -1081,6 +1088,17 @@ impl Driver {
             }
             Cmd::Members(r) => {
                 let _ = r.send(self.node.members(now));
+            }
+            Cmd::Own(r) => {
+                let me = self.node.id().clone();
+                let own = self.node.partition(&me).map_or_else(Vec::new, |p| {
+                    p.entries
+                        .values()
+                        .filter(|e| e.record.up)
+                        .map(|e| e.record.clone())
+                        .collect()
+                });
+                let _ = r.send(own);
             }
             Cmd::View(r) => {
                 let _ = r.send(self.node.view().clone());

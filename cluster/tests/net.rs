@@ -156,6 +156,10 @@ async fn three_members_create_join_replicate_and_withdraw_a_dead_member() {
     while ec.try_recv().is_ok() {}
     let (c, _ec, sc) = start(cfg(ids[2], &peers(ids[2]), SECRET, "vpn.example", &dir)).await;
     assert_eq!(sc, Started::Joined);
+    // After the restart c still holds what it published, for the daemon to reconcile.
+    let own = c.own_records().await.expect("own");
+    assert_eq!(own.len(), 1);
+    assert_eq!(own[0].gateway_id, "branch-3");
     for h in [&a, &b, &c] {
         wait_for(h, |v| v.contains_key("branch-3") && v.len() == 2, "c back").await;
     }
