@@ -458,6 +458,18 @@ fn esp_hostile_input_is_dropped_and_counted_and_ike_is_forwarded() {
     assert!(after.keepalives > before.keepalives);
     // Good traffic is unaffected.
     assert!(ping(&p.a_ns, 2));
+    // An authentic packet whose inner source is not the peer's selector (spoofed: a's
+    // outer address instead of its virtual IP) is refused after decryption.
+    let ts_before = p.b.counters().dropped(EspDrop::TsMismatch);
+    let o = p
+        .a_ns
+        .exec(&["ping", "-c", "1", "-W", "1", "-I", A_OUTER, INSIDE]);
+    assert!(!o.ok(), "spoofed source got through: {}", o.all());
+    assert!(
+        p.b.counters().dropped(EspDrop::TsMismatch) > ts_before,
+        "{:?}",
+        p.b.counters()
+    );
     // The daemon's NAT-T transmits leave from the data plane's socket.
     p.b.send_natt(got.remote, b"\0\0\0\0reply").unwrap();
     // A packet towards an address no SA covers is dropped and counted (no route).

@@ -395,6 +395,8 @@ impl DataplaneHandle {
             sa: InboundSa::new(&c.inbound, cfg.lifetimes(), cfg.replay_window)?,
             child,
             udp_encap: c.udp_encap,
+            remote_ts: c.remote_ts.clone(),
+            local_ts: c.local_ts.clone(),
         };
         let outbound = OutboundEntry {
             sa: OutboundSa::new(&c.outbound, cfg.lifetimes())?,

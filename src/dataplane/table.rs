@@ -17,6 +17,9 @@ pub struct InboundEntry {
     /// life; what rekey requests carry).
     pub child: Spi,
     pub udp_encap: bool,
+    /// The peer's selectors (allowed inner sources) and ours (allowed destinations).
+    pub remote_ts: Vec<TrafficSelector>,
+    pub local_ts: Vec<TrafficSelector>,
 }
 
 /// An outbound SA, with the outer addresses its packets use.

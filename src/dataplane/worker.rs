@@ -349,6 +349,15 @@ impl Worker {
                     self.shared.rekey(entry.child, reason);
                 }
                 let inner = &pkt[d.range];
+                if let Err(drop) = ike::esp::check_inner_selectors(
+                    inner,
+                    d.next_header,
+                    &entry.remote_ts,
+                    &entry.local_ts,
+                ) {
+                    self.counters.esp_drop(drop);
+                    return;
+                }
                 self.counters.rx_packets.fetch_add(1, Ordering::Relaxed);
                 self.counters
                     .rx_bytes

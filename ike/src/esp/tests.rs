@@ -516,3 +516,79 @@ fn esn_packets_decapsulate_across_the_wrap() {
         EspDrop::Replayed
     );
 }
+
+#[test]
+fn inner_packets_outside_the_selectors_are_refused() {
+    use crate::event::TrafficSelector;
+    let ts = |a: &str, b: &str, proto: u8| TrafficSelector {
+        start: a.parse().unwrap(),
+        end: b.parse().unwrap(),
+        protocol: proto,
+        start_port: 0,
+        end_port: 65535,
+    };
+    let peer = [ts("10.100.0.5", "10.100.0.5", 0)];
+    let inside = [ts("10.200.0.0", "10.200.255.255", 0)];
+    let mut p = inner(40, false);
+    p[9] = 1; // ICMP
+    p[12..16].copy_from_slice(&[10, 100, 0, 5]);
+    p[16..20].copy_from_slice(&[10, 200, 3, 4]);
+    assert_eq!(
+        check_inner_selectors(&p, NextHeader::Ipv4, &peer, &inside),
+        Ok(())
+    );
+    // Spoofed source (another peer's address).
+    let mut q = p.clone();
+    q[15] = 6;
+    assert_eq!(
+        check_inner_selectors(&q, NextHeader::Ipv4, &peer, &inside),
+        Err(EspDrop::TsMismatch)
+    );
+    // Destination outside our selectors.
+    let mut q = p.clone();
+    q[16] = 192;
+    assert_eq!(
+        check_inner_selectors(&q, NextHeader::Ipv4, &peer, &inside),
+        Err(EspDrop::TsMismatch)
+    );
+    // Protocol pinned by the selector.
+    let tcp_only = [ts("10.100.0.5", "10.100.0.5", 6)];
+    assert_eq!(
+        check_inner_selectors(&p, NextHeader::Ipv4, &tcp_only, &inside),
+        Err(EspDrop::TsMismatch)
+    );
+    // Version nibble contradicting Next Header, and a runt.
+    assert_eq!(
+        check_inner_selectors(&p, NextHeader::Ipv6, &peer, &inside),
+        Err(EspDrop::TsMismatch)
+    );
+    assert_eq!(
+        check_inner_selectors(&p[..19], NextHeader::Ipv4, &peer, &inside),
+        Err(EspDrop::TsMismatch)
+    );
+    // IPv6 inside an IPv6 selector.
+    let mut v6 = inner(60, true);
+    v6[6] = 58;
+    v6[8..24].copy_from_slice(
+        &"2001:db8::5"
+            .parse::<std::net::Ipv6Addr>()
+            .unwrap()
+            .octets(),
+    );
+    v6[24..40].copy_from_slice(
+        &"2001:db8:1::1"
+            .parse::<std::net::Ipv6Addr>()
+            .unwrap()
+            .octets(),
+    );
+    let p6 = [ts("2001:db8::5", "2001:db8::5", 0)];
+    let i6 = [ts("2001:db8:1::", "2001:db8:1::ffff", 0)];
+    assert_eq!(
+        check_inner_selectors(&v6, NextHeader::Ipv6, &p6, &i6),
+        Ok(())
+    );
+    assert_eq!(
+        check_inner_selectors(&v6, NextHeader::Ipv6, &peer, &inside),
+        Err(EspDrop::TsMismatch)
+    );
+}
