@@ -485,6 +485,60 @@ fn line_of(text: &str, offset: usize) -> usize {
         + 1
 }
 
+/// When the error is about element `k` of an array (path ends in `[k]`) and `start` is
+/// where the array begins, the offset of that element (so the line is the element's).
+fn element_offset(text: &str, start: usize, path: &str) -> Option<usize> {
+    let k: usize = path.strip_suffix(']')?.rsplit_once('[')?.1.parse().ok()?;
+    let b = text.as_bytes();
+    if b.get(start) != Some(&b'[') {
+        return None;
+    }
+    let (mut i, mut depth, mut index) = (start + 1, 1usize, 0usize);
+    let mut at_element_start = true;
+    while i < b.len() {
+        let c = b[i];
+        if at_element_start && !c.is_ascii_whitespace() && c != b'#' && depth == 1 {
+            if c == b']' {
+                return None;
+            }
+            if index == k {
+                return Some(i);
+            }
+            at_element_start = false;
+        }
+        match c {
+            b'#' => {
+                while i < b.len() && b[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'"' | b'\'' => {
+                i += 1;
+                while i < b.len() && b[i] != c {
+                    if c == b'"' && b[i] == b'\\' {
+                        i += 1;
+                    }
+                    i += 1;
+                }
+            }
+            b'[' | b'{' => depth += 1,
+            b']' | b'}' => {
+                depth -= 1;
+                if depth == 0 {
+                    return None;
+                }
+            }
+            b',' if depth == 1 => {
+                index += 1;
+                at_element_start = true;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
 /// Rewrites toml/serde messages into "unknown key 'a.b'" / "a.b: <problem>".
 fn describe(path: &str, msg: &str) -> String {
     let msg = msg.trim();
@@ -517,7 +571,10 @@ impl Config {
                 let inner = e.into_inner();
                 let msg = describe(&path, inner.message());
                 Err(Error::Config(match inner.span() {
-                    Some(span) => format!("{name}:{}: {msg}", line_of(text, span.start)),
+                    Some(span) => {
+                        let at = element_offset(text, span.start, &path).unwrap_or(span.start);
+                        format!("{name}:{}: {msg}", line_of(text, at))
+                    }
                     None => format!("{name}: {msg}"),
                 }))
             }
@@ -848,7 +905,7 @@ mod tests {
         let e = err(
             "[ike]\nproposals = [\"aes256gcm16-prfsha256-x25519\",\n \"aes257-sha256-x25519\"]\n",
         );
-        assert_eq!(e, "x.toml:2: ike.proposals[1]: invalid proposal \"aes257-sha256-x25519\": unknown algorithm 'aes257'");
+        assert_eq!(e, "x.toml:3: ike.proposals[1]: invalid proposal \"aes257-sha256-x25519\": unknown algorithm 'aes257'");
         let e = err("[ike]\n\ndpd_delay = \"5 parsecs\"\n");
         assert!(
             e.starts_with("x.toml:3: ike.dpd_delay: invalid duration"),
@@ -863,6 +920,23 @@ mod tests {
             e.starts_with("x.toml:3: peer.headends[0]: invalid address"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn array_element_errors_point_at_the_element_line() {
+        let e = err("[ike]\nesp_proposals = [\n  \"aes256gcm16\", # a, comment [x]\n  \"aes128-sha256\",\n  \"bogus\",\n]\n");
+        assert!(
+            e.starts_with("x.toml:5: ike.esp_proposals[2]: invalid proposal \"bogus\""),
+            "{e}"
+        );
+        let e =
+            err("[peer]\nlocal_id = \"r\"\nheadends = [{ addr = \"127.0.0.1:1\" },\n\"nope\"]\n");
+        assert!(
+            e.starts_with("x.toml:4: peer.headends[1]: invalid address"),
+            "{e}"
+        );
+        assert_eq!(element_offset("a = [1, 2]", 4, "a[5]"), None);
+        assert_eq!(element_offset("a = 1", 4, "a[0]"), None);
     }
 
     #[test]
