@@ -64,6 +64,97 @@ pub struct Config {
     /// The userspace ESP data plane; started when present (needs root for the TUN device).
     #[serde(default)]
     pub dataplane: Option<crate::dataplane::DataplaneConfig>,
+    /// `[auth]`: certificate authentication instead of PSKs (issue 7).
+    #[serde(default)]
+    pub auth: Option<AuthSection>,
+    /// The `[auth]` files, loaded by [`Config::load`]; shared with the engine.
+    #[serde(skip)]
+    pub cert_auth: Option<Arc<ike::cert::CertAuth>>,
+    /// The `[auth]` CRL files, resolved against the config file's directory.
+    #[serde(skip)]
+    pub crl_paths: Vec<std::path::PathBuf>,
+}
+
+/// `[auth]`: our certificate and key, the CAs peers must chain to, and CRLs (re-read by
+/// `headend run` when they change). Paths are relative to the config file's directory;
+/// files are PEM (several blocks allowed) or DER. With `[auth]` both sides authenticate
+/// with certificates (RFC 7296 2.15, RFC 7427); `ike.local_id` / `peer.local_id` must
+/// be a subjectAltName (FQDN, e-mail, IP) of `cert`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSection {
+    /// Our certificate, optionally followed by the intermediates to send with it.
+    pub cert: String,
+    /// Our private key: PKCS#8 (RSA, ECDSA P-256/P-384, Ed25519) or PKCS#1 RSA.
+    pub key: String,
+    /// Trusted CA certificates.
+    #[serde(default)]
+    pub cas: Vec<String>,
+    /// Certificate revocation lists.
+    #[serde(default)]
+    pub crls: Vec<String>,
+}
+
+/// Re-reads the `[auth]` CRL files when their size or mtime changes and swaps the
+/// engine's CRL set ([`ike::cert::CertAuth::set_crls`]).
+#[derive(Debug)]
+pub struct CrlWatcher {
+    auth: Arc<ike::cert::CertAuth>,
+    paths: Vec<std::path::PathBuf>,
+    stamp: Vec<Option<(u64, std::time::SystemTime)>>,
+}
+
+impl CrlWatcher {
+    fn stamps(&self) -> Vec<Option<(u64, std::time::SystemTime)>> {
+        self.paths
+            .iter()
+            .map(|p| {
+                let m = std::fs::metadata(p).ok()?;
+                Some((m.len(), m.modified().ok()?))
+            })
+            .collect()
+    }
+
+    /// Reloads the CRLs if a file changed; returns whether the set was replaced. A file
+    /// that does not read or parse keeps the previous set (logged).
+    pub fn poll(&mut self) -> bool {
+        let now = self.stamps();
+        if now == self.stamp {
+            return false;
+        }
+        self.stamp = now;
+        match read_crls(&self.paths).and_then(|c| {
+            self.auth
+                .set_crls(c)
+                .map_err(|e| Error::Config(format!("auth.crls: {e}")))
+        }) {
+            Ok(()) => {
+                tracing::info!(crls = self.auth.crl_count(), "CRLs reloaded");
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "CRL reload failed; keeping the previous CRLs");
+                false
+            }
+        }
+    }
+}
+
+fn read_der_file(what: &str, path: &Path) -> Result<Vec<Vec<u8>>, Error> {
+    let data = std::fs::read(path).map_err(|source| Error::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    ike::cert::pem_or_der(&data)
+        .map_err(|e| Error::Config(format!("{what}: {}: {e}", path.display())))
+}
+
+fn read_crls(paths: &[std::path::PathBuf]) -> Result<Vec<Vec<u8>>, Error> {
+    let mut out = Vec::new();
+    for p in paths {
+        out.extend(read_der_file("auth.crls", p)?);
+    }
+    Ok(out)
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -592,7 +683,54 @@ impl Config {
             let p = path.parent().unwrap_or(Path::new(".")).join(&f);
             cfg.load_psk_file(&p)?;
         }
+        cfg.load_auth_files(path.parent().unwrap_or(Path::new(".")))?;
         Ok(cfg)
+    }
+
+    /// Loads the `[auth]` certificate, key, CAs and CRLs (paths relative to `dir`).
+    pub fn load_auth_files(&mut self, dir: &Path) -> Result<(), Error> {
+        let Some(a) = self.auth.clone() else {
+            return Ok(());
+        };
+        let bad = |k: &str, e: ike::Error| Error::Config(format!("auth.{k}: {e}"));
+        let mut cas = Vec::new();
+        for f in &a.cas {
+            cas.extend(read_der_file("auth.cas", &dir.join(f))?);
+        }
+        let chain = read_der_file("auth.cert", &dir.join(&a.cert))?;
+        let key = read_der_file("auth.key", &dir.join(&a.key))?;
+        let key = key
+            .first()
+            .ok_or_else(|| Error::Config("auth.key: empty".into()))?;
+        let auth = ike::cert::CertAuth::new(cas)
+            .map_err(|e| bad("cas", e))?
+            .with_own(chain, key)
+            .map_err(|e| bad("cert/key", e))?;
+        let paths: Vec<_> = a.crls.iter().map(|f| dir.join(f)).collect();
+        auth.set_crls(read_crls(&paths)?)
+            .map_err(|e| bad("crls", e))?;
+        self.cert_auth = Some(Arc::new(auth));
+        self.crl_paths = paths;
+        Ok(())
+    }
+
+    /// A watcher that swaps the CRL set when the `[auth]` CRL files change.
+    pub fn crl_watcher(&self) -> Option<CrlWatcher> {
+        let mut w = CrlWatcher {
+            auth: self.cert_auth.clone()?,
+            paths: self.crl_paths.clone(),
+            stamp: Vec::new(),
+        };
+        w.stamp = w.stamps();
+        Some(w)
+    }
+
+    /// The engine's authentication: `[auth]` certificates when loaded, else `psk`.
+    fn auth_config(&self, psk: impl FnOnce() -> PskStore) -> AuthConfig {
+        match &self.cert_auth {
+            Some(c) => AuthConfig::Cert(c.clone()),
+            None => AuthConfig::Psk(psk()),
+        }
     }
 
     /// The built-in default ([`DEFAULT_CONFIG`]).
@@ -641,7 +779,7 @@ impl Config {
         if self.ike.port == self.ike.natt_port {
             return bad("ike.natt_port: must differ from ike.port");
         }
-        if self.psk.default.is_none() && self.psk.peers.is_empty() {
+        if self.psk.default.is_none() && self.psk.peers.is_empty() && self.cert_auth.is_none() {
             return bad(
                 "psk: no pre-shared key configured (set psk.default, psk.peers or psk.psk_file)",
             );
@@ -784,7 +922,7 @@ impl Config {
         let i = &self.ike;
         let r = ResponderConfig {
             local_id: i.local_id.0.clone(),
-            auth: AuthConfig::Psk(self.psk_store()),
+            auth: self.auth_config(|| self.psk_store()),
             ike_proposals: i.proposals.iter().map(|p| p.0.clone()).collect(),
             esp_proposals: i.esp_proposals.iter().map(|p| p.0.clone()).collect(),
             local_ts: i.local_ts.iter().map(Cidr::ts).collect(),
@@ -840,7 +978,7 @@ impl Config {
         InitiatorConfig {
             local_id: id,
             remote_id: peer.remote_id.as_ref().map(|i| i.0.clone()),
-            auth: AuthConfig::Psk(PskStore {
+            auth: self.auth_config(|| PskStore {
                 by_identity: HashMap::new(),
                 default: Some(key.into_bytes()),
             }),

@@ -468,7 +468,11 @@ pub async fn run(
         tokio::select! {
             _ = &mut signal => break,
             d = sockets.rx.recv() => match d {
-                Some(d) => driver::feed(&mut ep, d, &mut sockets.rx),
+                Some(d) => {
+                    // Certificate validity is checked against the wall clock (issue 7).
+                    ep.set_wall_clock(std::time::SystemTime::now());
+                    driver::feed(&mut ep, d, &mut sockets.rx)
+                }
                 None => break,
             },
             _ = driver::sleep_until(deadline) => {

@@ -356,6 +356,9 @@ impl Default for StartOptions {
     }
 }
 
+/// How often the `[auth]` CRL files are checked for changes.
+const CRL_POLL: Duration = Duration::from_secs(5);
+
 /// Binds the sockets and starts the engine task.
 pub async fn start(cfg: &Config, opts: StartOptions) -> Result<DaemonHandle, Error> {
     let ep_cfg = cfg.responder_endpoint();
@@ -371,6 +374,15 @@ pub async fn start(cfg: &Config, opts: StartOptions) -> Result<DaemonHandle, Err
     let ike_addrs = sockets.ike_addrs.clone();
     let natt_addrs = sockets.natt_addrs.clone();
     let ep = Endpoint::new(ep_cfg, driver::seed());
+    if let Some(mut w) = cfg.crl_watcher() {
+        // `[auth]` CRL files are re-read when they change (issue 7).
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(CRL_POLL).await;
+                w.poll();
+            }
+        });
+    }
     let (cmd_tx, cmd_rx) = mpsc::channel(64);
     let (ev_tx, _) = broadcast::channel(4096);
     let task = tokio::spawn(engine_task(
@@ -473,7 +485,11 @@ async fn engine_task(
                 None => break None,
             },
             d = l.sockets.rx.recv() => match d {
-                Some(d) => driver::feed(&mut l.ep, d, &mut l.sockets.rx),
+                Some(d) => {
+                    // Certificate validity is checked against the wall clock (issue 7).
+                    l.ep.set_wall_clock(SystemTime::now());
+                    driver::feed(&mut l.ep, d, &mut l.sockets.rx)
+                }
                 None => break None,
             },
             _ = driver::sleep_until(deadline) => l.ep.handle_timeout(Instant::now()),

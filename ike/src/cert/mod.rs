@@ -354,6 +354,33 @@ impl CertAuth {
     }
 }
 
+/// The DER objects in a file's contents: every PEM block (RFC 7468) when the text has
+/// any, else the whole input as one DER object. At most [`MAX_PEM_BLOCKS`] blocks.
+pub fn pem_or_der(data: &[u8]) -> Result<Vec<Vec<u8>>, Error> {
+    let text_start = data
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(0);
+    if !data[text_start..].starts_with(b"-----BEGIN") {
+        return Ok(vec![data.to_vec()]);
+    }
+    let mut out = Vec::new();
+    for block in x509_parser::pem::Pem::iter_from_buffer(data) {
+        let block = block.map_err(|_| config_err("bad PEM block"))?;
+        if out.len() == MAX_PEM_BLOCKS {
+            return Err(config_err("too many PEM blocks"));
+        }
+        out.push(block.contents);
+    }
+    if out.is_empty() {
+        return Err(config_err("no PEM block"));
+    }
+    Ok(out)
+}
+
+/// Bound on PEM blocks read from one file (CA bundles).
+pub const MAX_PEM_BLOCKS: usize = 1024;
+
 fn check_validity(c: &X509Certificate<'_>, now: ASN1Time) -> Result<(), CertReject> {
     let v = c.validity();
     if now < v.not_before {
