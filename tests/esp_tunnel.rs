@@ -481,6 +481,25 @@ fn esp_hostile_input_is_dropped_and_counted_and_ike_is_forwarded() {
     assert!(p.a.counters().dropped(EspDrop::NoRoute) > no_route);
 }
 
+/// CPU time (user + system, seconds) of this process's data plane threads (`esp-*`).
+fn dataplane_cpu_secs() -> f64 {
+    let mut ticks = 0u64;
+    for e in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
+        if !comm.starts_with("esp-") {
+            continue;
+        }
+        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+        // Fields after the ")" closing comm: state is field 3, utime 14, stime 15.
+        let rest = stat.rsplit(')').next().unwrap_or("");
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        if f.len() > 12 {
+            ticks += f[11].parse::<u64>().unwrap_or(0) + f[12].parse::<u64>().unwrap_or(0);
+        }
+    }
+    ticks as f64 / 100.0
+}
+
 /// BENCHMARKS.md "ESP data plane": bare veth, charon-to-charon (kernel-libipsec, aesni)
 /// and headend-to-headend, AES-256-GCM, iperf3 -t 8, one after the other in one run.
 /// `cargo test --release -p headend --test esp_tunnel -- --ignored --nocapture`
@@ -552,9 +571,18 @@ fn esp_throughput_bare_veth_vs_charon_vs_headend() {
     // 3. headend <-> headend.
     let p = pair("esp-bench-headend");
     assert!(ping(&p.a_ns, 1));
+    let cpu0 = dataplane_cpu_secs();
     let (json, ok) = iperf3(&p, SECS, || {});
     assert!(ok, "{json}");
+    let cpu = dataplane_cpu_secs() - cpu0;
     let headend = received_bps(&json);
+    let bits = headend * SECS as f64;
+    eprintln!(
+        "data plane threads (both ends: encrypt + decrypt): {cpu:.2} CPU-s for {:.2} Gbit \
+         = {:.2} Gbit/s per CPU-second",
+        bits / 1e9,
+        bits / 1e9 / cpu.max(0.01)
+    );
 
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     eprintln!("| path | iperf3 -t {SECS}, Gbit/s |");
