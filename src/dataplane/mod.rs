@@ -26,6 +26,16 @@
 //!   is the CHILD SA's inbound SPI, to pass to the engine's rekey call.
 //! - [`DataplaneHandle::counters`] gives packets, bytes and drops by reason for status.
 //!
+//! # Policy
+//! After decapsulation the inner packet must match the SA's selectors (source in the
+//! peer's `remote_ts`, destination in our `local_ts`, RFC 4301 5.2), else it is dropped as
+//! `esp_ts_mismatch`. Packets from the TUN device whose destination no SA covers are
+//! dropped and counted as `esp_no_route` (no ICMP unreachable is generated). Kernel routes
+//! for the remote selectors are set with `ip route replace ... dev <tun>` (iproute2), never
+//! for a catch-all /0 selector.
+//!
+//! # Limits
+//! The raw ESP socket is IPv4 only; the NAT-T socket speaks the family of `natt_bind`.
 //! A kernel XFRM back end could sit beside this one behind the same handle methods.
 pub mod sys;
 pub mod table;
