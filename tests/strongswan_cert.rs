@@ -366,6 +366,7 @@ fn rsa_and_ecdsa_routers_through_an_intermediate_get_gateway_ids_from_their_cn()
 /// Initiates `name`, expects AUTHENTICATION_FAILED at charon and a head-end log line
 /// naming `reason`; nothing may be reported up.
 fn refused(charon: &Charon, he: &Headend, name: &str, reason: &str) {
+    let ups_before = lines_with(&he.log_text(), "IKE SA established", name).len();
     let o = charon.initiate(name);
     assert!(!o.ok(), "{name} must not establish:\n{}", o.all());
     assert!(
@@ -383,8 +384,9 @@ fn refused(charon: &Charon, he: &Headend, name: &str, reason: &str) {
                 .then_some(log)
         },
     );
-    assert!(
-        lines_with(&log, "IKE SA established", name).is_empty(),
+    assert_eq!(
+        lines_with(&log, "IKE SA established", name).len(),
+        ups_before,
         "head-end reported {name} up:\n{log}"
     );
 }
