@@ -204,6 +204,95 @@ impl Drop for DnsServer {
     }
 }
 
+/// Datagrams received / sent per system call (recvmmsg / sendmmsg).
+const BATCH: usize = 32;
+
+/// Receive loop with recvmmsg/sendmmsg: up to [`BATCH`] queries per system call each
+/// way (MSG_WAITFORONE: returns as soon as one is there). Falls back to one datagram
+/// per call if the kernel refuses.
+#[cfg(target_os = "linux")]
+fn udp_loop(sock: UdpSocket, handler: DnsHandler, stop: Arc<AtomicBool>) {
+    use nix::sys::socket::{recvmmsg, sendmmsg, MsgFlags, MultiHeaders, SockaddrStorage};
+    use std::io::{IoSlice, IoSliceMut};
+    use std::os::fd::AsRawFd;
+
+    let fd = sock.as_raw_fd();
+    let shard = handler.counters().shard();
+    // one octet more than we accept, so an oversized datagram is seen as such
+    let mut bufs: Vec<Vec<u8>> = vec![vec![0u8; crate::handler::MAX_QUERY + 1]; BATCH];
+    let mut outs: Vec<Vec<u8>> = (0..BATCH).map(|_| Vec::with_capacity(1500)).collect();
+    let mut rx_hdrs = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
+    let mut tx_hdrs = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
+    let mut got: Vec<(usize, Option<SocketAddr>)> = Vec::with_capacity(BATCH);
+    let mut replies: Vec<(usize, SocketAddr)> = Vec::with_capacity(BATCH);
+    while !stop.load(Ordering::Relaxed) {
+        got.clear();
+        {
+            let mut iovs: Vec<[IoSliceMut<'_>; 1]> =
+                bufs.iter_mut().map(|b| [IoSliceMut::new(b)]).collect();
+            match recvmmsg(
+                fd,
+                &mut rx_hdrs,
+                iovs.iter_mut(),
+                MsgFlags::MSG_WAITFORONE,
+                None,
+            ) {
+                Ok(results) => {
+                    for r in results {
+                        let addr = r.address.and_then(|a: SockaddrStorage| {
+                            if let Some(v4) = a.as_sockaddr_in() {
+                                Some(SocketAddr::V4((*v4).into()))
+                            } else {
+                                a.as_sockaddr_in6().map(|v6| SocketAddr::V6((*v6).into()))
+                            }
+                        });
+                        got.push((r.bytes, addr));
+                    }
+                }
+                Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => continue,
+                Err(error) => {
+                    tracing::debug!(%error, "DNS UDP recvmmsg error");
+                    continue;
+                }
+            }
+        }
+        replies.clear();
+        for (i, &(n, addr)) in got.iter().enumerate() {
+            let Some(src) = addr else { continue };
+            let query = bufs[i].get(..n).unwrap_or_default();
+            if handler.handle_bytes(query, src, false, &shard, &mut outs[i]) {
+                replies.push((i, src));
+            }
+        }
+        if replies.is_empty() {
+            continue;
+        }
+        let slices: Vec<[IoSlice<'_>; 1]> = replies
+            .iter()
+            .map(|&(i, _)| [IoSlice::new(&outs[i])])
+            .collect();
+        let addrs: Vec<Option<SockaddrStorage>> = replies
+            .iter()
+            .map(|&(_, a)| Some(SockaddrStorage::from(a)))
+            .collect();
+        if let Err(error) = sendmmsg(
+            fd,
+            &mut tx_hdrs,
+            slices.iter(),
+            &addrs,
+            [],
+            MsgFlags::empty(),
+        ) {
+            tracing::debug!(%error, "DNS UDP sendmmsg failed; sending one by one");
+            for &(i, a) in &replies {
+                let _ = sock.send_to(&outs[i], a);
+            }
+        }
+    }
+}
+
+/// Portable receive loop: one datagram per system call.
+#[cfg(not(target_os = "linux"))]
 fn udp_loop(sock: UdpSocket, handler: DnsHandler, stop: Arc<AtomicBool>) {
     let shard = handler.counters().shard();
     let mut buf = vec![0u8; 65536];
