@@ -1257,6 +1257,86 @@ backoff = "250ms"
     }
 
     #[test]
+    fn auth_section_loads_pem_files_and_reloads_changed_crls() {
+        use rcgen::{
+            CertificateParams, CertificateRevocationListParams, IsCa, KeyIdMethod, KeyPair,
+            RevokedCertParams, SerialNumber,
+        };
+        let dir = std::env::temp_dir().join(format!("headend-auth-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_p = CertificateParams::new(vec![]).unwrap();
+        ca_p.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = ca_p.self_signed(&ca_key).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(vec!["vpn.example.net".into()]).unwrap();
+        p.serial_number = Some(SerialNumber::from(5u64));
+        let cert = p.signed_by(&key, &ca, &ca_key).unwrap();
+        let crl = |serials: &[u64]| {
+            CertificateRevocationListParams {
+                this_update: rcgen::date_time_ymd(2026, 1, 1),
+                next_update: rcgen::date_time_ymd(2027, 1, 1),
+                crl_number: SerialNumber::from(1u64),
+                issuing_distribution_point: None,
+                revoked_certs: serials
+                    .iter()
+                    .map(|s| RevokedCertParams {
+                        serial_number: SerialNumber::from(*s),
+                        revocation_time: rcgen::date_time_ymd(2026, 1, 1),
+                        reason_code: None,
+                        invalidity_date: None,
+                    })
+                    .collect(),
+                key_identifier_method: KeyIdMethod::Sha256,
+            }
+            .signed_by(&ca, &ca_key)
+            .unwrap()
+            .pem()
+            .unwrap()
+        };
+        std::fs::write(dir.join("he.pem"), cert.pem()).unwrap();
+        std::fs::write(dir.join("he.key"), key.serialize_pem()).unwrap();
+        std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+        std::fs::write(dir.join("ca.crl"), crl(&[])).unwrap();
+        let toml = "[ike]\nlocal_id = \"vpn.example.net\"\n[auth]\ncert = \"he.pem\"\n\
+                    key = \"he.key\"\ncas = [\"ca.pem\"]\ncrls = [\"ca.crl\"]\n";
+        std::fs::write(dir.join("h.toml"), toml).unwrap();
+        let c = Config::load(&dir.join("h.toml")).unwrap();
+        // Certificates replace the PSK requirement, and the engine gets them.
+        c.validate_responder("h.toml").unwrap();
+        let e = c.responder_endpoint();
+        let r = e.responder.as_ref().unwrap();
+        assert!(matches!(r.auth, AuthConfig::Cert(_)));
+        let auth = c.cert_auth.clone().unwrap();
+        assert_eq!(auth.crl_count(), 1);
+        // A changed CRL file is picked up; an unchanged one is not re-read.
+        let mut w = c.crl_watcher().unwrap();
+        assert!(!w.poll());
+        std::fs::write(dir.join("ca.crl"), crl(&[5, 6])).unwrap();
+        assert!(w.poll());
+        assert!(!w.poll());
+        // A broken CRL file keeps the previous set.
+        std::fs::write(
+            dir.join("ca.crl"),
+            "-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n",
+        )
+        .unwrap();
+        assert!(!w.poll());
+        assert_eq!(auth.crl_count(), 1);
+        // A key that is not the certificate's is refused at load, naming the keys.
+        std::fs::write(
+            dir.join("he.key"),
+            KeyPair::generate().unwrap().serialize_pem(),
+        )
+        .unwrap();
+        let e = Config::load(&dir.join("h.toml")).unwrap_err().to_string();
+        assert!(e.contains("auth.cert/key"), "{e}");
+        std::fs::remove_file(dir.join("he.key")).unwrap();
+        assert!(Config::load(&dir.join("h.toml")).is_err());
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
     fn other_owners_sections_are_accepted() {
         let c = Config::parse(
             "t",
