@@ -933,3 +933,60 @@ mod engine {
         assert_eq!(router.rejections().get("cert_unknown_ca"), Some(&1));
     }
 }
+
+#[test]
+fn hostile_certificate_and_auth_bytes_never_panic_and_are_refused() {
+    use rand::{Rng, SeedableRng};
+    let p = pki(&rcgen::PKCS_ECDSA_P256_SHA256);
+    let v = verifier(&p);
+    let good = signer(&p.ee, &[p.inter.der()]).sign(OCTETS).unwrap();
+    let (method, data) = match good.last().unwrap() {
+        Payload::Auth { method, data } => (*method, data.clone()),
+        _ => unreachable!(),
+    };
+    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(7);
+    for round in 0..2000 {
+        // Truncations and bit flips of the real end-entity and intermediate certificates,
+        // and of the AUTH data.
+        let mut payloads = good.clone();
+        let which = rng.gen_range(0..3);
+        let target: &mut Vec<u8> = match &mut payloads[which] {
+            Payload::Cert { data, .. } | Payload::Auth { data, .. } => data,
+            _ => unreachable!(),
+        };
+        if round % 2 == 0 {
+            let cut = rng.gen_range(0..target.len());
+            target.truncate(cut);
+        } else {
+            for _ in 0..rng.gen_range(1..4) {
+                let i = rng.gen_range(0..target.len());
+                target[i] ^= 1 << rng.gen_range(0..8);
+            }
+        }
+        let auth = match payloads.last().unwrap() {
+            Payload::Auth { data, .. } => data.clone(),
+            _ => unreachable!(),
+        };
+        let r = v.verify(Some(june_2026()), &fqdn(), &payloads, method, &auth, OCTETS);
+        if let Ok(pc) = r {
+            // A flip in a part no signature covers (e.g. the outer signature algorithm
+            // parameters) may still verify; then the subject must be unchanged.
+            assert_eq!(pc.cn.as_deref(), Some("router-1"));
+        }
+    }
+    // Random bytes as certificates.
+    for _ in 0..500 {
+        let n = rng.gen_range(0..600);
+        let junk: Vec<u8> = (0..n).map(|_| rng.gen()).collect();
+        let payloads = vec![
+            Payload::Cert {
+                encoding: CERT_X509_SIGNATURE,
+                data: junk,
+            },
+            good.last().unwrap().clone(),
+        ];
+        assert!(v
+            .verify(Some(june_2026()), &fqdn(), &payloads, method, &data, OCTETS)
+            .is_err());
+    }
+}
