@@ -88,7 +88,9 @@ impl Worker {
                 .recv_multiple(&mut original, &mut bufs, &mut sizes, HEADROOM)
             {
                 Ok(n) => {
-                    dry = false;
+                    // A lone small packet (a TCP ACK, a ping) rarely has a successor
+                    // queued: poll before the next read instead of paying a failed read.
+                    dry = n <= 1;
                     n
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
