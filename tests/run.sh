@@ -25,7 +25,7 @@ command -v cargo >/dev/null || die "cargo not found: install a Rust toolchain (r
 # --- 1. Debian packages --------------------------------------------------------------
 PKGS=(
   strongswan-charon strongswan-swanctl libcharon-extra-plugins libstrongswan-extra-plugins
-  libstrongswan-standard-plugins charon-cmd strongswan-pki
+  libstrongswan-standard-plugins charon-cmd strongswan-pki openssl
   knot nsd unbound dnsutils dnsperf iperf3 nftables iproute2 procps util-linux
 )
 missing=()
