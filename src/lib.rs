@@ -8,6 +8,7 @@
 pub mod bench;
 pub mod config;
 pub mod dataplane;
+pub mod demo;
 pub mod dns;
 pub mod driver;
 pub mod error;
@@ -15,6 +16,7 @@ pub mod event;
 pub mod logging;
 pub mod notify;
 pub mod peer;
+pub mod plan;
 pub mod proposal;
 pub mod run;
 pub mod services;

@@ -42,6 +42,38 @@ enum Cmd {
         #[arg(long, value_parser = duration_arg)]
         duration: Option<Duration>,
     },
+    /// The newcomer's first command: a three-member cluster on loopback, thirty routers,
+    /// the busiest member killed, failover followed in DNS; prints p50/p99/max.
+    Demo {
+        #[arg(long, default_value_t = 30)]
+        routers: usize,
+        /// Keep the scratch directory (configs, member logs).
+        #[arg(long)]
+        keep: bool,
+    },
+    /// Cluster sizing, seed 003 ch. 3: peers per member, minimum members, members to
+    /// tolerate --protect failures.
+    Plan {
+        /// num_peers: routers in total.
+        #[arg(long)]
+        peers: u64,
+        /// peer_thru_avg: average Mbit/s one router needs.
+        #[arg(long)]
+        peer_mbps: f64,
+        /// ACM_thru_max: Mbit/s one member sustains (e.g. from BENCHMARKS.md).
+        #[arg(
+            long,
+            required_unless_present = "measured",
+            conflicts_with = "measured"
+        )]
+        member_mbps: Option<f64>,
+        /// Measure this host's ESP (AES-256-GCM) encryption rate on one core instead.
+        #[arg(long)]
+        measured: bool,
+        /// ACM_protect: members that may fail at the same time.
+        #[arg(long, default_value_t = 1)]
+        protect: u64,
+    },
     /// Print the gateway ID (DNS label) a router with this identity gets (seed 003 ch. 4).
     GatewayId { identity: String },
     /// Load generators.
@@ -126,6 +158,65 @@ fn main() -> ExitCode {
             match checked {
                 Ok(()) => {
                     println!("{}: {}", name, cfg.summary());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e),
+            }
+        }
+        Cmd::Demo { routers, keep } => {
+            let exe = match std::env::current_exe() {
+                Ok(e) => e,
+                Err(e) => return fail(e),
+            };
+            let dir = std::env::temp_dir().join(format!("headend-demo-{}", std::process::id()));
+            logging::init(&headend::config::LogSection {
+                level: "error".into(),
+                ..Default::default()
+            });
+            let rt = match runtime() {
+                Ok(rt) => rt,
+                Err(e) => return fail(e),
+            };
+            let opts = headend::demo::DemoOptions {
+                routers,
+                exe,
+                dir: dir.clone(),
+                phase_timeout: Duration::from_secs(45),
+            };
+            let r = rt.block_on(headend::demo::run(&opts));
+            if !keep && matches!(&r, Ok(s) if s.ok()) {
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+            match r {
+                Ok(s) if s.ok() => ExitCode::SUCCESS,
+                Ok(_) => ExitCode::from(1),
+                Err(e) => fail(e),
+            }
+        }
+        Cmd::Plan {
+            peers,
+            peer_mbps,
+            member_mbps,
+            measured,
+            protect,
+        } => {
+            let member_mbps = match (member_mbps, measured) {
+                (Some(m), _) => m,
+                (None, _) => {
+                    let m = headend::plan::measure_member_mbps(Duration::from_secs(1)).floor();
+                    println!("measured member throughput (ESP AES-256-GCM, 1400-byte packets, one core): {m:.0} Mbit/s");
+                    m
+                }
+            };
+            let input = headend::plan::PlanInput {
+                peers,
+                peer_mbps,
+                member_mbps,
+                protect,
+            };
+            match input.plan() {
+                Ok(p) => {
+                    println!("{}", p.report(&input));
                     ExitCode::SUCCESS
                 }
                 Err(e) => fail(e),
