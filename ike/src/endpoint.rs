@@ -69,6 +69,10 @@ pub struct Counters {
     pub cookies_sent: u64,
     /// Half-open SAs dropped after `limits.half_open_timeout`.
     pub half_open_expired: u64,
+    /// CREATE_CHILD_SA requests answered with TEMPORARY_FAILURE (2.25).
+    pub temporary_failures: u64,
+    /// Simultaneous IKE SA rekeys resolved by the nonce rule of 2.8.1.
+    pub ike_rekey_collisions: u64,
 }
 
 impl Counters {
@@ -373,14 +377,14 @@ impl Endpoint {
 
     /// Status of every IKE SA.
     pub fn ike_sas(&self) -> Vec<IkeSaInfo> {
-        let mut v: Vec<IkeSaInfo> = self.sas.values().map(info).collect();
+        let mut v: Vec<IkeSaInfo> = self.sas.values().filter(|s| !s.hidden).map(info).collect();
         v.sort_by_key(|i| i.id);
         v
     }
 
     /// Status of one IKE SA.
     pub fn ike_sa(&self, id: IkeSaId) -> Option<IkeSaInfo> {
-        self.sas.get(&id).map(info)
+        self.sas.get(&id).filter(|s| !s.hidden).map(info)
     }
 
     pub fn counters(&self) -> &Counters {
@@ -572,6 +576,8 @@ impl Endpoint {
 
     /// Remove an SA and everything that points at it.
     fn destroy(&mut self, mut sa: IkeSa, reason: Option<DeleteReason>) {
+        // A redundant SA of a rekey collision was never announced (2.8.1).
+        let reason = reason.filter(|_| !sa.hidden);
         sa.state = IkeSaState::Deleting;
         self.leave_half_open_if_done(&mut sa);
         self.by_spi.remove(&sa.our_spi());
@@ -2359,15 +2365,17 @@ impl Endpoint {
         request_hash: [u8; 32],
         payloads: Vec<Payload>,
     ) -> Result<After, Error> {
-        if sa.state != IkeSaState::Established {
-            let n = notify(NotifyType::TEMPORARY_FAILURE, vec![]);
+        if let Some(kind) = self.collision_answer(sa, &payloads) {
+            if kind == NotifyType::TEMPORARY_FAILURE {
+                self.counters.temporary_failures += 1;
+            }
             self.send_response(
                 sa,
                 to,
                 ExchangeType::CreateChildSa,
                 hdr.message_id,
                 request_hash,
-                &[n],
+                &[notify(kind, vec![])],
             )?;
             return Ok(After::Keep);
         }
@@ -2377,6 +2385,9 @@ impl Endpoint {
             Err(e) => {
                 tracing::debug!(ike_sa = sa.id.0, error = %e, "CREATE_CHILD_SA refused");
                 let kind = NotifyType::try_from(&e).unwrap_or(NotifyType::NO_PROPOSAL_CHOSEN);
+                if kind == NotifyType::TEMPORARY_FAILURE {
+                    self.counters.temporary_failures += 1;
+                }
                 let data = match e {
                     Error::InvalidKePayload { want, .. } => want.to_be_bytes().to_vec(),
                     _ => vec![],
@@ -2393,6 +2404,51 @@ impl Endpoint {
             &resp,
         )?;
         Ok(After::Keep)
+    }
+
+    /// RFC 7296 2.25: a CREATE_CHILD_SA request that collides with a rekey or close of
+    /// the IKE SA. `None`: answer it as usual. A request to rekey the IKE SA while we
+    /// rekey it ourselves is answered as usual (2.8.1); anything else while the IKE SA is
+    /// being rekeyed or closed gets TEMPORARY_FAILURE, and a CHILD SA rekey naming an SA
+    /// that exists neither here nor on the successor gets CHILD_SA_NOT_FOUND.
+    fn collision_answer(&self, sa: &IkeSa, payloads: &[Payload]) -> Option<NotifyType> {
+        let ike_rekey_in_flight = sa.peer_ike_rekey.is_some()
+            || matches!(
+                sa.pending.as_ref().map(|p| &p.kind),
+                Some(PendingKind::RekeyIke { .. })
+            );
+        let is_ike_rekey = payloads.iter().any(|p| match p {
+            Payload::Sa(v) => v.iter().any(|p| p.protocol == ProtocolId::Ike),
+            _ => false,
+        });
+        if sa.state == IkeSaState::Established
+            && !sa.hidden
+            && (is_ike_rekey || !ike_rekey_in_flight)
+        {
+            return None;
+        }
+        let rekey_spi = payloads.iter().find_map(|p| match p {
+            Payload::Notify(n) if n.kind == NotifyType::REKEY_SA => n
+                .spi
+                .get(..4)
+                .map(|b| Spi(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))),
+            _ => None,
+        });
+        if let Some(spi) = rekey_spi {
+            let known = |s: &IkeSa| {
+                s.children
+                    .iter()
+                    .any(|c| c.sa.outbound.spi == spi || c.sa.inbound.spi == spi)
+            };
+            let on_successor = sa
+                .successor
+                .and_then(|id| self.sas.get(&id))
+                .is_some_and(known);
+            if !known(sa) && !on_successor {
+                return Some(NotifyType::CHILD_SA_NOT_FOUND);
+            }
+        }
+        Some(NotifyType::TEMPORARY_FAILURE)
     }
 
     fn create_child_response(
@@ -2545,12 +2601,13 @@ impl Endpoint {
             (None, Some(r)) => r.ike_proposals.clone(),
             (None, None) => return Err(Error::NoProposalChosen),
         };
-        if matches!(
+        // Simultaneous IKE rekey (2.8.1, 2.25.2): answer as usual; which new SA survives
+        // is decided when our own exchange completes.
+        let collision = matches!(
             sa.pending.as_ref().map(|p| &p.kind),
             Some(PendingKind::RekeyIke { .. })
-        ) {
-            // Simultaneous IKE rekey: refuse; both sides retry after a random delay
-            // (a simplification of 2.8.1 for IKE SAs, see 2.25).
+        );
+        if collision && sa.peer_ike_rekey.is_some() {
             return Err(Error::TemporaryFailure("IKE SA rekey in progress"));
         }
         let (suite, mut chosen) = neg::select_ike(offered, &proposals, ke_p.map(|(g, _)| g))?;
@@ -2587,10 +2644,19 @@ impl Endpoint {
             out,
             inb,
         };
-        self.rekeyed_sa(now, sa, false, peer_spi, new_spi, suite, new_keys, &ni, &nr);
-        sa.state = IkeSaState::Rekeyed;
-        sa.queue.clear();
-        sa.expire_at = Some(now + self.rekey_linger());
+        let id = self.rekeyed_sa(
+            now, sa, false, peer_spi, new_spi, suite, new_keys, &ni, &nr, !collision,
+        );
+        if collision {
+            self.counters.ike_rekey_collisions += 1;
+            tracing::debug!(ike_sa = sa.id.0, "simultaneous IKE SA rekey");
+            sa.peer_ike_rekey = Some((id, ni, nr.clone()));
+        } else {
+            sa.state = IkeSaState::Rekeyed;
+            sa.queue.clear();
+            // The peer, initiator of the rekey, deletes this SA (2.18).
+            sa.expire_at = Some(now + self.rekey_linger());
+        }
         Ok(vec![
             Payload::Sa(vec![chosen]),
             Payload::Nonce(nr),
@@ -2606,8 +2672,10 @@ impl Endpoint {
         r.initial.saturating_mul(1u32 << (r.tries.min(16) + 1))
     }
 
-    /// Create the IKE SA that replaces `old` (2.18): CHILD SAs, leases and identities
-    /// move over. Returns its id.
+    /// Create the IKE SA that replaces `old` (2.18). With `adopt`, CHILD SAs, leases and
+    /// identities move over and the rekey is announced; without, the new SA stays hidden
+    /// until [`Endpoint::adopt_hidden`] picks it as the survivor of a collision (2.8.1)
+    /// or it is deleted as the redundant one. Returns its id.
     #[allow(clippy::too_many_arguments)]
     fn rekeyed_sa(
         &mut self,
@@ -2620,6 +2688,7 @@ impl Endpoint {
         keys: SaKeys,
         ni: &[u8],
         nr: &[u8],
+        adopt: bool,
     ) -> IkeSaId {
         let id = self.alloc_id();
         let rng = self.derive_rng();
@@ -2648,10 +2717,37 @@ impl Endpoint {
         sa.established_at = Some(now);
         sa.next_msg_id = 0;
         sa.peer_msg_id = 0;
+        self.by_spi.insert(sa.our_spi(), id);
+        if adopt {
+            self.adopt(now, old, &mut sa);
+        } else {
+            // Backstop: the peer deletes it if it is the redundant one and the Delete
+            // may be lost.
+            sa.hidden = true;
+            sa.expire_at = Some(now + self.rekey_linger());
+        }
+        self.finish(now, sa, After::Keep);
+        id
+    }
+
+    /// Make `sa` the successor of `old`: CHILD SAs, leases and the identity move over and
+    /// `IkeSaRekeyed` is announced (2.8). CHILD SA rekeys that were in flight on `old`
+    /// are retried on `sa` shortly (2.25: the peer refuses them while the IKE SA is being
+    /// rekeyed).
+    fn adopt(&mut self, now: Instant, old: &mut IkeSa, sa: &mut IkeSa) {
+        let id = sa.id;
+        sa.hidden = false;
+        sa.expire_at = None;
         sa.vips = std::mem::take(&mut old.vips);
         self.pool.transfer(old.id, id);
+        let retry = now + self.config.retransmit.initial;
         for mut c in old.children.drain(..) {
             c.sa.ike_sa = id;
+            if c.state == ChildState::Rekeying {
+                c.state = ChildState::Installed;
+                c.peer_rekey = None;
+                c.rekey_at = Some(retry);
+            }
             self.child_index.insert(c.sa.inbound.spi, id);
             sa.children.push(c);
         }
@@ -2660,15 +2756,34 @@ impl Endpoint {
             v.retain(|x| *x != old.id);
             v.push(id);
         }
-        sa.ike_rekey_at = Some(now + self.jittered(&mut sa, self.config.lifetimes.ike_rekey));
-        self.by_spi.insert(sa.our_spi(), id);
+        sa.ike_rekey_at = Some(now + self.jittered(sa, self.config.lifetimes.ike_rekey));
+        old.successor = Some(id);
         tracing::info!(old = old.id.0, new = id.0, remote = %sa.remote, "IKE SA rekeyed");
         self.emit(Event::IkeSaRekeyed {
             old: old.id,
             new: id,
         });
-        self.finish(now, sa, After::Keep);
-        id
+    }
+
+    /// Adopt the hidden SA `id` as the successor of `old` (2.8.1).
+    fn adopt_hidden(&mut self, now: Instant, old: &mut IkeSa, id: IkeSaId) {
+        if let Some(mut sa) = self.sas.remove(&id) {
+            self.adopt(now, old, &mut sa);
+            self.finish(now, sa, After::Keep);
+        }
+        old.state = IkeSaState::Rekeyed;
+        old.queue.clear();
+    }
+
+    /// Queue a Delete of the IKE SA `id` and start it if its window is free.
+    fn delete_other(&mut self, now: Instant, id: IkeSaId) {
+        if let Some(mut sa) = self.sas.remove(&id) {
+            if !sa.queue.contains(&LocalReq::DeleteIke) {
+                sa.queue.push_back(LocalReq::DeleteIke);
+            }
+            self.kick(now, &mut sa);
+            self.finish(now, sa, After::Keep);
+        }
     }
 
     // -----------------------------------------------------------------------------------
@@ -2677,7 +2792,7 @@ impl Endpoint {
 
     fn on_informational_request(
         &mut self,
-        _now: Instant,
+        now: Instant,
         sa: &mut IkeSa,
         to: (SocketKind, SocketAddr, SocketAddr),
         hdr: &Header,
@@ -2710,6 +2825,11 @@ impl Endpoint {
             }
         }
         if delete_ike {
+            // 2.25.2: the peer closes the old SA while our rekey of it is in flight; it
+            // only does so once its own rekey, which we answered, survived (2.8.1).
+            if let Some((theirs, _, _)) = sa.peer_ike_rekey.take() {
+                self.adopt_hidden(now, sa, theirs);
+            }
             self.send_response(
                 sa,
                 to,
@@ -2783,6 +2903,9 @@ impl Endpoint {
                 ke,
             } => {
                 let r = self.on_child_rekey_response(now, sa, old, our_spi, ni, ke, &payloads);
+                if r.is_ok() {
+                    self.hand_over_late_children(now, sa, old);
+                }
                 if let Err(e) = r {
                     self.child_index.remove(&our_spi);
                     if let Some(c) = sa.child_by_inbound(old) {
@@ -2798,6 +2921,16 @@ impl Endpoint {
             PendingKind::RekeyIke { new_spi, ni, ke } => {
                 match self.on_ike_rekey_response(now, sa, new_spi, ni, ke, &payloads) {
                     Ok(()) => {}
+                    Err(e) if sa.peer_ike_rekey.is_some() => {
+                        // Our rekey failed but the peer's completed (2.8.1): its SA
+                        // survives and the peer, its initiator, deletes the old one.
+                        self.by_spi.remove(&new_spi);
+                        tracing::debug!(ike_sa = sa.id.0, error = %e, "IKE SA rekey failed, peer's rekey survives");
+                        if let Some((theirs, _, _)) = sa.peer_ike_rekey.take() {
+                            self.adopt_hidden(now, sa, theirs);
+                            sa.expire_at = Some(now + self.rekey_linger());
+                        }
+                    }
                     Err(e) => {
                         self.by_spi.remove(&new_spi);
                         let spread: u32 = sa.rng.gen_range(2..10);
@@ -2809,6 +2942,36 @@ impl Endpoint {
                 Ok(After::Keep)
             }
         }
+    }
+
+    /// A CHILD SA rekey that completed on an IKE SA already replaced by a rekey (its
+    /// response raced the IKE rekey): the new CHILD SA and the Delete of the old one
+    /// belong to the successor (1.4: CHILD SAs are handled on the successor IKE SA).
+    fn hand_over_late_children(&mut self, now: Instant, sa: &mut IkeSa, old: Spi) {
+        let Some(succ) = sa.successor else { return };
+        if sa.children.is_empty() {
+            return;
+        }
+        let Some(mut next) = self.sas.remove(&succ) else {
+            return;
+        };
+        for mut c in sa.children.drain(..) {
+            c.sa.ike_sa = succ;
+            self.child_index.insert(c.sa.inbound.spi, succ);
+            next.children.push(c);
+        }
+        if let Some(c) = next.child_by_inbound(old) {
+            c.state = ChildState::Rekeyed;
+        }
+        sa.queue.retain(|r| {
+            let move_it = matches!(r, LocalReq::DeleteChild(_));
+            if move_it {
+                next.queue.push_back(r.clone());
+            }
+            !move_it
+        });
+        self.kick(now, &mut next);
+        self.finish(now, next, After::Keep);
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -2972,11 +3135,32 @@ impl Endpoint {
         };
         // The new SA is found by its own SPI from now on.
         self.by_spi.remove(&new_spi);
-        self.rekeyed_sa(now, sa, true, new_spi, peer_spi, suite, new_keys, &ni, &nr);
-        // 2.18: the initiator of the rekey deletes the old IKE SA.
-        sa.state = IkeSaState::Rekeyed;
-        sa.queue.clear();
-        sa.queue.push_back(LocalReq::DeleteIke);
+        let Some((theirs, pni, pnr)) = sa.peer_ike_rekey.take() else {
+            self.rekeyed_sa(
+                now, sa, true, new_spi, peer_spi, suite, new_keys, &ni, &nr, true,
+            );
+            // 2.18: the initiator of the rekey deletes the old IKE SA.
+            sa.state = IkeSaState::Rekeyed;
+            sa.queue.clear();
+            sa.queue.push_back(LocalReq::DeleteIke);
+            return Ok(());
+        };
+        // 2.8.1: both exchanges completed. The SA created with the lowest of the four
+        // nonces is redundant and is deleted by the side that initiated it; the
+        // initiator of the surviving SA deletes the old one.
+        let ours = self.rekeyed_sa(
+            now, sa, true, new_spi, peer_spi, suite, new_keys, &ni, &nr, false,
+        );
+        let ours_min = ni.as_slice().min(nr.as_slice());
+        let theirs_min = pni.as_slice().min(pnr.as_slice());
+        if ours_min < theirs_min {
+            self.adopt_hidden(now, sa, theirs);
+            self.delete_other(now, ours);
+            sa.expire_at = Some(now + self.rekey_linger());
+        } else {
+            self.adopt_hidden(now, sa, ours);
+            sa.queue.push_back(LocalReq::DeleteIke);
+        }
         Ok(())
     }
 }
@@ -3035,6 +3219,9 @@ fn new_sa(
         half_open: false,
         init_key: None,
         delete_reason: None,
+        peer_ike_rekey: None,
+        hidden: false,
+        successor: None,
     }
 }
 

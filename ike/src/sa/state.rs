@@ -155,6 +155,14 @@ pub(crate) struct IkeSa {
     pub init_key: Option<(SocketAddr, u64)>,
     /// Why the SA goes away once a pending Delete completes.
     pub delete_reason: Option<crate::event::DeleteReason>,
+    /// Set on the old IKE SA when we answered the peer's rekey of it while our own rekey
+    /// was in flight (RFC 7296 2.8.1): the SA the peer's exchange created and its nonces.
+    pub peer_ike_rekey: Option<(IkeSaId, Vec<u8>, Vec<u8>)>,
+    /// Created by one of two colliding IKE SA rekeys and not (yet) chosen as the
+    /// survivor (2.8.1): it holds no CHILD SA, is not listed, and goes without events.
+    pub hidden: bool,
+    /// The IKE SA that replaced this one by a rekey (2.8), for late responses.
+    pub successor: Option<IkeSaId>,
 }
 
 impl IkeSa {
