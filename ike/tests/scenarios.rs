@@ -943,23 +943,207 @@ fn pfs_rekey_follows_invalid_ke_payload() {
     assert_eq!(create_child, 2);
 }
 
+fn ike_rekeyed(n: &Node) -> Vec<(ike::IkeSaId, ike::IkeSaId)> {
+    n.events
+        .iter()
+        .filter_map(|e| match e {
+            Event::IkeSaRekeyed { old, new } => Some((*old, *new)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Both ends hold exactly one IKE SA, the same one (same SPIs, complementary roles), and
+/// the one CHILD SA on it has matching SPIs and keys. Returns (initiator, responder) ids.
+fn assert_one_shared_ike_sa(p: &Pair, ctx: &str) -> (ike::IkeSaId, ike::IkeSaId) {
+    let si = p.initiator.ep.ike_sas();
+    let sr = p.responder.ep.ike_sas();
+    assert_eq!(
+        (si.len(), sr.len()),
+        (1, 1),
+        "{ctx}: IKE SAs {si:?} / {sr:?}"
+    );
+    assert_eq!(
+        (si[0].spi_i, si[0].spi_r),
+        (sr[0].spi_i, sr[0].spi_r),
+        "{ctx}"
+    );
+    assert_ne!(si[0].initiator, sr[0].initiator, "{ctx}: roles");
+    assert_eq!(si[0].state, ike::endpoint::IkeSaState::Established, "{ctx}");
+    assert_eq!(sr[0].state, ike::endpoint::IkeSaState::Established, "{ctx}");
+    assert_one_matching_child(p);
+    // Keys of the live CHILD SA agree in both directions.
+    let live = |n: &Node, inbound: ike::Spi| {
+        n.events
+            .iter()
+            .rev()
+            .find_map(|e| match e {
+                Event::ChildSaInstalled(c) | Event::ChildSaRekeyed { new: c, .. }
+                    if c.inbound.spi == inbound =>
+                {
+                    Some(c.clone())
+                }
+                _ => None,
+            })
+            .unwrap()
+    };
+    let ci = live(&p.initiator, si[0].child_sas[0].inbound);
+    let cr = live(&p.responder, sr[0].child_sas[0].inbound);
+    assert_eq!(*ci.outbound.encr_key, *cr.inbound.encr_key, "{ctx}");
+    assert_eq!(*ci.inbound.encr_key, *cr.outbound.encr_key, "{ctx}");
+    assert_eq!(*ci.outbound.integ_key, *cr.inbound.integ_key, "{ctx}");
+    (si[0].id, sr[0].id)
+}
+
+/// RFC 7296 2.8.1: both ends rekey the IKE SA at the same time. Both exchanges complete
+/// (nobody answers TEMPORARY_FAILURE), the SA with the lowest nonce is deleted by its
+/// initiator, the survivor inherits the CHILD SA unchanged and the old SA goes once.
 #[test]
 fn simultaneous_ike_rekey_converges_on_one_sa() {
-    for seed in 60..64 {
+    let mut survivors = [0u32; 2];
+    for seed in 60..100 {
+        let ctx = format!("seed {seed}");
         let (mut p, id) = established_pair(seed);
         let rid = p.responder.ep.ike_sas()[0].id;
         let child_before = children(&p.initiator);
+        let child_r_before = children(&p.responder);
         p.initiator.ep.rekey_ike_sa(p.now, id).unwrap();
+        // The responder starts 0-8 ms later: still before the initiator's request
+        // arrives (10 ms latency), so both requests cross.
+        p.advance(Duration::from_millis(seed % 3 * 4));
         p.responder.ep.rekey_ike_sa(p.now, rid).unwrap();
         p.drive();
-        let si = p.initiator.ep.ike_sas();
-        let sr = p.responder.ep.ike_sas();
-        assert_eq!((si.len(), sr.len()), (1, 1), "seed {seed}");
-        assert_eq!((si[0].spi_i, si[0].spi_r), (sr[0].spi_i, sr[0].spi_r));
-        assert_ne!(si[0].id, id);
-        assert_eq!(children(&p.initiator), child_before);
+        let (ni, nr) = assert_one_shared_ike_sa(&p, &ctx);
+        assert_ne!(ni, id, "{ctx}");
+        assert_eq!(
+            children(&p.initiator),
+            child_before,
+            "{ctx}: CHILD SA moved"
+        );
+        assert_eq!(children(&p.responder), child_r_before, "{ctx}");
+        assert!(child_deleted(&p.initiator).is_empty(), "{ctx}");
+        assert!(child_deleted(&p.responder).is_empty(), "{ctx}");
+        for (n, old, new) in [(&p.initiator, id, ni), (&p.responder, rid, nr)] {
+            assert_eq!(ike_rekeyed(n), vec![(old, new)], "{ctx}: one IkeSaRekeyed");
+            assert_eq!(n.deleted(), vec![(old, DeleteReason::Rekeyed)], "{ctx}");
+            assert_eq!(n.ep.counters().ike_rekey_collisions, 1, "{ctx}");
+            assert_eq!(n.ep.counters().temporary_failures, 0, "{ctx}");
+        }
+        // The lease moved to the survivor.
+        let sr = p.responder.ep.ike_sa(nr).unwrap();
+        assert_eq!(p.responder.ep.pool().owner(sr.virtual_ips[0]), Some(nr));
+        survivors[usize::from(p.initiator.ep.ike_sa(ni).unwrap().initiator)] += 1;
+        // The survivor carries further exchanges.
+        p.responder
+            .ep
+            .rekey_child_sa(p.now, child_r_before[0].0)
+            .unwrap();
+        p.drive();
         assert_one_matching_child(&p);
-        assert_eq!(p.initiator.deleted(), vec![(id, DeleteReason::Rekeyed)]);
+        p.initiator.ep.rekey_ike_sa(p.now, ni).unwrap();
+        p.drive();
+        assert_one_shared_ike_sa(&p, &ctx);
+    }
+    // Which SA survives follows the nonces, not a fixed side.
+    assert!(
+        survivors[0] > 0 && survivors[1] > 0,
+        "survivors by side {survivors:?}"
+    );
+}
+
+/// Same collision with reordering and loss: the requests may not cross cleanly (a
+/// response can overtake the peer's request), yet both ends converge on one IKE SA.
+#[test]
+fn simultaneous_ike_rekey_under_reordering_and_loss_converges() {
+    // Runs where only one end saw the peer's request before its own response.
+    let mut one_sided = 0;
+    for seed in 100..130 {
+        let ctx = format!("seed {seed}");
+        let (mut p, id) = established_pair(seed);
+        let rid = p.responder.ep.ike_sas()[0].id;
+        let child_before = children(&p.initiator);
+        p.reorder = Duration::from_millis(40);
+        p.loss = if seed % 2 == 0 { 0.2 } else { 0.0 };
+        p.initiator.ep.rekey_ike_sa(p.now, id).unwrap();
+        p.advance(Duration::from_millis(seed % 4 * 3));
+        p.responder.ep.rekey_ike_sa(p.now, rid).unwrap();
+        p.drive();
+        p.loss = 0.0;
+        let (ci, cr) = (
+            p.initiator.ep.counters().ike_rekey_collisions,
+            p.responder.ep.counters().ike_rekey_collisions,
+        );
+        if ci != cr {
+            one_sided += 1;
+        }
+        p.advance(Duration::from_secs(60));
+        p.drive();
+        let (ni, nr) = assert_one_shared_ike_sa(&p, &ctx);
+        assert_eq!(children(&p.initiator), child_before, "{ctx}");
+        let ri = ike_rekeyed(&p.initiator);
+        let rr = ike_rekeyed(&p.responder);
+        assert_eq!(ri.len(), 1, "{ctx}: {ri:?}");
+        assert_eq!(rr.len(), 1, "{ctx}: {rr:?}");
+        assert_eq!(ri[0], (id, ni), "{ctx}");
+        assert_eq!(rr[0], (rid, nr), "{ctx}");
+        assert_eq!(
+            p.initiator.deleted(),
+            vec![(id, DeleteReason::Rekeyed)],
+            "{ctx}"
+        );
+        assert_eq!(
+            p.responder.deleted(),
+            vec![(rid, DeleteReason::Rekeyed)],
+            "{ctx}"
+        );
+    }
+    assert!(one_sided > 0, "the overtaking case was never exercised");
+}
+
+/// RFC 7296 2.25: one end rekeys a CHILD SA while the other rekeys the IKE SA. The IKE
+/// rekey side refuses the CHILD rekey with TEMPORARY_FAILURE; the CHILD rekey is not
+/// lost but retried on the new IKE SA.
+#[test]
+fn child_rekey_overlapping_an_ike_rekey_is_retried_on_the_new_sa() {
+    for seed in 130..146 {
+        let child_side_is_initiator = seed % 2 == 0;
+        let ctx = format!("seed {seed} child rekey from initiator: {child_side_is_initiator}");
+        let (mut p, id) = established_pair(seed);
+        let rid = p.responder.ep.ike_sas()[0].id;
+        let (i_in, i_out) = children(&p.initiator)[0];
+        if child_side_is_initiator {
+            p.initiator.ep.rekey_child_sa(p.now, i_in).unwrap();
+            p.responder.ep.rekey_ike_sa(p.now, rid).unwrap();
+        } else {
+            p.responder.ep.rekey_child_sa(p.now, i_out).unwrap();
+            p.initiator.ep.rekey_ike_sa(p.now, id).unwrap();
+        }
+        p.drive();
+        let (ni, nr) = assert_one_shared_ike_sa(&p, &ctx);
+        assert_eq!(ike_rekeyed(&p.initiator), vec![(id, ni)], "{ctx}");
+        assert_eq!(ike_rekeyed(&p.responder), vec![(rid, nr)], "{ctx}");
+        let (child_node, ike_node, new_ike) = if child_side_is_initiator {
+            (&p.initiator, &p.responder, ni)
+        } else {
+            (&p.responder, &p.initiator, nr)
+        };
+        // The IKE rekey side refused the colliding CHILD rekey once ...
+        assert_eq!(ike_node.ep.counters().temporary_failures, 1, "{ctx}");
+        assert_eq!(child_node.ep.counters().temporary_failures, 0, "{ctx}");
+        // ... and the retry went through on the new IKE SA.
+        let r = rekeyed(child_node);
+        assert_eq!(r.len(), 1, "{ctx}");
+        assert_eq!(r[0].1.ike_sa, new_ike, "{ctx}: rekeyed on the new IKE SA");
+        assert_eq!(rekeyed(ike_node).len(), 1, "{ctx}");
+        let (now_in, _) = children(&p.initiator)[0];
+        assert_ne!(now_in, i_in, "{ctx}: the CHILD SA was rekeyed");
+        assert_eq!(child_deleted(&p.initiator), vec![i_in], "{ctx}");
+        assert_eq!(child_deleted(&p.responder), vec![i_out], "{ctx}");
+        assert_eq!(
+            p.initiator.deleted(),
+            vec![(id, DeleteReason::Rekeyed)],
+            "{ctx}"
+        );
     }
 }
 
