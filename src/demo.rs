@@ -467,6 +467,7 @@ pub async fn run(opts: &DemoOptions) -> Result<Summary, Error> {
             .arg("run")
             .arg("--config")
             .arg(&conf)
+            .args(["--control", ""])
             .stdin(Stdio::null())
             .stdout(f.try_clone()?)
             .stderr(f)

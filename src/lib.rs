@@ -7,6 +7,7 @@
 
 pub mod bench;
 pub mod config;
+pub mod control;
 pub mod dataplane;
 pub mod demo;
 pub mod dns;

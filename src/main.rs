@@ -28,7 +28,18 @@ enum Cmd {
     Run {
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Operator control socket (mode 0600); "" disables it.
+        #[arg(long, default_value = headend::control::DEFAULT_SOCKET)]
+        control: PathBuf,
     },
+    /// `set service ipsec-ddns self|peer|secret|domain|enable ...` (seed 003 ch. 4).
+    Set(CtlArgs),
+    /// `delete service ipsec-ddns ...`.
+    Delete(CtlArgs),
+    /// Validate and save the pending `set`/`delete` changes.
+    Commit(CtlArgs),
+    /// `show service ipsec-ddns`, `show vpn ipsec sa`, `show dns records`, `show cluster`.
+    Show(CtlArgs),
     /// Run peer routers (IKEv2 initiators) with connect-one failover over the head-ends.
     Peer {
         #[arg(long)]
@@ -120,6 +131,35 @@ enum BenchCmd {
         #[arg(long, default_value_t = 1)]
         workers: usize,
     },
+}
+
+#[derive(clap::Args)]
+struct CtlArgs {
+    /// The daemon's control socket.
+    #[arg(long, default_value = headend::control::DEFAULT_SOCKET)]
+    socket: PathBuf,
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    words: Vec<String>,
+}
+
+fn control(verb: &str, a: CtlArgs) -> ExitCode {
+    let mut words = vec![verb.to_string()];
+    words.extend(a.words);
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => return fail(e),
+    };
+    match rt.block_on(headend::control::request(&a.socket, &words)) {
+        Ok((code, text)) => {
+            if code == 0 {
+                print!("{text}");
+            } else {
+                eprint!("{text}");
+            }
+            ExitCode::from(code)
+        }
+        Err(e) => fail(e),
+    }
 }
 
 fn duration_arg(s: &str) -> Result<Duration, String> {
@@ -230,7 +270,11 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        Cmd::Run { config } => {
+        Cmd::Set(a) => control("set", a),
+        Cmd::Delete(a) => control("delete", a),
+        Cmd::Commit(a) => control("commit", a),
+        Cmd::Show(a) => control("show", a),
+        Cmd::Run { config, control } => {
             let cfg = match &config {
                 Some(p) => match load(p) {
                     Ok(c) => c,
@@ -264,7 +308,28 @@ fn main() -> ExitCode {
                 if let Some(n) = &notifier {
                     n.ready();
                 }
-                run::wait_for_signal().await;
+                let ctl = headend::control::Control::new(config.clone());
+                let listener = if control.as_os_str().is_empty() {
+                    None
+                } else {
+                    match headend::control::bind(&control) {
+                        Ok(l) => Some(l),
+                        Err(e) => {
+                            tracing::warn!(socket = %control.display(), error = %e, "control socket not available");
+                            None
+                        }
+                    }
+                };
+                match listener {
+                    Some(l) => {
+                        tokio::select! {
+                            _ = run::wait_for_signal() => {}
+                            _ = headend::control::serve(l, &ctl, &s) => {}
+                        }
+                        let _ = std::fs::remove_file(&control);
+                    }
+                    None => run::wait_for_signal().await,
+                }
                 if let Some(n) = &notifier {
                     n.stopping();
                 }

@@ -1,0 +1,255 @@
+//! The operator CLI over the control socket (issue 6), in the seed's words: show cluster,
+//! show vpn ipsec sa, show dns records, show service ipsec-ddns, set/delete/commit with
+//! a refused commit (short secret) and a saved one that survives a restart.
+#![allow(clippy::unwrap_used)]
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_headend")
+}
+
+fn udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Proc(Child, PathBuf);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Proc {
+    fn spawn(args: &[&str], log: PathBuf) -> Proc {
+        let f = std::fs::File::create(&log).unwrap();
+        let c = Command::new(bin())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(f.try_clone().unwrap())
+            .stderr(f)
+            .spawn()
+            .unwrap();
+        Proc(c, log)
+    }
+    fn text(&self) -> String {
+        std::fs::read_to_string(&self.1).unwrap_or_default()
+    }
+    fn wait_for(&self, what: &str) {
+        let end = Instant::now() + Duration::from_secs(20);
+        while !self.text().contains(what) {
+            assert!(Instant::now() < end, "no \"{what}\" in:\n{}", self.text());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// Runs `headend <words> --socket <sock>`: (exit code, stdout, stderr).
+fn cli(sock: &Path, words: &str) -> (i32, String, String) {
+    let mut w: Vec<&str> = words.split_whitespace().collect();
+    let verb = w.remove(0);
+    let o = Command::new(bin())
+        .arg(verb)
+        .arg("--socket")
+        .arg(sock)
+        .args(&w)
+        .output()
+        .unwrap();
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into(),
+        String::from_utf8_lossy(&o.stderr).into(),
+    )
+}
+
+fn ok(sock: &Path, words: &str) -> String {
+    let (code, out, err) = cli(sock, words);
+    assert_eq!(code, 0, "`{words}` failed: {out}{err}");
+    out
+}
+
+#[test]
+fn operator_cli_shows_state_and_commits_settings_that_survive_a_restart() {
+    let dir = std::env::temp_dir().join(format!("headend-cli-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (ike, natt, dns, repl, memb) = (udp_port(), udp_port(), udp_port(), tcp_port(), tcp_port());
+    let conf = dir.join("headend.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            r#"# operator's own comment: must survive commit
+[ike]
+listen = ["127.0.0.1"]
+port = {ike}
+natt_port = {natt}
+[psk]
+default = "cli-test-psk"
+[pool]
+v4 = "10.98.0.0/24"
+[dns]
+listen = ["127.0.0.1"]
+port = {dns}
+[[dns.ns]]
+name = "ns1"
+addrs = ["127.0.0.1"]
+[service.ipsec-ddns]
+self = "127.0.0.1"
+secret = "cli-cluster-secret"
+domain = "cli.test"
+enable = true
+data_dir = "{}"
+replication_port = {repl}
+membership_port = {memb}
+[log]
+level = "info" # trailing comment kept too
+"#,
+            dir.join("state").display()
+        ),
+    )
+    .unwrap();
+    let sock = dir.join("control.sock");
+    let run = |name: &str| {
+        let p = Proc::spawn(
+            &[
+                "run",
+                "--config",
+                conf.to_str().unwrap(),
+                "--control",
+                sock.to_str().unwrap(),
+            ],
+            dir.join(name),
+        );
+        p.wait_for("authoritative DNS server listening");
+        let end = Instant::now() + Duration::from_secs(10);
+        while !sock.exists() {
+            assert!(Instant::now() < end, "no control socket:\n{}", p.text());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        p
+    };
+    let he = run("run1.log");
+    assert!(he.text().contains("Creating new ipsec-ddns cluster"));
+    let mode = std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "control socket is owner-only");
+
+    // show cluster: this member, up, itself.
+    let out = ok(&sock, "show cluster");
+    let me = out.lines().find(|l| l.starts_with("127.0.0.1")).unwrap();
+    assert!(me.contains("up") && me.contains("self"), "{out}");
+
+    // A router comes up: show vpn ipsec sa and show dns records list it.
+    let pc = dir.join("peer.toml");
+    std::fs::write(
+        &pc,
+        format!(
+            "[ike]\ndpd_delay = \"1s\"\n[psk]\ndefault = \"cli-test-psk\"\n[peer]\nlocal_id = \"SN-42\"\nheadends = [{{ addr = \"127.0.0.1:{ike}\", natt_port = {natt} }}]\nbind = \"127.0.0.1:0\"\n"
+        ),
+    )
+    .unwrap();
+    let peer = Proc::spawn(
+        &["peer", "--config", pc.to_str().unwrap()],
+        dir.join("peer.log"),
+    );
+    peer.wait_for("up SN-42");
+    let sa = ok(&sock, "show vpn ipsec sa");
+    let row = sa
+        .lines()
+        .find(|l| l.contains("SN-42"))
+        .unwrap_or_else(|| panic!("{sa}"));
+    assert!(row.starts_with("127.0.0.1:"), "peer address first: {row}");
+    assert!(row.contains("10.98.0."), "virtual IP: {row}");
+    assert!(
+        row.matches("127.0.0.1").count() >= 2,
+        "member column: {row}"
+    );
+    assert!(sa.contains("1 tunnel(s)"), "{sa}");
+    let end = Instant::now() + Duration::from_secs(5);
+    loop {
+        let rec = ok(&sock, "show dns records");
+        if rec.contains("SN-42.cli.test") && rec.contains("10.98.0.") {
+            break;
+        }
+        assert!(Instant::now() < end, "{rec}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // A short secret is refused with the seed's rule, nothing saved.
+    let before = std::fs::read_to_string(&conf).unwrap();
+    ok(&sock, "set service ipsec-ddns secret short");
+    let (code, _, err) = cli(&sock, "commit");
+    assert_eq!(code, 1);
+    assert!(err.contains("at least 8 characters"), "{err}");
+    assert_eq!(std::fs::read_to_string(&conf).unwrap(), before);
+
+    // Unknown settings and commands are errors naming them.
+    let (code, _, err) = cli(&sock, "set service ipsec-ddns colour red");
+    assert_eq!(code, 1);
+    assert!(err.contains("colour"), "{err}");
+    let (code, _, _) = cli(&sock, "show nonsense");
+    assert_eq!(code, 1);
+
+    // A good change is saved, the rest of the file kept.
+    ok(&sock, "set service ipsec-ddns secret a-much-longer-secret");
+    ok(&sock, "set service ipsec-ddns peer 127.0.0.9");
+    let out = ok(&sock, "commit");
+    assert!(out.contains("Saved"), "{out}");
+    let after = std::fs::read_to_string(&conf).unwrap();
+    assert!(
+        after.starts_with("# operator's own comment: must survive commit\n[ike]\n"),
+        "{after}"
+    );
+    assert!(
+        after.contains("level = \"info\" # trailing comment kept too"),
+        "{after}"
+    );
+    assert!(after.contains("a-much-longer-secret"), "{after}");
+    let shown = ok(&sock, "show service ipsec-ddns");
+    assert!(shown.contains("peer 127.0.0.9"), "{shown}");
+    assert!(
+        shown.contains("domain cli.test") && shown.contains("enable"),
+        "{shown}"
+    );
+    assert!(
+        !shown.contains("a-much-longer-secret"),
+        "secret hidden: {shown}"
+    );
+
+    // delete, commit, then a restart reads the saved file.
+    ok(&sock, "delete service ipsec-ddns peer 127.0.0.9");
+    ok(&sock, "set service ipsec-ddns peer 127.0.0.8");
+    ok(&sock, "commit");
+    drop(peer);
+    drop(he);
+    let _ = std::fs::remove_file(&sock);
+    let _he = run("run2.log");
+    let shown = ok(&sock, "show service ipsec-ddns");
+    assert!(
+        shown.contains("peer 127.0.0.8") && !shown.contains("127.0.0.9"),
+        "{shown}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn cli_without_a_daemon_says_so() {
+    let (code, _, err) = cli(Path::new("/nonexistent/headend.sock"), "show cluster");
+    assert_ne!(code, 0);
+    assert!(err.contains("control socket"), "{err}");
+}
