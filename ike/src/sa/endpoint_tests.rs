@@ -265,3 +265,123 @@ fn authenticated_malformed_requests_are_answered_not_dropped() {
     assert_eq!(notifies(&ans), vec![NotifyType::TS_UNACCEPTABLE]);
     assert_eq!(r.ike_sas()[0].child_sas.len(), 1, "no CHILD SA was added");
 }
+
+/// A CREATE_CHILD_SA request for a CHILD SA: a rekey of `rekey` or, with `None`, a new one.
+fn child_request(rekey: Option<Spi>) -> Vec<Payload> {
+    let offer = crate::negotiate::esp_offer(
+        &[EspProposal {
+            encr: vec![EncrAlg::AesGcm16(256)],
+            integ: vec![],
+            dh: vec![],
+            esn: false,
+        }],
+        Spi(0x0bad_cafe),
+        false,
+    );
+    let any = crate::negotiate::ts_any(false);
+    let mut p = Vec::new();
+    if let Some(spi) = rekey {
+        p.push(Payload::Notify(Notify {
+            protocol: ProtocolId::Esp,
+            spi: spi.0.to_be_bytes().to_vec(),
+            kind: NotifyType::REKEY_SA,
+            data: vec![],
+        }));
+    }
+    p.extend([
+        Payload::Sa(offer),
+        Payload::Nonce(vec![7; 32]),
+        Payload::TsI(vec![any.clone()]),
+        Payload::TsR(vec![any]),
+    ]);
+    p
+}
+
+/// RFC 7296 2.25: while the responder's own IKE SA rekey is in flight, a CHILD SA rekey
+/// or a new CHILD SA is refused with TEMPORARY_FAILURE (to be retried on the new IKE SA),
+/// and a rekey of a CHILD SA that does not exist gets CHILD_SA_NOT_FOUND.
+#[test]
+fn child_requests_during_our_ike_rekey_get_temporary_failure() {
+    let (mut i, mut r, id, now) = established();
+    let child = i.ike_sa(id).unwrap().child_sas[0].inbound;
+    let rid = r.ike_sas()[0].id;
+    r.rekey_ike_sa(now, rid).unwrap();
+    // The responder's CREATE_CHILD_SA request is still on its way.
+    assert_eq!(std::iter::from_fn(|| r.poll_transmit()).count(), 1);
+    while r.poll().is_some() {}
+    let cases = [
+        (Some(child), NotifyType::TEMPORARY_FAILURE),
+        (None, NotifyType::TEMPORARY_FAILURE),
+        (Some(Spi(0x1234_5678)), NotifyType::CHILD_SA_NOT_FOUND),
+    ];
+    for (k, (rekey, want)) in cases.into_iter().enumerate() {
+        let ans = request(
+            &mut i,
+            &mut r,
+            id,
+            now,
+            ExchangeType::CreateChildSa,
+            &child_request(rekey),
+        );
+        assert_eq!(notifies(&ans), vec![want], "case {k}");
+    }
+    assert_eq!(r.counters().temporary_failures, 2);
+    // Nothing was installed or rekeyed by the refused requests.
+    let evs: Vec<Event> = std::iter::from_fn(|| r.poll()).collect();
+    assert!(
+        !evs.iter()
+            .any(|e| matches!(e, Event::ChildSaInstalled(_) | Event::ChildSaRekeyed { .. })),
+        "{evs:?}"
+    );
+    assert_eq!(r.ike_sa(rid).unwrap().child_sas.len(), 1);
+}
+
+/// RFC 7296 2.25: a request arriving on an IKE SA that was already replaced by a rekey
+/// (its Delete not yet through): TEMPORARY_FAILURE for a CHILD SA that moved to the new
+/// IKE SA, CHILD_SA_NOT_FOUND for one that exists nowhere.
+#[test]
+fn child_requests_on_a_rekeyed_ike_sa_are_refused() {
+    let (mut i, mut r, id, now) = established();
+    let child = i.ike_sa(id).unwrap().child_sas[0].inbound;
+    let rid = r.ike_sas()[0].id;
+    i.rekey_ike_sa(now, id).unwrap();
+    // Deliver the rekey request and its response, but hold back the Delete of the old SA.
+    let req: Vec<Transmit> = std::iter::from_fn(|| i.poll_transmit()).collect();
+    for t in req {
+        r.handle(now, t.socket, t.remote, t.local, &t.payload);
+    }
+    let resp: Vec<Transmit> = std::iter::from_fn(|| r.poll_transmit()).collect();
+    for t in resp {
+        i.handle(now, t.socket, t.remote, t.local, &t.payload);
+    }
+    assert_eq!(
+        std::iter::from_fn(|| i.poll_transmit()).count(),
+        1,
+        "Delete"
+    );
+    assert_eq!(r.sas[&rid].state, IkeSaState::Rekeyed);
+    assert_eq!(i.sas[&id].state, IkeSaState::Rekeyed);
+    // Reuse the held-back Delete's message ID.
+    i.sas.get_mut(&id).unwrap().next_msg_id -= 1;
+    let ans = request(
+        &mut i,
+        &mut r,
+        id,
+        now,
+        ExchangeType::CreateChildSa,
+        &child_request(Some(child)),
+    );
+    assert_eq!(notifies(&ans), vec![NotifyType::TEMPORARY_FAILURE]);
+    let ans = request(
+        &mut i,
+        &mut r,
+        id,
+        now,
+        ExchangeType::CreateChildSa,
+        &child_request(Some(Spi(0x1234_5678))),
+    );
+    assert_eq!(notifies(&ans), vec![NotifyType::CHILD_SA_NOT_FOUND]);
+    // The CHILD SA lives on, on the successor.
+    let succ = r.sas[&rid].successor.unwrap();
+    assert_eq!(r.ike_sa(succ).unwrap().child_sas.len(), 1);
+}
