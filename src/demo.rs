@@ -467,7 +467,7 @@ pub async fn run(opts: &DemoOptions) -> Result<Summary, Error> {
             .arg("run")
             .arg("--config")
             .arg(&conf)
-            .args(["--control", ""])
+            .arg("--no-control")
             .stdin(Stdio::null())
             .stdout(f.try_clone()?)
             .stderr(f)

@@ -28,9 +28,12 @@ enum Cmd {
     Run {
         #[arg(long)]
         config: Option<PathBuf>,
-        /// Operator control socket (mode 0600); "" disables it.
+        /// Operator control socket (mode 0600).
         #[arg(long, default_value = headend::control::DEFAULT_SOCKET)]
         control: PathBuf,
+        /// Run without the control socket.
+        #[arg(long)]
+        no_control: bool,
     },
     /// `set service ipsec-ddns self|peer|secret|domain|enable ...` (seed 003 ch. 4).
     Set(CtlArgs),
@@ -274,7 +277,11 @@ fn main() -> ExitCode {
         Cmd::Delete(a) => control("delete", a),
         Cmd::Commit(a) => control("commit", a),
         Cmd::Show(a) => control("show", a),
-        Cmd::Run { config, control } => {
+        Cmd::Run {
+            config,
+            control,
+            no_control,
+        } => {
             let cfg = match &config {
                 Some(p) => match load(p) {
                     Ok(c) => c,
@@ -309,7 +316,7 @@ fn main() -> ExitCode {
                     n.ready();
                 }
                 let ctl = headend::control::Control::new(config.clone());
-                let listener = if control.as_os_str().is_empty() {
+                let listener = if no_control {
                     None
                 } else {
                     match headend::control::bind(&control) {
