@@ -26,7 +26,7 @@ command -v cargo >/dev/null || die "cargo not found: install a Rust toolchain (r
 PKGS=(
   strongswan-charon strongswan-swanctl libcharon-extra-plugins libstrongswan-extra-plugins
   libstrongswan-standard-plugins charon-cmd strongswan-pki openssl
-  knot nsd unbound dnsutils dnsperf iperf3 nftables iproute2 procps util-linux
+  knot nsd unbound dnsutils dnsperf iperf3 nftables iproute2 procps util-linux iputils-ping
 )
 missing=()
 for p in "${PKGS[@]}"; do
