@@ -385,3 +385,43 @@ fn child_requests_on_a_rekeyed_ike_sa_are_refused() {
     let succ = r.sas[&rid].successor.unwrap();
     assert_eq!(r.ike_sa(succ).unwrap().child_sas.len(), 1);
 }
+
+/// The answer to our CHILD SA rekey arrives after the peer's IKE SA rekey request (the
+/// peer answered it first, then started the IKE rekey; the network reordered): the new
+/// CHILD SA and the Delete of the old one follow the CHILD SAs to the new IKE SA, so both
+/// ends end with one matching CHILD SA on one IKE SA.
+#[test]
+fn child_rekey_answer_overtaken_by_an_ike_rekey_lands_on_the_new_sa() {
+    let (mut i, mut r, id, now) = established();
+    let (old_in, old_out) = {
+        let c = &i.ike_sa(id).unwrap().child_sas[0];
+        (c.inbound, c.outbound)
+    };
+    let rid = r.ike_sas()[0].id;
+    i.rekey_child_sa(now, old_in).unwrap();
+    for t in std::iter::from_fn(|| i.poll_transmit()).collect::<Vec<_>>() {
+        r.handle(now, t.socket, t.remote, t.local, &t.payload);
+    }
+    let child_resp: Vec<Transmit> = std::iter::from_fn(|| r.poll_transmit()).collect();
+    assert_eq!(child_resp.len(), 1);
+    r.rekey_ike_sa(now, rid).unwrap();
+    let ike_req: Vec<Transmit> = std::iter::from_fn(|| r.poll_transmit()).collect();
+    assert_eq!(ike_req.len(), 1);
+    for t in ike_req.iter().chain(child_resp.iter()) {
+        i.handle(now, t.socket, t.remote, t.local, &t.payload);
+    }
+    pump(&mut i, &mut r, now);
+    let si = i.ike_sas();
+    let sr = r.ike_sas();
+    assert_eq!((si.len(), sr.len()), (1, 1), "{si:?} {sr:?}");
+    assert_ne!(si[0].id, id);
+    assert_eq!((si[0].spi_i, si[0].spi_r), (sr[0].spi_i, sr[0].spi_r));
+    assert_eq!(si[0].child_sas.len(), 1, "{:?}", si[0].child_sas);
+    assert_eq!(sr[0].child_sas.len(), 1, "{:?}", sr[0].child_sas);
+    let (ci, cr) = (&si[0].child_sas[0], &sr[0].child_sas[0]);
+    assert_eq!((ci.inbound, ci.outbound), (cr.outbound, cr.inbound));
+    assert_ne!(ci.inbound, old_in, "rekeyed");
+    assert_ne!(ci.outbound, old_out, "rekeyed");
+    assert!(i.child_index.get(&ci.inbound) == Some(&si[0].id));
+    assert!(!i.child_index.contains_key(&old_in));
+}
