@@ -197,7 +197,10 @@ impl Default for Lifetimes {
 
 impl Default for Retransmit {
     fn default() -> Self {
-        Self { initial: Duration::from_millis(500), tries: 5 }
+        Self {
+            initial: Duration::from_millis(500),
+            tries: 5,
+        }
     }
 }
 

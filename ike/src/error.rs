@@ -154,9 +154,11 @@ impl TryFrom<&Error> for NotifyType {
     fn try_from(e: &Error) -> Result<Self, ()> {
         use Error::*;
         Ok(match e {
-            Truncated { .. } | BadLength { .. } | TooMany(_) | InvalidField { .. } | MissingPayload(_) => {
-                NotifyType::INVALID_SYNTAX
-            }
+            Truncated { .. }
+            | BadLength { .. }
+            | TooMany(_)
+            | InvalidField { .. }
+            | MissingPayload(_) => NotifyType::INVALID_SYNTAX,
             UnsupportedCriticalPayload(_) => NotifyType::UNSUPPORTED_CRITICAL_PAYLOAD,
             InvalidMajorVersion(_) => NotifyType::INVALID_MAJOR_VERSION,
             AuthenticationFailed(_) | Certificate(_) => NotifyType::AUTHENTICATION_FAILED,

@@ -151,16 +151,37 @@ pub enum Event {
         udp_encap: bool,
     },
     /// An IKE SA was rekeyed; the CHILD SAs moved to `new`.
-    IkeSaRekeyed { old: IkeSaId, new: IkeSaId },
+    IkeSaRekeyed {
+        old: IkeSaId,
+        new: IkeSaId,
+    },
     /// An IKE SA and all its CHILD SAs are gone; its virtual IPs were released.
-    IkeSaDeleted { ike_sa: IkeSaId, reason: DeleteReason },
+    IkeSaDeleted {
+        ike_sa: IkeSaId,
+        reason: DeleteReason,
+    },
     /// The peer's outer address or the encapsulation changed (NAT mapping moved).
-    IkeSaAddressChanged { ike_sa: IkeSaId, remote: SocketAddr, udp_encap: bool },
+    IkeSaAddressChanged {
+        ike_sa: IkeSaId,
+        remote: SocketAddr,
+        udp_encap: bool,
+    },
     ChildSaInstalled(ChildSa),
     /// A rekeyed CHILD SA: install `new`, keep accepting on the old inbound SPI until the
     /// matching `ChildSaDeleted` (RFC 7296 2.8).
-    ChildSaRekeyed { old_inbound: Spi, new: ChildSa },
-    ChildSaDeleted { ike_sa: IkeSaId, inbound: Spi, outbound: Spi },
+    ChildSaRekeyed {
+        old_inbound: Spi,
+        new: ChildSa,
+    },
+    ChildSaDeleted {
+        ike_sa: IkeSaId,
+        inbound: Spi,
+        outbound: Spi,
+    },
     /// An exchange with a peer failed before an SA existed (for counters and logs).
-    NegotiationFailed { remote: SocketAddr, identity: Option<Identity>, reason: String },
+    NegotiationFailed {
+        remote: SocketAddr,
+        identity: Option<Identity>,
+        reason: String,
+    },
 }
