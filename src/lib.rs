@@ -15,6 +15,7 @@ pub mod driver;
 pub mod error;
 pub mod event;
 pub mod logging;
+pub mod metrics;
 pub mod notify;
 pub mod peer;
 pub mod plan;

@@ -34,6 +34,9 @@ enum Cmd {
         /// Run without the control socket.
         #[arg(long)]
         no_control: bool,
+        /// Serve Prometheus metrics over HTTP here (e.g. 127.0.0.1:9090).
+        #[arg(long)]
+        metrics: Option<SocketAddr>,
     },
     /// `set service ipsec-ddns self|peer|secret|domain|enable ...` (seed 003 ch. 4).
     Set(CtlArgs),
@@ -281,6 +284,7 @@ fn main() -> ExitCode {
             config,
             control,
             no_control,
+            metrics,
         } => {
             let cfg = match &config {
                 Some(p) => match load(p) {
@@ -327,15 +331,33 @@ fn main() -> ExitCode {
                         }
                     }
                 };
-                match listener {
-                    Some(l) => {
-                        tokio::select! {
-                            _ = run::wait_for_signal() => {}
-                            _ = headend::control::serve(l, &ctl, &s) => {}
-                        }
-                        let _ = std::fs::remove_file(&control);
+                let metrics_listener = match metrics {
+                    Some(a) => match tokio::net::TcpListener::bind(a).await {
+                        Ok(l) => Some(l),
+                        Err(e) => return fail(format!("metrics: cannot listen on {a}: {e}")),
+                    },
+                    None => None,
+                };
+                let bound = listener.is_some();
+                let ctl_task = async {
+                    match listener {
+                        Some(l) => headend::control::serve(l, &ctl, &s).await,
+                        None => std::future::pending().await,
                     }
-                    None => run::wait_for_signal().await,
+                };
+                let metrics_task = async {
+                    match metrics_listener {
+                        Some(l) => headend::metrics::serve(l, &s).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    _ = run::wait_for_signal() => {}
+                    _ = ctl_task => {}
+                    _ = metrics_task => {}
+                }
+                if bound {
+                    let _ = std::fs::remove_file(&control);
                 }
                 if let Some(n) = &notifier {
                     n.stopping();

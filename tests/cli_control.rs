@@ -125,6 +125,7 @@ level = "info" # trailing comment kept too
     )
     .unwrap();
     let sock = dir.join("control.sock");
+    let metrics = format!("127.0.0.1:{}", tcp_port());
     let run = |name: &str| {
         let p = Proc::spawn(
             &[
@@ -133,6 +134,8 @@ level = "info" # trailing comment kept too
                 conf.to_str().unwrap(),
                 "--control",
                 sock.to_str().unwrap(),
+                "--metrics",
+                &metrics,
             ],
             dir.join(name),
         );
@@ -190,6 +193,26 @@ level = "info" # trailing comment kept too
         std::thread::sleep(Duration::from_millis(100));
     }
 
+    // Prometheus metrics: the tunnel, the cluster view, DNS queries by rcode.
+    let m = http_get(&metrics, "/metrics");
+    assert!(m.starts_with("HTTP/1.1 200 OK"), "{m}");
+    assert!(m.contains("\nheadend_tunnels_up 1\n"), "{m}");
+    assert!(m.contains("\nheadend_ike_sa_setups_total 1\n"), "{m}");
+    assert!(
+        m.contains("headend_cluster_member_up{member=\"127.0.0.1\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains("headend_cluster_member_records{member=\"127.0.0.1\"} 1"),
+        "{m}"
+    );
+    assert!(m.contains("\nheadend_cluster_tunnels_up 1\n"), "{m}");
+    assert!(
+        m.contains("headend_dns_queries_total{rcode=\"nxdomain\"}"),
+        "{m}"
+    );
+    assert!(http_get(&metrics, "/other").starts_with("HTTP/1.1 404"));
+
     // A short secret is refused with the seed's rule, nothing saved.
     let before = std::fs::read_to_string(&conf).unwrap();
     ok(&sock, "set service ipsec-ddns secret short");
@@ -245,6 +268,16 @@ level = "info" # trailing comment kept too
         "{shown}"
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(c, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut s = String::new();
+    c.read_to_string(&mut s).unwrap();
+    s
 }
 
 #[test]
