@@ -1,7 +1,7 @@
 //! The mission in one run (issue 6, "How it is checked", second bullet): three `headend
 //! run` members (data plane, DNS, one ipsec-ddns cluster) on a shared L2 segment, three
-//! strongSwan peers (charon, kernel-libipsec) each listing all three members in
-//! `remote_addrs` with DPD restart, and an inside host resolving through Unbound, which
+//! strongSwan peers (charon, kernel-libipsec) each with a profile for every member (Connect
+//! One, round-robin, DPD every second), and an inside host resolving through Unbound, which
 //! delegates the gateway domain to the three members with a stub-zone.
 //!
 //! The inside host resolves every router's `<gateway-id>.<domain>` and pings its virtual
