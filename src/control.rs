@@ -30,6 +30,9 @@ const KEYS: &[&str] = &["self", "peer", "secret", "domain", "enable"];
 pub struct Control {
     config: Option<PathBuf>,
     candidate: Mutex<Option<toml::Table>>,
+    /// The running ipsec-ddns member as changed by `commit` (outer `None`: not changed
+    /// yet, the one `headend run` started is in [`Services::cluster`]).
+    live: Mutex<Option<Option<cluster::ClusterHandle>>>,
 }
 
 impl Control {
@@ -38,6 +41,7 @@ impl Control {
         Control {
             config,
             candidate: Mutex::new(None),
+            live: Mutex::new(None),
         }
     }
 }
@@ -255,7 +259,7 @@ async fn execute(words: &[&str], ctl: &Control, s: &Services) -> Result<String, 
             }
             Ok(String::new())
         }
-        ["commit"] => commit(ctl).await,
+        ["commit"] => commit(ctl, s).await,
         ["show", "service", "ipsec-ddns"] => {
             let t = match ctl.candidate.lock().await.clone() {
                 Some(t) => t,
@@ -264,8 +268,8 @@ async fn execute(words: &[&str], ctl: &Control, s: &Services) -> Result<String, 
             Ok(show_service(&t))
         }
         ["show", "vpn", "ipsec", "sa"] => Ok(show_sa(s).await),
-        ["show", "dns", "records"] => show_records(s).await,
-        ["show", "cluster"] => show_cluster(s).await,
+        ["show", "dns", "records"] => show_records(s, running(ctl, s).await).await,
+        ["show", "cluster"] => show_cluster(running(ctl, s).await).await,
         _ => Err(Error::Config(format!(
             "unknown command \"{}\"",
             words.join(" ")
@@ -273,9 +277,36 @@ async fn execute(words: &[&str], ctl: &Control, s: &Services) -> Result<String, 
     }
 }
 
-/// `commit`: validate the candidate, then save it atomically. The cluster itself is
-/// (re)started with the saved settings at the next start of the daemon.
-async fn commit(ctl: &Control) -> Result<String, Error> {
+/// The cluster member running now (started by `headend run` or by a `commit`).
+async fn running(ctl: &Control, s: &Services) -> Option<cluster::ClusterHandle> {
+    match &*ctl.live.lock().await {
+        Some(live) => live.clone(),
+        None => s.cluster.clone(),
+    }
+}
+
+/// The candidate as a cluster configuration (`data_dir` is required by the cluster but
+/// not a seed setting: defaulted), validated with the seed's rules.
+fn cluster_config(t: &toml::Table) -> Result<cluster::ClusterConfig, Error> {
+    let mut probe = t.clone();
+    probe
+        .entry("data_dir")
+        .or_insert_with(|| toml::Value::String("/var/lib/headend/cluster".into()));
+    let cc: cluster::ClusterConfig = toml::Value::Table(probe)
+        .try_into()
+        .map_err(|e| Error::Config(format!("service ipsec-ddns: {e}")))?;
+    cc.validate()
+        .map_err(|e| Error::Config(format!("service ipsec-ddns: {e}")))?;
+    Ok(cc)
+}
+
+/// `commit`: validate the candidate, apply it to the running daemon, and only when that
+/// succeeded save it atomically (seed 003 ch. 4). Enabling starts the member ("Creating
+/// new ipsec-ddns cluster" / "Joined existing ipsec-ddns cluster"); a changed `peer` list
+/// is applied live; `delete ... enable` leaves the cluster. A refusal (wrong secret,
+/// other domain, unreachable peer, full cluster) changes neither the running state nor
+/// the file. Other changed settings of a running member take effect at the next start.
+async fn commit(ctl: &Control, s: &Services) -> Result<String, Error> {
     let mut cand = ctl.candidate.lock().await;
     let Some(t) = cand.clone() else {
         return Ok("No changes to commit\n".into());
@@ -283,27 +314,87 @@ async fn commit(ctl: &Control) -> Result<String, Error> {
     let path = ctl.config.as_deref().ok_or_else(|| {
         Error::Config("running the built-in configuration: nothing to save to".into())
     })?;
-    if !t.is_empty() {
-        let mut probe = t.clone();
-        // data_dir is required by the cluster but not a seed setting; check the rest.
-        probe
-            .entry("data_dir")
-            .or_insert_with(|| toml::Value::String("/var/lib/headend/cluster".into()));
-        let cc: cluster::ClusterConfig = toml::Value::Table(probe)
-            .try_into()
-            .map_err(|e| Error::Config(format!("service ipsec-ddns: {e}")))?;
-        cc.validate()
-            .map_err(|e| Error::Config(format!("service ipsec-ddns: {e}")))?;
-    }
+    let new_cc = if t.is_empty() {
+        None
+    } else {
+        Some(cluster_config(&t)?)
+    };
     let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
         path: path.to_path_buf(),
         source,
     })?;
     let new = replace_section(&text, &t)?;
     crate::config::Config::parse(&path.display().to_string(), &new)?;
+
+    let applied = file_section(Some(path))?;
+    let old_peers: Vec<String> = applied
+        .get("peer")
+        .and_then(|v| v.as_array())
+        .map(|a| {
+            a.iter()
+                .filter_map(|p| p.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    let cluster_err = |e: cluster::Error| Error::Other(format!("service ipsec-ddns: {e}"));
+    let mut out = String::new();
+    let mut live = ctl.live.lock().await;
+    let current = match &*live {
+        Some(l) => l.clone(),
+        None => s.cluster.clone(),
+    };
+    match (current, new_cc.filter(|c| c.enable)) {
+        (None, Some(cc)) => {
+            let (h, started) = s.start_cluster(cc).await.map_err(cluster_err)?;
+            let _ = writeln!(out, "{started}");
+            *live = Some(Some(h));
+        }
+        (Some(h), None) => {
+            h.leave().await.map_err(cluster_err)?;
+            out.push_str("Left ipsec-ddns cluster\n");
+            *live = Some(None);
+        }
+        (Some(h), Some(cc)) => {
+            let added: Vec<&String> = cc.peer.iter().filter(|p| !old_peers.contains(p)).collect();
+            let mut done: Vec<&String> = vec![];
+            for p in &added {
+                let res = match h.add_peer(p).await {
+                    Ok(true) => Ok(()),
+                    Ok(false) => Err(cluster::Error::ClusterFull {
+                        peer: (*p).clone(),
+                        max: cluster::node::MAX_MEMBERS,
+                    }),
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = res {
+                    // Change nothing: undo the peers added by this commit.
+                    for d in &done {
+                        let _ = h.remove_peer(d).await;
+                    }
+                    return Err(cluster_err(e));
+                }
+                done.push(p);
+            }
+            for p in old_peers.iter().filter(|p| !cc.peer.contains(p)) {
+                h.remove_peer(p).await.map_err(cluster_err)?;
+            }
+            if !added.is_empty() {
+                let _ = writeln!(out, "{}", cluster::Started::Joined);
+            }
+            let mut rest = t.clone();
+            let mut before = applied.clone();
+            rest.remove("peer");
+            before.remove("peer");
+            if rest != before {
+                out.push_str("Settings other than peer take effect at the next start\n");
+            }
+        }
+        (None, None) => {}
+    }
     save_atomically(path, &new)?;
     *cand = None;
-    Ok(format!("Saved to {}\n", path.display()))
+    let _ = writeln!(out, "Saved to {}", path.display());
+    Ok(out)
 }
 
 fn show_service(t: &toml::Table) -> String {
@@ -376,7 +467,10 @@ async fn show_sa(s: &Services) -> String {
     out
 }
 
-async fn show_records(s: &Services) -> Result<String, Error> {
+async fn show_records(
+    s: &Services,
+    cluster: Option<cluster::ClusterHandle>,
+) -> Result<String, Error> {
     let domain = s
         .dns
         .as_ref()
@@ -384,7 +478,7 @@ async fn show_records(s: &Services) -> Result<String, Error> {
         .unwrap_or_default();
     let mut out = format!("{:<40} {:<16} {}\n", "Name", "Address", "Member");
     let mut n = 0;
-    if let Some(c) = &s.cluster {
+    if let Some(c) = &cluster {
         let view = c
             .view()
             .await
@@ -418,8 +512,8 @@ async fn show_records(s: &Services) -> Result<String, Error> {
     Ok(out)
 }
 
-async fn show_cluster(s: &Services) -> Result<String, Error> {
-    let Some(c) = &s.cluster else {
+async fn show_cluster(cluster: Option<cluster::ClusterHandle>) -> Result<String, Error> {
+    let Some(c) = &cluster else {
         return Err(Error::Config("service ipsec-ddns is not enabled".into()));
     };
     let members = c

@@ -42,6 +42,30 @@ impl Services {
         }
         drop(self.dataplane);
     }
+
+    /// `commit` enabling ipsec-ddns in a running daemon (seed 003 ch. 4): start the member
+    /// with the same glue as at daemon start (our gateway events published, the other
+    /// members' records into the zone). A refusal returns before anything is wired.
+    pub async fn start_cluster(
+        &self,
+        cc: cluster::ClusterConfig,
+    ) -> Result<(cluster::ClusterHandle, cluster::Started), cluster::Error> {
+        let (h, mut ev, started) = cluster::Cluster::start(cc).await?;
+        tracing::info!("{started}");
+        tokio::spawn(publish_to_cluster(h.clone(), self.daemon.subscribe()));
+        match &self.dns {
+            Some(d) => {
+                if started == cluster::Started::Created {
+                    d.zone.set_synced(true);
+                }
+                tokio::spawn(cluster_to_zone(d.zone.clone(), h.id().to_string(), ev));
+            }
+            None => {
+                tokio::spawn(async move { while ev.recv().await.is_some() {} });
+            }
+        }
+        Ok((h, started))
+    }
 }
 
 enum DpOp {

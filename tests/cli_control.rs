@@ -286,3 +286,134 @@ fn cli_without_a_daemon_says_so() {
     assert_ne!(code, 0);
     assert!(err.contains("control socket"), "{err}");
 }
+
+/// A daemon on 127.0.0.`m` whose `[service.ipsec-ddns]` is configured but not enabled;
+/// returns (process, its socket, its configuration file).
+fn member(
+    dir: &Path,
+    m: u8,
+    secret: &str,
+    extra: &str,
+    (repl, memb): (u16, u16),
+) -> (Proc, PathBuf, PathBuf) {
+    let (ike, natt) = (udp_port(), udp_port());
+    let conf = dir.join(format!("m{m}.toml"));
+    std::fs::write(
+        &conf,
+        format!(
+            r#"[ike]
+listen = ["127.0.0.{m}"]
+port = {ike}
+natt_port = {natt}
+[psk]
+default = "cli-test-psk"
+[pool]
+v4 = "10.97.{m}.0/24"
+[service.ipsec-ddns]
+self = "127.0.0.{m}"
+secret = "{secret}"
+domain = "commit.test"
+data_dir = "{}"
+replication_port = {repl}
+membership_port = {memb}
+{extra}"#,
+            dir.join(format!("data{m}")).display()
+        ),
+    )
+    .unwrap();
+    let sock = dir.join(format!("m{m}.sock"));
+    let p = Proc::spawn(
+        &[
+            "run",
+            "--config",
+            conf.to_str().unwrap(),
+            "--control",
+            sock.to_str().unwrap(),
+        ],
+        dir.join(format!("m{m}.log")),
+    );
+    let end = Instant::now() + Duration::from_secs(15);
+    while !sock.exists() {
+        assert!(Instant::now() < end, "no control socket:\n{}", p.text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (p, sock, conf)
+}
+
+#[test]
+fn commit_starts_joins_and_refuses_the_cluster_in_a_running_daemon() {
+    let dir = std::env::temp_dir().join(format!("headend-commit-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let ports = (tcp_port(), tcp_port());
+    let secret = "commit-cluster-secret";
+
+    // First member: enabling it in the running daemon creates the cluster.
+    let (_m1, s1, c1) = member(&dir, 1, secret, "", ports);
+    let (code, _, err) = cli(&s1, "show cluster");
+    assert_eq!(code, 1, "not enabled yet");
+    assert!(err.contains("not enabled"), "{err}");
+    ok(&s1, "set service ipsec-ddns enable");
+    let out = ok(&s1, "commit");
+    assert!(out.contains("Creating new ipsec-ddns cluster"), "{out}");
+    assert!(std::fs::read_to_string(&c1)
+        .unwrap()
+        .contains("enable = true"));
+    let shown = ok(&s1, "show cluster");
+    assert!(shown.contains("127.0.0.1"), "{shown}");
+
+    // Second member joins through the first.
+    let (_m2, s2, c2) = member(&dir, 2, secret, "", ports);
+    ok(&s2, "set service ipsec-ddns peer 127.0.0.1");
+    ok(&s2, "set service ipsec-ddns enable");
+    let out = ok(&s2, "commit");
+    assert!(out.contains("Joined existing ipsec-ddns cluster"), "{out}");
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let shown = ok(&s2, "show cluster");
+        let one = shown.lines().find(|l| l.starts_with("127.0.0.1 "));
+        if one.is_some_and(|l| l.contains("up")) {
+            break;
+        }
+        assert!(
+            Instant::now() < end,
+            "member 1 not up on member 2:\n{shown}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // Third member with a wrong secret: refused, nothing saved, nothing running.
+    let (_m3, s3, c3) = member(&dir, 3, "a-wrong-secret", "", ports);
+    let before = std::fs::read_to_string(&c3).unwrap();
+    ok(&s3, "set service ipsec-ddns peer 127.0.0.1");
+    ok(&s3, "set service ipsec-ddns enable");
+    let (code, out, err) = cli(&s3, "commit");
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains("wrong ipsec-ddns secret"), "{err}");
+    assert!(!out.contains("Creating new"), "{out}");
+    assert_eq!(std::fs::read_to_string(&c3).unwrap(), before);
+    let (code, _, err) = cli(&s3, "show cluster");
+    assert_eq!(code, 1, "no member runs after a refusal: {err}");
+
+    // Fourth member: its only peer is unreachable and it must not create a cluster.
+    let (_m4, s4, c4) = member(&dir, 4, secret, "bootstrap = false\n", ports);
+    let before = std::fs::read_to_string(&c4).unwrap();
+    ok(&s4, "set service ipsec-ddns peer 127.0.0.9");
+    ok(&s4, "set service ipsec-ddns enable");
+    let (code, out, err) = cli(&s4, "commit");
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains("127.0.0.9") && err.contains("unreachable"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_to_string(&c4).unwrap(), before);
+
+    // The second member leaves: stopped and saved.
+    ok(&s2, "delete service ipsec-ddns enable");
+    let out = ok(&s2, "commit");
+    assert!(out.contains("Left ipsec-ddns cluster"), "{out}");
+    let (code, _, _) = cli(&s2, "show cluster");
+    assert_eq!(code, 1, "no member runs after leaving");
+    assert!(!std::fs::read_to_string(&c2).unwrap().contains("enable"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
