@@ -22,7 +22,7 @@ use crate::message::{AuthMethod, Payload};
 mod sig;
 
 pub use sig::{
-    SigningKey, AUTH_DIGITAL_SIGNATURE, AUTH_ECDSA_256, AUTH_ECDSA_384, AUTH_RSA_SIG,
+    RsaPadding, SigningKey, AUTH_DIGITAL_SIGNATURE, AUTH_ECDSA_256, AUTH_ECDSA_384, AUTH_RSA_SIG,
     HASH_IDENTITY, HASH_SHA2_256, HASH_SHA2_384, HASH_SHA2_512,
 };
 
@@ -135,6 +135,8 @@ pub struct CertAuth {
     /// Our certificate first, then the intermediates to send with it.
     chain: Vec<Vec<u8>>,
     key: Option<SigningKey>,
+    /// How an RSA `key` signs AUTH payloads.
+    rsa_padding: RsaPadding,
     cas: Vec<Vec<u8>>,
     /// SHA-1 of each CA's SubjectPublicKeyInfo, concatenated: the CERTREQ data (3.7).
     certreq: Vec<u8>,
@@ -147,6 +149,7 @@ impl std::fmt::Debug for CertAuth {
         f.debug_struct("CertAuth")
             .field("chain", &self.chain.len())
             .field("key", &self.key)
+            .field("rsa_padding", &self.rsa_padding)
             .field("cas", &self.cas.len())
             .field("crls", &self.crls.read().map(|c| c.len()).unwrap_or(0))
             .finish()
@@ -181,6 +184,7 @@ impl CertAuth {
         Ok(Self {
             chain: Vec::new(),
             key: None,
+            rsa_padding: RsaPadding::default(),
             cas,
             certreq,
             crls: RwLock::new(Arc::new(Vec::new())),
@@ -205,6 +209,13 @@ impl CertAuth {
         self.chain = chain;
         self.key = Some(key);
         Ok(self)
+    }
+
+    /// Signs with RSASSA-PSS instead of PKCS#1 v1.5 when our key is RSA (RFC 7427 3,
+    /// RFC 8247 3.2); the default stays PKCS#1 v1.5, which every peer verifies.
+    pub fn with_rsa_padding(mut self, rsa_padding: RsaPadding) -> Self {
+        self.rsa_padding = rsa_padding;
+        self
     }
 
     /// Replaces the CRL set (DER CRLs) at once; validations already running keep the old
@@ -262,7 +273,7 @@ impl CertAuth {
             .collect();
         out.push(Payload::Auth {
             method: AUTH_DIGITAL_SIGNATURE,
-            data: key.sign_auth(octets)?,
+            data: key.sign_auth(octets, self.rsa_padding)?,
         });
         Ok(out)
     }

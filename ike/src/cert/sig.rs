@@ -46,6 +46,14 @@ const SHA512: &str = "2.16.840.1.101.3.4.2.3";
 const ALGID_SHA256_RSA: &[u8] = &[
     0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0b, 0x05, 0x00,
 ];
+/// RSASSA-PSS (RFC 4055 3.1) with SHA-256, MGF1-SHA-256, salt 32, trailer 1 (the
+/// default, so absent in DER); hash parameters absent as in RFC 7427 A.4.3.
+const ALGID_RSA_PSS_SHA256: &[u8] = &[
+    0x30, 0x3d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0a, 0x30, 0x30, 0xa0,
+    0x0d, 0x30, 0x0b, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01, 0xa1, 0x1a,
+    0x30, 0x18, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x08, 0x30, 0x0b, 0x06,
+    0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01, 0xa2, 0x03, 0x02, 0x01, 0x20,
+];
 const ALGID_ECDSA_SHA256: &[u8] = &[
     0x30, 0x0a, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02,
 ];
@@ -184,6 +192,17 @@ pub(crate) fn verify_auth_signature(
         .map_err(|_| CertReject::BadSignature)
 }
 
+/// The RSA signature scheme we sign AUTH payloads with (RFC 7427 3); verification
+/// accepts both whatever this says.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum RsaPadding {
+    /// RSASSA-PKCS1-v1_5 with SHA-256 (sha256WithRSAEncryption): what every peer takes.
+    #[default]
+    Pkcs1,
+    /// RSASSA-PSS with SHA-256, MGF1-SHA-256, 32-octet salt (RFC 4055 3.1, RFC 8247 3.2).
+    Pss,
+}
+
 enum Key {
     Rsa(signature::RsaKeyPair),
     Ecdsa(signature::EcdsaKeyPair, KeyKind),
@@ -192,7 +211,7 @@ enum Key {
 
 /// Our private key, loaded from PKCS#8 (or, for RSA, PKCS#1 RSAPrivateKey) DER.
 ///
-/// Signs AUTH payloads with RFC 7427 Digital Signature: RSA PKCS#1 v1.5 with SHA-256,
+/// Signs AUTH payloads with RFC 7427 Digital Signature: RSA PKCS#1 v1.5 or PSS with SHA-256,
 /// ECDSA P-256/SHA-256, ECDSA P-384/SHA-384, or Ed25519. RSA and ECDSA signing take
 /// randomness from ring's `SystemRandom` (ring's `SecureRandom` is sealed, as for its
 /// ephemeral ECDH keys in `crypto::KeyExchange`).
@@ -257,14 +276,24 @@ impl SigningKey {
     }
 
     /// The AUTH payload data of RFC 7427 3 (method 14) over `octets`.
-    pub(crate) fn sign_auth(&self, octets: &[u8]) -> Result<Vec<u8>, crate::Error> {
+    /// An RSA key signs with `rsa_padding`; other keys ignore it.
+    pub(crate) fn sign_auth(
+        &self,
+        octets: &[u8],
+        rsa_padding: RsaPadding,
+    ) -> Result<Vec<u8>, crate::Error> {
         let rng = ring::rand::SystemRandom::new();
         let (algid, sig) = match &self.key {
             Key::Rsa(k) => {
+                let (encoding, algid): (&'static dyn signature::RsaEncoding, _) = match rsa_padding
+                {
+                    RsaPadding::Pkcs1 => (&signature::RSA_PKCS1_SHA256, ALGID_SHA256_RSA),
+                    RsaPadding::Pss => (&signature::RSA_PSS_SHA256, ALGID_RSA_PSS_SHA256),
+                };
                 let mut sig = vec![0; k.public().modulus_len()];
-                k.sign(&signature::RSA_PKCS1_SHA256, &rng, octets, &mut sig)
+                k.sign(encoding, &rng, octets, &mut sig)
                     .map_err(|_| crate::Error::Crypto("RSA signing"))?;
-                (ALGID_SHA256_RSA, sig)
+                (algid, sig)
             }
             Key::Ecdsa(k, kind) => {
                 let sig = k

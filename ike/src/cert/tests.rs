@@ -613,6 +613,92 @@ fn classic_ecdsa_and_rsa_pss_auth_signatures_verify() {
     assert_eq!(rejected(r), CertReject::BadSignature);
 }
 
+/// The RFC 7427 AlgorithmIdentifier and signature of an AUTH payload list.
+fn auth_algid(payloads: &[Payload]) -> (Vec<u8>, Vec<u8>) {
+    let data = payloads
+        .iter()
+        .find_map(|p| match p {
+            Payload::Auth { method, data } if *method == AUTH_DIGITAL_SIGNATURE => Some(data),
+            _ => None,
+        })
+        .unwrap();
+    let len = usize::from(data[0]);
+    (data[1..1 + len].to_vec(), data[1 + len..].to_vec())
+}
+
+#[test]
+fn rsa_signs_with_pss_when_configured_and_tampered_pss_is_refused() {
+    use x509_parser::signature_algorithm::SignatureAlgorithm as Sa;
+    let p = pki(&rcgen::PKCS_RSA_SHA256);
+    let v = verifier(&p);
+    let chain = vec![p.ee.der.clone(), p.inter.der()];
+    let pss = CertAuth::new(vec![])
+        .unwrap()
+        .with_own(chain.clone(), &p.ee.key_der)
+        .unwrap()
+        .with_rsa_padding(RsaPadding::Pss);
+    let payloads = pss.sign(OCTETS).unwrap();
+
+    // RSASSA-PSS with SHA-256, MGF1-SHA-256 and a 32-octet salt (RFC 4055 3.1).
+    let (algid, sig) = auth_algid(&payloads);
+    let (rest, a) = x509_parser::x509::AlgorithmIdentifier::from_der(&algid).unwrap();
+    assert!(rest.is_empty());
+    let Sa::RSASSA_PSS(params) = Sa::try_from(&a).unwrap() else {
+        panic!("not RSASSA-PSS: {a:?}")
+    };
+    assert_eq!(
+        params.hash_algorithm_oid().to_id_string(),
+        "2.16.840.1.101.3.4.2.1"
+    );
+    assert_eq!(
+        params.mask_gen_algorithm().unwrap().hash.to_id_string(),
+        "2.16.840.1.101.3.4.2.1"
+    );
+    assert_eq!(params.salt_length(), 32);
+    assert_eq!(sig.len(), 256);
+
+    let cert = verify_payloads(&v, &fqdn(), &payloads, june_2026()).unwrap();
+    assert_eq!(cert.cn.as_deref(), Some("router-1"));
+    // PSS is randomised: two signatures of the same octets differ, both verify.
+    let again = pss.sign(OCTETS).unwrap();
+    assert_ne!(auth_algid(&again).1, sig);
+    verify_payloads(&v, &fqdn(), &again, june_2026()).unwrap();
+
+    // One flipped bit in the signature, or PSS parameters the signature was not made
+    // with (the PKCS#1 v1.5 identifier), and the peer is refused.
+    let tamper = |f: &dyn Fn(&mut Vec<u8>)| {
+        let mut out = payloads.clone();
+        for pl in &mut out {
+            if let Payload::Auth { data, .. } = pl {
+                f(data);
+            }
+        }
+        rejected(verify_payloads(&v, &fqdn(), &out, june_2026()))
+    };
+    assert_eq!(
+        tamper(&|d| {
+            let n = d.len() - 1;
+            d[n] ^= 1;
+        }),
+        CertReject::BadSignature
+    );
+    assert_eq!(
+        tamper(&|d| {
+            let sig = d[1 + usize::from(d[0])..].to_vec();
+            let pkcs1 = auth_algid(&signer(&p.ee, &[]).sign(OCTETS).unwrap()).0;
+            *d = vec![pkcs1.len() as u8];
+            d.extend_from_slice(&pkcs1);
+            d.extend_from_slice(&sig);
+        }),
+        CertReject::BadSignature
+    );
+
+    // The default stays PKCS#1 v1.5 with SHA-256 (sha256WithRSAEncryption).
+    let (algid, _) = auth_algid(&signer(&p.ee, &[]).sign(OCTETS).unwrap());
+    let (_, a) = x509_parser::x509::AlgorithmIdentifier::from_der(&algid).unwrap();
+    assert_eq!(a.algorithm.to_id_string(), "1.2.840.113549.1.1.11");
+}
+
 #[test]
 fn own_credential_must_match_its_key_and_certreq_names_the_cas() {
     let p = pki(&rcgen::PKCS_ECDSA_P256_SHA256);
@@ -831,6 +917,21 @@ mod engine {
             .any(|p| matches!(p, Payload::CertReq { encoding: 4, data } if data.len() == 20)));
         assert!(out.init_resp.iter().any(|p| matches!(p, Payload::Notify(n) if n.kind == crate::message::NotifyType::SIGNATURE_HASH_ALGORITHMS)));
         assert!(s.gw.rejections().is_empty());
+    }
+
+    #[test]
+    fn rsa_pss_gateway_signature_is_verified_by_the_router() {
+        let s = setup();
+        let gw = Arc::new(
+            Arc::try_unwrap(s.gw)
+                .unwrap()
+                .with_rsa_padding(RsaPadding::Pss),
+        );
+        let (ic, rc, cfg) = configs(gw.clone(), s.gw_id, s.router.clone(), s.router_id);
+        let out = run(ic, rc, cfg, june_2026());
+        assert_eq!(cn_of(&out.i_events), Some(Some("gw.example.net".into())));
+        assert_eq!(cn_of(&out.r_events), Some(Some("router-1".into())));
+        assert!(s.router.rejections().is_empty());
     }
 
     fn refused(out: &Run) {
