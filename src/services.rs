@@ -52,7 +52,24 @@ impl Services {
     ) -> Result<(cluster::ClusterHandle, cluster::Started), cluster::Error> {
         let (h, mut ev, started) = cluster::Cluster::start(cc).await?;
         tracing::info!("{started}");
-        tokio::spawn(publish_to_cluster(h.clone(), self.daemon.subscribe()));
+        // Subscribe first, then take the tunnels already up: nothing is missed, and a
+        // repeated Up is idempotent.
+        let rx = self.daemon.subscribe();
+        let up: Vec<GatewayEvent> = self
+            .daemon
+            .status()
+            .await
+            .into_iter()
+            .map(|t| GatewayEvent::Up {
+                tunnel: t.tunnel,
+                gateway_id: t.gateway_id,
+                identity: t.identity,
+                vips: t.vips,
+                remote: t.remote,
+                at: t.since,
+            })
+            .collect();
+        tokio::spawn(publish_to_cluster(h.clone(), up, rx));
         match &self.dns {
             Some(d) => {
                 if started == cluster::Started::Created {
@@ -222,6 +239,7 @@ pub async fn start(cfg: &Config) -> Result<Services, Error> {
         created = started == cluster::Started::Created;
         tasks.push(tokio::spawn(publish_to_cluster(
             h.clone(),
+            vec![],
             daemon.subscribe(),
         )));
         cluster_events = Some(ev);
@@ -301,8 +319,19 @@ impl LocalGateways {
     }
 }
 
-async fn publish_to_cluster(h: cluster::ClusterHandle, mut rx: broadcast::Receiver<GatewayEvent>) {
+/// `initial`: tunnels already up when the cluster started at run time (`commit`).
+async fn publish_to_cluster(
+    h: cluster::ClusterHandle,
+    initial: Vec<GatewayEvent>,
+    mut rx: broadcast::Receiver<GatewayEvent>,
+) {
     let mut local = LocalGateways::default();
+    for ev in &initial {
+        let (gw, addrs, up) = local.apply(ev);
+        if let Err(e) = h.publish(&gw, addrs, up).await {
+            tracing::warn!(gateway_id = %gw, error = %e, "cluster publish failed");
+        }
+    }
     loop {
         match rx.recv().await {
             Ok(ev) => {

@@ -288,14 +288,14 @@ fn cli_without_a_daemon_says_so() {
 }
 
 /// A daemon on 127.0.0.`m` whose `[service.ipsec-ddns]` is configured but not enabled;
-/// returns (process, its socket, its configuration file).
+/// returns (process, its socket, its configuration file, its IKE and NAT-T ports).
 fn member(
     dir: &Path,
     m: u8,
     secret: &str,
     extra: &str,
     (repl, memb): (u16, u16),
-) -> (Proc, PathBuf, PathBuf) {
+) -> (Proc, PathBuf, PathBuf, (u16, u16)) {
     let (ike, natt) = (udp_port(), udp_port());
     let conf = dir.join(format!("m{m}.toml"));
     std::fs::write(
@@ -337,7 +337,7 @@ membership_port = {memb}
         assert!(Instant::now() < end, "no control socket:\n{}", p.text());
         std::thread::sleep(Duration::from_millis(50));
     }
-    (p, sock, conf)
+    (p, sock, conf, (ike, natt))
 }
 
 #[test]
@@ -349,10 +349,24 @@ fn commit_starts_joins_and_refuses_the_cluster_in_a_running_daemon() {
     let secret = "commit-cluster-secret";
 
     // First member: enabling it in the running daemon creates the cluster.
-    let (_m1, s1, c1) = member(&dir, 1, secret, "", ports);
+    let (_m1, s1, c1, (ike, natt)) = member(&dir, 1, secret, "", ports);
     let (code, _, err) = cli(&s1, "show cluster");
     assert_eq!(code, 1, "not enabled yet");
     assert!(err.contains("not enabled"), "{err}");
+    // A router already up before the cluster is enabled gets published by the commit.
+    let pc = dir.join("peer.toml");
+    std::fs::write(
+        &pc,
+        format!(
+            "[psk]\ndefault = \"cli-test-psk\"\n[peer]\nlocal_id = \"SN-77\"\nheadends = [{{ addr = \"127.0.0.1:{ike}\", natt_port = {natt} }}]\nbind = \"127.0.0.1:0\"\n"
+        ),
+    )
+    .unwrap();
+    let router = Proc::spawn(
+        &["peer", "--config", pc.to_str().unwrap()],
+        dir.join("peer.log"),
+    );
+    router.wait_for("up SN-77");
     ok(&s1, "set service ipsec-ddns enable");
     let out = ok(&s1, "commit");
     assert!(out.contains("Creating new ipsec-ddns cluster"), "{out}");
@@ -363,7 +377,7 @@ fn commit_starts_joins_and_refuses_the_cluster_in_a_running_daemon() {
     assert!(shown.contains("127.0.0.1"), "{shown}");
 
     // Second member joins through the first.
-    let (_m2, s2, c2) = member(&dir, 2, secret, "", ports);
+    let (_m2, s2, c2, _) = member(&dir, 2, secret, "", ports);
     ok(&s2, "set service ipsec-ddns peer 127.0.0.1");
     ok(&s2, "set service ipsec-ddns enable");
     let out = ok(&s2, "commit");
@@ -381,9 +395,22 @@ fn commit_starts_joins_and_refuses_the_cluster_in_a_running_daemon() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    // The router's record, published by member 1's commit, is replicated to member 2.
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let rec = ok(&s2, "show dns records");
+        if rec
+            .lines()
+            .any(|l| l.contains("SN-77") && l.contains("10.97.1."))
+        {
+            break;
+        }
+        assert!(Instant::now() < end, "no SN-77 on member 2:\n{rec}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     // Third member with a wrong secret: refused, nothing saved, nothing running.
-    let (_m3, s3, c3) = member(&dir, 3, "a-wrong-secret", "", ports);
+    let (_m3, s3, c3, _) = member(&dir, 3, "a-wrong-secret", "", ports);
     let before = std::fs::read_to_string(&c3).unwrap();
     ok(&s3, "set service ipsec-ddns peer 127.0.0.1");
     ok(&s3, "set service ipsec-ddns enable");
@@ -396,7 +423,7 @@ fn commit_starts_joins_and_refuses_the_cluster_in_a_running_daemon() {
     assert_eq!(code, 1, "no member runs after a refusal: {err}");
 
     // Fourth member: its only peer is unreachable and it must not create a cluster.
-    let (_m4, s4, c4) = member(&dir, 4, secret, "bootstrap = false\n", ports);
+    let (_m4, s4, c4, _) = member(&dir, 4, secret, "bootstrap = false\n", ports);
     let before = std::fs::read_to_string(&c4).unwrap();
     ok(&s4, "set service ipsec-ddns peer 127.0.0.9");
     ok(&s4, "set service ipsec-ddns enable");
@@ -415,5 +442,6 @@ fn commit_starts_joins_and_refuses_the_cluster_in_a_running_daemon() {
     let (code, _, _) = cli(&s2, "show cluster");
     assert_eq!(code, 1, "no member runs after leaving");
     assert!(!std::fs::read_to_string(&c2).unwrap().contains("enable"));
+    drop(router);
     let _ = std::fs::remove_dir_all(&dir);
 }
