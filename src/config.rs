@@ -93,6 +93,19 @@ pub struct AuthSection {
     /// Certificate revocation lists.
     #[serde(default)]
     pub crls: Vec<String>,
+    /// How an RSA `key` signs (RFC 7427): `"pkcs1"` (PKCS#1 v1.5 SHA-256, default) or
+    /// `"pss"` (RSASSA-PSS SHA-256). Verification accepts both either way.
+    #[serde(default)]
+    pub rsa_padding: RsaPaddingKey,
+}
+
+/// `auth.rsa_padding`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RsaPaddingKey {
+    #[default]
+    Pkcs1,
+    Pss,
 }
 
 /// Re-reads the `[auth]` CRL files when their size or mtime changes and swaps the
@@ -705,7 +718,11 @@ impl Config {
         let auth = ike::cert::CertAuth::new(cas)
             .map_err(|e| bad("cas", e))?
             .with_own(chain, key)
-            .map_err(|e| bad("cert/key", e))?;
+            .map_err(|e| bad("cert/key", e))?
+            .with_rsa_padding(match a.rsa_padding {
+                RsaPaddingKey::Pkcs1 => ike::cert::RsaPadding::Pkcs1,
+                RsaPaddingKey::Pss => ike::cert::RsaPadding::Pss,
+            });
         let paths: Vec<_> = a.crls.iter().map(|f| dir.join(f)).collect();
         auth.set_crls(read_crls(&paths)?)
             .map_err(|e| bad("crls", e))?;
@@ -1309,6 +1326,26 @@ backoff = "250ms"
         assert!(matches!(r.auth, AuthConfig::Cert(_)));
         let auth = c.cert_auth.clone().unwrap();
         assert_eq!(auth.crl_count(), 1);
+        assert!(
+            format!("{auth:?}").contains("rsa_padding: Pkcs1"),
+            "{auth:?}"
+        );
+        // `rsa_padding = "pss"` reaches the engine; an unknown scheme is refused.
+        for (v, ok) in [
+            ("pss", Some("Pss")),
+            ("pkcs1", Some("Pkcs1")),
+            ("pss256", None),
+        ] {
+            std::fs::write(dir.join("p.toml"), format!("{toml}rsa_padding = \"{v}\"\n")).unwrap();
+            match (Config::load(&dir.join("p.toml")), ok) {
+                (Ok(p), Some(want)) => {
+                    let a = p.cert_auth.unwrap();
+                    assert!(format!("{a:?}").contains(&format!("rsa_padding: {want}")));
+                }
+                (Err(e), None) => assert!(e.to_string().contains("rsa_padding"), "{e}"),
+                (r, _) => panic!("rsa_padding = {v}: {r:?}"),
+            }
+        }
         // A changed CRL file is picked up; an unchanged one is not re-read.
         let mut w = c.crl_watcher().unwrap();
         assert!(!w.poll());
