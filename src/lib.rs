@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod notify;
 pub mod peer;
 pub mod plan;
+pub mod pool_dns;
 pub mod proposal;
 pub mod run;
 pub mod services;

@@ -75,6 +75,7 @@ impl Services {
                 if started == cluster::Started::Created {
                     d.zone.set_synced(true);
                 }
+                let ev = crate::pool_dns::follow_cluster(d.zone.clone(), h.clone(), ev);
                 tokio::spawn(cluster_to_zone(d.zone.clone(), h.id().to_string(), ev));
             }
             None => {
@@ -265,7 +266,14 @@ pub async fn start(cfg: &Config) -> Result<Services, Error> {
             if created {
                 svc.zone.set_synced(true);
             }
+            let ev = match &cluster_handle {
+                Some(h) => crate::pool_dns::follow_cluster(svc.zone.clone(), h.clone(), ev),
+                None => ev,
+            };
             tasks.push(tokio::spawn(cluster_to_zone(svc.zone.clone(), member, ev)));
+        } else {
+            svc.zone
+                .set_pool(crate::pool_dns::standalone(&cfg.ike.listen));
         }
         dns = Some(svc);
     }

@@ -636,3 +636,94 @@ membership_port = {memb}
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// DNS load balancing (seed 003 ch. 3): `pool.<domain>` answers every member that is up,
+/// from either member, and stops handing out a member once it is dead.
+#[test]
+fn pool_name_answers_up_members_and_drops_a_killed_one() {
+    let dir = scratch("pool");
+    let (repl, memb, dns_port) = (free_tcp_port(), free_tcp_port(), free_ports().0);
+    let dead_after_ms = 1500u64;
+    let mut he = vec![];
+    for m in 1..=2u8 {
+        let (ike, natt) = free_ports();
+        let other = 3 - m;
+        let conf = format!(
+            r#"[ike]
+listen = ["127.0.0.{m}"]
+port = {ike}
+natt_port = {natt}
+[psk]
+default = "loopback-test-psk"
+[pool]
+v4 = "10.78.{}.0/24"
+[dns]
+listen = ["127.0.0.{m}"]
+port = {dns_port}
+negative_ttl = 1
+[[dns.ns]]
+name = "ns1"
+addrs = ["127.0.0.1"]
+[[dns.ns]]
+name = "ns2"
+addrs = ["127.0.0.2"]
+[service.ipsec-ddns]
+self = "127.0.0.{m}"
+peer = ["127.0.0.{other}"]
+secret = "loopback-cluster-secret"
+domain = "vpn.test"
+enable = true
+data_dir = "{}"
+replication_port = {repl}
+membership_port = {memb}
+dead_after_ms = {dead_after_ms}
+gossip_interval_ms = 200
+"#,
+            10 + m,
+            dir.join(format!("data{m}")).display()
+        );
+        let c = write(&dir, &format!("m{m}.toml"), &conf);
+        let p = Proc::spawn(
+            &["run", "--config", c.to_str().unwrap()],
+            dir.join(format!("m{m}.log")),
+        );
+        p.wait_log(Duration::from_secs(15), |l| {
+            l.contains("authoritative DNS server listening")
+        });
+        he.push(p);
+    }
+    he[1].wait_log(Duration::from_secs(10), |l| {
+        l.contains("synced with the cluster")
+    });
+    let on = |m: u8| -> std::net::SocketAddr { format!("127.0.0.{m}:{dns_port}").parse().unwrap() };
+    let both = vec![Ipv4Addr::new(127, 0, 0, 1), Ipv4Addr::new(127, 0, 0, 2)];
+    let sorted = |(rc, mut v): (u8, Vec<Ipv4Addr>)| {
+        v.sort();
+        (rc, v)
+    };
+    let end = Instant::now() + Duration::from_secs(5);
+    loop {
+        let a = sorted(dns_a(on(1), "pool.vpn.test"));
+        let b = sorted(dns_a(on(2), "pool.vpn.test"));
+        if a == (0, both.clone()) && b == (0, both.clone()) {
+            break;
+        }
+        assert!(Instant::now() < end, "pool answers: 1 {a:?}, 2 {b:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Member 1 dies without a word: the survivor stops handing it out.
+    he[0].signal("-KILL");
+    let killed = Instant::now();
+    let end = killed + Duration::from_millis(dead_after_ms) + Duration::from_secs(3);
+    loop {
+        let b = sorted(dns_a(on(2), "pool.vpn.test"));
+        if b.1 == vec![Ipv4Addr::new(127, 0, 0, 2)] {
+            break;
+        }
+        assert!(
+            Instant::now() < end,
+            "survivor's pool answer after the kill: {b:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
