@@ -75,7 +75,12 @@ for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep '^het-' || true)
   fi
 done
 
-# --- 3. Build and test ---------------------------------------------------------------
+# --- 3. Lints (CI keeps main at fmt + clippy -D warnings) ----------------------------
+say "cargo fmt --check and cargo clippy -D warnings"
+cargo fmt --all -- --check || die "cargo fmt would change files: run cargo fmt --all"
+cargo clippy --workspace --all-targets -- -D warnings || die "clippy found warnings"
+
+# --- 4. Build and test ---------------------------------------------------------------
 export RUST_TEST_THREADS=${RUST_TEST_THREADS:-2}
 export RUST_BACKTRACE=${RUST_BACKTRACE:-1}
 log=$(mktemp -t headend-test-XXXXXX.log)
@@ -86,7 +91,7 @@ timeout --foreground "${HEADEND_TEST_TIMEOUT:-1800}" \
 rc=${PIPESTATUS[0]}
 set -e
 
-# --- 4. Summary ----------------------------------------------------------------------
+# --- 5. Summary ----------------------------------------------------------------------
 elapsed=$(( $(date +%s) - start ))
 passed=$(grep -Eo '^test result: .* ([0-9]+) passed' "$log" | grep -Eo '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
 failed=$(grep -Eo '^test result: .* ([0-9]+) failed' "$log" | grep -Eo '[0-9]+ failed' | awk '{s+=$1} END {print s+0}')
