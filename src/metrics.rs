@@ -51,6 +51,19 @@ pub async fn render(s: &Services) -> String {
         let _ = writeln!(o, "headend_ike_sa_failures_total {}", c.failed);
         family(
             &mut o,
+            "headend_ike_sa_failures_by_reason_total",
+            "counter",
+            "IKE SA negotiations that failed, by reason (our error label, peer_<notify>, no_response).",
+        );
+        for (reason, n) in &c.failed_by {
+            let _ = writeln!(
+                o,
+                "headend_ike_sa_failures_by_reason_total{{reason=\"{}\"}} {n}",
+                label(reason)
+            );
+        }
+        family(
+            &mut o,
             "headend_ike_dropped_total",
             "counter",
             "IKE datagrams dropped, by reason.",

@@ -61,6 +61,9 @@ pub struct Counters {
     pub established: u64,
     /// IKE SA negotiations that failed (either role).
     pub failed: u64,
+    /// The same failures by reason: an [`Error::label`], a peer's error notify
+    /// (`peer_<notify>`), or `no_response`.
+    pub failed_by: BTreeMap<&'static str, u64>,
     /// Our requests sent again after a timeout (2.1).
     pub retransmitted: u64,
     /// Cached responses replayed for retransmitted requests (2.1).
@@ -76,6 +79,11 @@ pub struct Counters {
 }
 
 impl Counters {
+    fn count_failure(&mut self, reason: &'static str) {
+        self.failed += 1;
+        *self.failed_by.entry(reason).or_insert(0) += 1;
+    }
+
     /// How many datagrams were dropped for `label`.
     pub fn dropped(&self, label: &str) -> u64 {
         self.dropped.get(label).copied().unwrap_or(0)
@@ -681,7 +689,7 @@ impl Endpoint {
                 if p.tries >= self.config.retransmit.tries {
                     let established = sa.established_at.is_some();
                     if !established {
-                        self.counters.failed += 1;
+                        self.counters.count_failure("no_response");
                         self.emit(Event::NegotiationFailed {
                             remote: sa.remote,
                             identity: sa.remote_id.clone(),
@@ -1603,7 +1611,7 @@ impl Endpoint {
             _ => None,
         }) {
             let reason = notify_name(n.kind);
-            self.counters.failed += 1;
+            self.counters.count_failure(peer_notify_label(n.kind));
             self.emit(Event::NegotiationFailed {
                 remote: sa.remote,
                 identity: None,
@@ -1753,7 +1761,7 @@ impl Endpoint {
     }
 
     fn negotiation_failed(&mut self, remote: SocketAddr, identity: Option<Identity>, e: &Error) {
-        self.counters.failed += 1;
+        self.counters.count_failure(e.label());
         // Unauthenticated failures can be driven by anyone: keep them off the info level.
         match &identity {
             Some(id) => {
@@ -2166,7 +2174,11 @@ impl Endpoint {
                 .first()
                 .map(|k| notify_name(*k))
                 .unwrap_or_else(|| "missing IDr/AUTH".into());
-            self.counters.failed += 1;
+            self.counters.count_failure(
+                errors
+                    .first()
+                    .map_or("missing_payload", |k| peer_notify_label(*k)),
+            );
             tracing::info!(remote = %sa.remote, %reason, "IKE_AUTH failed");
             self.emit(Event::NegotiationFailed {
                 remote: sa.remote,
@@ -3340,3 +3352,19 @@ type _SecretBytes = Zeroizing<Vec<u8>>;
 #[cfg(test)]
 #[path = "sa/endpoint_tests.rs"]
 mod tests;
+
+/// A stable metrics label for an error notify the peer answered with (RFC 7296 3.10.1).
+fn peer_notify_label(kind: NotifyType) -> &'static str {
+    match kind {
+        NotifyType::NO_PROPOSAL_CHOSEN => "peer_no_proposal_chosen",
+        NotifyType::INVALID_KE_PAYLOAD => "peer_invalid_ke_payload",
+        NotifyType::AUTHENTICATION_FAILED => "peer_authentication_failed",
+        NotifyType::INTERNAL_ADDRESS_FAILURE => "peer_internal_address_failure",
+        NotifyType::FAILED_CP_REQUIRED => "peer_failed_cp_required",
+        NotifyType::TS_UNACCEPTABLE => "peer_ts_unacceptable",
+        NotifyType::INVALID_SYNTAX => "peer_invalid_syntax",
+        NotifyType::TEMPORARY_FAILURE => "peer_temporary_failure",
+        NotifyType::NO_ADDITIONAL_SAS => "peer_no_additional_sas",
+        _ => "peer_error_notify",
+    }
+}

@@ -120,6 +120,23 @@ fn wrong_psk_fails_with_authentication_failed_and_leaves_nothing() {
     assert_eq!(p.responder.ep.pool().leased(), 0);
     assert!(p.responder.established().is_empty());
     assert_eq!(p.responder.ep.counters().failed, 1);
+    // Operators see why: the responder counts its own refusal, the initiator the notify.
+    assert_eq!(
+        p.responder.ep.counters().failed_by.get("auth_failed"),
+        Some(&1),
+        "{:?}",
+        p.responder.ep.counters().failed_by
+    );
+    assert_eq!(
+        p.initiator
+            .ep
+            .counters()
+            .failed_by
+            .get("peer_authentication_failed"),
+        Some(&1),
+        "{:?}",
+        p.initiator.ep.counters().failed_by
+    );
 }
 
 fn established_pair(seed: u64) -> (Pair, ike::IkeSaId) {
