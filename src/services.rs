@@ -334,11 +334,34 @@ async fn publish_to_cluster(
     mut rx: broadcast::Receiver<GatewayEvent>,
 ) {
     let mut local = LocalGateways::default();
+    let mut up_now = std::collections::HashSet::new();
     for ev in &initial {
         let (gw, addrs, up) = local.apply(ev);
+        if up {
+            up_now.insert(gw.to_ascii_lowercase());
+        } else {
+            up_now.remove(&gw.to_ascii_lowercase());
+        }
         if let Err(e) = h.publish(&gw, addrs, up).await {
             tracing::warn!(gateway_id = %gw, error = %e, "cluster publish failed");
         }
+    }
+    // After a crash and restart the store still lists the tunnels this member had; they
+    // are gone (the SA table starts empty), so withdraw every own record not up now, or
+    // the cluster would keep answering routers that are no longer connected.
+    match h.own_records().await {
+        Ok(records) => {
+            for r in records.into_iter().filter(|r| r.up) {
+                if up_now.contains(&r.gateway_id.to_ascii_lowercase()) {
+                    continue;
+                }
+                tracing::info!(gateway_id = %r.gateway_id, "withdrawing a tunnel from before the restart");
+                if let Err(e) = h.publish(&r.gateway_id, vec![], false).await {
+                    tracing::warn!(gateway_id = %r.gateway_id, error = %e, "cluster withdraw failed");
+                }
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cluster: cannot read own records to reconcile"),
     }
     loop {
         match rx.recv().await {

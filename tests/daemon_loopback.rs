@@ -535,18 +535,17 @@ fn free_tcp_port() -> u16 {
         .port()
 }
 
-#[test]
-fn two_member_cluster_answers_a_router_on_both_members() {
-    let dir = scratch("cluster");
-    let (repl, memb, dns_port) = (free_tcp_port(), free_tcp_port(), free_ports().0);
-    let mut he = vec![];
-    let mut ike_ports = vec![];
-    for m in 1..=2u8 {
-        let (ike, natt) = free_ports();
-        ike_ports.push((ike, natt));
-        let other = 3 - m;
-        let conf = format!(
-            r#"[ike]
+/// Member `m` (1 or 2) of a two-member loopback cluster: IKE on 127.0.0.m, DNS, cluster.
+fn cluster_member_conf(
+    m: u8,
+    (ike, natt): (u16, u16),
+    dns_port: u16,
+    (repl, memb): (u16, u16),
+    dir: &Path,
+) -> String {
+    let other = 3 - m;
+    format!(
+        r#"[ike]
 listen = ["127.0.0.{m}"]
 port = {ike}
 natt_port = {natt}
@@ -574,9 +573,21 @@ data_dir = "{}"
 replication_port = {repl}
 membership_port = {memb}
 "#,
-            10 + m,
-            dir.join(format!("data{m}")).display()
-        );
+        10 + m,
+        dir.join(format!("data{m}")).display()
+    )
+}
+
+#[test]
+fn two_member_cluster_answers_a_router_on_both_members() {
+    let dir = scratch("cluster");
+    let (repl, memb, dns_port) = (free_tcp_port(), free_tcp_port(), free_ports().0);
+    let mut he = vec![];
+    let mut ike_ports = vec![];
+    for m in 1..=2u8 {
+        let (ike, natt) = free_ports();
+        ike_ports.push((ike, natt));
+        let conf = cluster_member_conf(m, (ike, natt), dns_port, (repl, memb), &dir);
         let c = write(&dir, &format!("m{m}.toml"), &conf);
         let p = Proc::spawn(
             &["run", "--config", c.to_str().unwrap()],
@@ -726,4 +737,53 @@ gossip_interval_ms = 200
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// A member killed with its tunnels up and restarted without them withdraws the records its
+/// store still holds: no member keeps answering a router that is no longer connected.
+#[test]
+fn restarted_member_withdraws_tunnels_it_no_longer_has() {
+    let dir = scratch("restart");
+    let (repl, memb, dns_port) = (free_tcp_port(), free_tcp_port(), free_ports().0);
+    let ports = [free_ports(), free_ports()];
+    let start = |m: u8, log: &str| {
+        let conf = cluster_member_conf(m, ports[m as usize - 1], dns_port, (repl, memb), &dir);
+        let c = write(&dir, &format!("m{m}.toml"), &conf);
+        let p = Proc::spawn(&["run", "--config", c.to_str().unwrap()], dir.join(log));
+        p.wait_log(Duration::from_secs(15), |l| {
+            l.contains("authoritative DNS server listening")
+        });
+        p
+    };
+    let mut m1 = start(1, "m1.log");
+    let m2 = start(2, "m2.log");
+    m2.wait_log(Duration::from_secs(10), |l| {
+        l.contains("synced with the cluster")
+    });
+
+    let pc = write(&dir, "peer.toml", &peer_conf(&[ports[0]], "SN-8"));
+    let mut peer = Proc::spawn(
+        &["peer", "--config", pc.to_str().unwrap()],
+        dir.join("peer.log"),
+    );
+    let up = peer.wait_line(Duration::from_secs(10), |l| l.starts_with("up "));
+    let vip = vip_of(&up);
+    let on = |m: u8| -> std::net::SocketAddr { format!("127.0.0.{m}:{dns_port}").parse().unwrap() };
+    assert_eq!(dns_eventually(on(2), "sn-8.vpn.test", 0), (0, vec![vip]));
+
+    // The router and member 1 vanish without a word; member 1 comes back at once.
+    peer.signal("-KILL");
+    let _ = peer.wait_exit(Duration::from_secs(5));
+    m1.signal("-KILL");
+    let _ = m1.wait_exit(Duration::from_secs(5));
+    let m1b = start(1, "m1b.log");
+    m1b.wait_log(Duration::from_secs(15), |l| {
+        l.contains("Joined existing ipsec-ddns cluster")
+    });
+    // Neither member answers the stale tunnel, and it stays that way.
+    assert_eq!(dns_eventually(on(2), "sn-8.vpn.test", 3).0, 3);
+    assert_eq!(dns_eventually(on(1), "sn-8.vpn.test", 3).0, 3);
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(dns_a(on(2), "sn-8.vpn.test").0, 3, "{}", m1b.log_text());
+    assert_eq!(dns_a(on(1), "sn-8.vpn.test").0, 3);
 }
