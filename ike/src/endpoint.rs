@@ -293,31 +293,35 @@ impl Endpoint {
     /// Rekey the CHILD SA whose inbound SPI is `inbound` (RFC 7296 2.8), e.g. when the
     /// data plane reaches a byte or packet soft limit.
     pub fn rekey_child_sa(&mut self, now: Instant, inbound: Spi) -> Result<(), Error> {
-        let id = *self.child_index.get(&inbound).ok_or(Error::NoSuchSa)?;
-        let mut sa = self.sas.remove(&id).ok_or(Error::NoSuchSa)?;
-        let ok = sa
-            .child_by_inbound(inbound)
-            .is_some_and(|c| c.state == ChildState::Installed);
-        if ok && !sa.queue.contains(&LocalReq::RekeyChild(inbound)) {
-            sa.queue.push_back(LocalReq::RekeyChild(inbound));
-            self.kick(now, &mut sa);
-        }
-        self.finish(now, sa, After::Keep);
-        if ok {
-            Ok(())
-        } else {
-            Err(Error::NoSuchSa)
-        }
+        self.queue_child_request(now, inbound, LocalReq::RekeyChild(inbound), |sa| {
+            sa.child_by_inbound(inbound)
+                .is_some_and(|c| c.state == ChildState::Installed)
+        })
     }
 
     /// Delete one CHILD SA (RFC 7296 1.4.1), e.g. at an ESP hard lifetime; the IKE SA
     /// stays. `ChildSaDeleted` follows when the peer has answered.
     pub fn delete_child_sa(&mut self, now: Instant, inbound: Spi) -> Result<(), Error> {
+        self.queue_child_request(now, inbound, LocalReq::DeleteChild(vec![inbound]), |sa| {
+            sa.children.iter().any(|c| c.sa.inbound.spi == inbound)
+        })
+    }
+
+    /// Queue a local request on the IKE SA owning CHILD SA `inbound` when `applies` holds
+    /// (once: an identical request already queued is not repeated), then start it if the
+    /// exchange window is free.
+    fn queue_child_request(
+        &mut self,
+        now: Instant,
+        inbound: Spi,
+        req: LocalReq,
+        applies: impl FnOnce(&mut IkeSa) -> bool,
+    ) -> Result<(), Error> {
         let id = *self.child_index.get(&inbound).ok_or(Error::NoSuchSa)?;
         let mut sa = self.sas.remove(&id).ok_or(Error::NoSuchSa)?;
-        let ok = sa.children.iter().any(|c| c.sa.inbound.spi == inbound);
-        if ok {
-            sa.queue.push_back(LocalReq::DeleteChild(vec![inbound]));
+        let ok = applies(&mut sa);
+        if ok && !sa.queue.contains(&req) {
+            sa.queue.push_back(req);
             self.kick(now, &mut sa);
         }
         self.finish(now, sa, After::Keep);
