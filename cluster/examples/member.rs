@@ -13,22 +13,7 @@ fn main() -> std::process::ExitCode {
         .with_ansi(false)
         .init();
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("runtime: {e}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    let res = rt.block_on(async {
-        let cfg = cluster::tool::parse_args(&args)?;
-        cluster::tool::run_member(cfg).await
-    });
-    match res {
+    match cluster::tool::run_member_blocking(&args) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             println!("error: {e}");

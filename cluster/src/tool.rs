@@ -58,6 +58,16 @@ pub fn parse_args(args: &[String]) -> Result<ClusterConfig, Error> {
     Ok(c)
 }
 
+/// The whole member program: parse `args`, run the member on its own two-thread runtime
+/// until `quit`/`leave` or end of stdin. Used by the example and the process tests.
+pub fn run_member_blocking(args: &[String]) -> Result<(), Error> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async { run_member(parse_args(args)?).await })
+}
+
 /// Run one member until `quit`/`leave` or end of stdin.
 pub async fn run_member(cfg: ClusterConfig) -> Result<(), Error> {
     let (h, mut events, started) = Cluster::start(cfg).await?;

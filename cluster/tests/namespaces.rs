@@ -27,16 +27,7 @@ fn ns_member_process() {
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .init();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let res = rt.block_on(async {
-        let cfg = cluster::tool::parse_args(&args)?;
-        cluster::tool::run_member(cfg).await
-    });
-    if let Err(e) = res {
+    if let Err(e) = cluster::tool::run_member_blocking(&args) {
         println!("error: {e}");
         std::process::exit(1);
     }
