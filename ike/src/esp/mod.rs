@@ -18,6 +18,8 @@ mod sa;
 mod transform;
 
 #[cfg(test)]
+mod kat_published;
+#[cfg(test)]
 mod tests;
 
 pub use replay::{ReplayWindow, DEFAULT_REPLAY_WINDOW, MAX_REPLAY_WINDOW};

@@ -1,8 +1,10 @@
 //! Known-answer vectors and behaviour tests for the ESP transforms.
 //!
-//! The vectors were computed independently with pyca/cryptography (OpenSSL) by
-//! `kat_gen.py` in this directory, not by this code; RFC 4106 / RFC 7634 appendix
-//! vectors were not reachable from this workplace.
+//! The vectors here were computed independently with pyca/cryptography (OpenSSL) by
+//! `kat_gen.py` in this directory, not by this code: they cover what no published ESP
+//! vector covers here (ChaCha20-Poly1305, AES-CBC with HMAC-SHA2, our padding and
+//! sequence-number IVs). The published AES-GCM ESP vectors (draft-mcgrew-gcm-test-01)
+//! are in `kat_published.rs`.
 #![allow(clippy::unwrap_used)]
 
 use zeroize::Zeroizing;

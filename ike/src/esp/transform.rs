@@ -150,20 +150,7 @@ impl Transform {
             Transform::Aead { key, salt } => {
                 // The explicit IV is the 64-bit sequence number: unique per SA and key
                 // (RFC 4106 3.1, RFC 7634 2 allow a counter).
-                let iv = seq.to_be_bytes();
-                pkt[ESP_HEADER_LEN..iv_end].copy_from_slice(&iv);
-                let nonce = nonce(salt, &iv);
-                let (aad_buf, aad_len) = aad(pkt, seq, esn);
-                let (head, rest) = pkt.split_at_mut(ct_end);
-                let tag = key
-                    .seal_in_place_separate_tag(
-                        nonce,
-                        aead::Aad::from(&aad_buf[..aad_len]),
-                        &mut head[iv_end..],
-                    )
-                    .map_err(|_| EspDrop::Oversized)?;
-                rest[..AEAD_ICV_LEN].copy_from_slice(tag.as_ref());
-                Ok(())
+                seal_aead(key, salt, pkt, seq.to_be_bytes(), seq, esn, ct_end)
             }
             Transform::CbcHmac {
                 cipher,
@@ -196,6 +183,30 @@ impl Transform {
                 pkt[ct_end..ct_end + icv_len].copy_from_slice(&tag.as_ref()[..*icv_len]);
                 Ok(())
             }
+        }
+    }
+
+    /// [`seal`](Self::seal) with a chosen AEAD explicit IV instead of the sequence
+    /// number, for the published known-answer vectors (draft-mcgrew-gcm-test-01,
+    /// RFC 7634 Appendix A), whose IVs are arbitrary. Test-only: production IVs are
+    /// always the sequence number.
+    #[cfg(test)]
+    pub(super) fn seal_with_iv(
+        &self,
+        pkt: &mut [u8],
+        iv: [u8; AEAD_IV_LEN],
+        seq: u64,
+        esn: bool,
+    ) -> Result<(), EspDrop> {
+        let ct_end = pkt
+            .len()
+            .checked_sub(self.icv_len())
+            .ok_or(EspDrop::NoRoom)?;
+        match self {
+            Transform::Aead { key, salt } if ct_end >= ESP_HEADER_LEN + AEAD_IV_LEN => {
+                seal_aead(key, salt, pkt, iv, seq, esn, ct_end)
+            }
+            _ => Err(EspDrop::NoRoom),
         }
     }
 
@@ -262,6 +273,32 @@ impl Transform {
             }
         }
     }
+}
+
+/// AEAD seal of SPI | seq | IV | plaintext | ICV space in place, with explicit IV `iv`
+/// (RFC 4106 3, RFC 7634 2): nonce = salt | IV, AAD per [`aad`].
+fn seal_aead(
+    key: &aead::LessSafeKey,
+    salt: &[u8; 4],
+    pkt: &mut [u8],
+    iv: [u8; AEAD_IV_LEN],
+    seq: u64,
+    esn: bool,
+    ct_end: usize,
+) -> Result<(), EspDrop> {
+    let iv_end = ESP_HEADER_LEN + AEAD_IV_LEN;
+    pkt[ESP_HEADER_LEN..iv_end].copy_from_slice(&iv);
+    let (aad_buf, aad_len) = aad(pkt, seq, esn);
+    let (head, rest) = pkt.split_at_mut(ct_end);
+    let tag = key
+        .seal_in_place_separate_tag(
+            nonce(salt, &iv),
+            aead::Aad::from(&aad_buf[..aad_len]),
+            &mut head[iv_end..],
+        )
+        .map_err(|_| EspDrop::Oversized)?;
+    rest[..AEAD_ICV_LEN].copy_from_slice(tag.as_ref());
+    Ok(())
 }
 
 fn nonce(salt: &[u8; 4], iv: &[u8; 8]) -> aead::Nonce {
