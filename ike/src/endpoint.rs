@@ -1481,8 +1481,11 @@ impl Endpoint {
         let our_public = ke.public_value().to_vec();
         let g_ir = ke.agree(ke_data)?;
         let nr = random_nonce(&mut rng);
-        let keys = ike_sa_keys(&suite, ni, &nr, &g_ir, hdr.spi_i, spi_r);
-        let (out, inb) = keys.sk_ciphers(&suite, false)?;
+        let keys = SaKeys::from_ike_keys(
+            ike_sa_keys(&suite, ni, &nr, &g_ir, hdr.spi_i, spi_r),
+            &suite,
+            false,
+        )?;
         // NAT detection (2.23), hashes of the request use SPIr = 0.
         let peer_natted = !nat_src.is_empty()
             && !nat_src
@@ -1525,14 +1528,7 @@ impl Endpoint {
         sa.nr = nr;
         sa.init_req = data.to_vec();
         sa.init_resp = resp.clone();
-        sa.keys = Some(SaKeys {
-            prf: suite.prf,
-            sk_d: keys.sk_d,
-            sk_pi: keys.sk_pi,
-            sk_pr: keys.sk_pr,
-            out,
-            inb,
-        });
+        sa.keys = Some(keys);
         sa.peer_frag = frag;
         sa.udp_encap = peer_natted || we_natted || socket == SocketKind::NatT;
         sa.state = IkeSaState::InitDone;
@@ -1664,15 +1660,7 @@ impl Endpoint {
         let g_ir = ke.agree(ke_data)?;
         sa.spi_r = hdr.spi_r;
         let keys = ike_sa_keys(&suite, &sa.ni, &nr, &g_ir, sa.spi_i, sa.spi_r);
-        let (out, inb) = keys.sk_ciphers(&suite, true)?;
-        sa.keys = Some(SaKeys {
-            prf: suite.prf,
-            sk_d: keys.sk_d,
-            sk_pi: keys.sk_pi,
-            sk_pr: keys.sk_pr,
-            out,
-            inb,
-        });
+        sa.keys = Some(SaKeys::from_ike_keys(keys, &suite, true)?);
         sa.suite = Some(suite);
         sa.nr = nr;
         sa.init_resp = data.to_vec();
@@ -2651,15 +2639,7 @@ impl Endpoint {
         let keys = rekeyed_ike_sa_keys(
             &suite, old.prf, &old.sk_d, &g_ir, &ni, &nr, peer_spi, new_spi,
         );
-        let (out, inb) = keys.sk_ciphers(&suite, false)?;
-        let new_keys = SaKeys {
-            prf: suite.prf,
-            sk_d: keys.sk_d,
-            sk_pi: keys.sk_pi,
-            sk_pr: keys.sk_pr,
-            out,
-            inb,
-        };
+        let new_keys = SaKeys::from_ike_keys(keys, &suite, false)?;
         let id = self.rekeyed_sa(
             now, sa, false, peer_spi, new_spi, suite, new_keys, &ni, &nr, !collision,
         );
@@ -3140,15 +3120,7 @@ impl Endpoint {
         let keys = rekeyed_ike_sa_keys(
             &suite, old.prf, &old.sk_d, &g_ir, &ni, &nr, new_spi, peer_spi,
         );
-        let (out, inb) = keys.sk_ciphers(&suite, true)?;
-        let new_keys = SaKeys {
-            prf: suite.prf,
-            sk_d: keys.sk_d,
-            sk_pi: keys.sk_pi,
-            sk_pr: keys.sk_pr,
-            out,
-            inb,
-        };
+        let new_keys = SaKeys::from_ike_keys(keys, &suite, true)?;
         // The new SA is found by its own SPI from now on.
         self.by_spi.remove(&new_spi);
         let Some((theirs, pni, pnr)) = sa.peer_ike_rekey.take() else {

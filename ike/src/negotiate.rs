@@ -579,6 +579,29 @@ fn single(p: &Proposal, kind: u8) -> Result<Option<&Transform>, Error> {
     Ok(first)
 }
 
+/// The proposal of ours that the reply's proposal number names (numbers count from 1 in
+/// offer order, RFC 7296 3.3.1); a number we never used is a choice we did not offer.
+fn offered<'a, T>(p: &Proposal, ours: &'a [T]) -> Result<&'a T, Error> {
+    usize::from(p.number)
+        .checked_sub(1)
+        .and_then(|i| ours.get(i))
+        .ok_or(Error::NoProposalChosen)
+}
+
+/// The reply's single transform of `kind` (required), parsed with `parse` and among the
+/// algorithms we offered in that proposal.
+fn chosen<T: PartialEq>(
+    p: &Proposal,
+    kind: u8,
+    parse: fn(&Transform) -> Option<T>,
+    offered: &[T],
+) -> Result<T, Error> {
+    single(p, kind)?
+        .and_then(parse)
+        .filter(|x| offered.contains(x))
+        .ok_or(Error::NoProposalChosen)
+}
+
 fn only_known_kinds(p: &Proposal, kinds: &[u8]) -> Result<(), Error> {
     match p.transforms.iter().find(|t| !kinds.contains(&t.kind)) {
         Some(t) => Err(Error::InvalidField {
@@ -609,10 +632,7 @@ pub fn check_ike_reply(reply: &[Proposal], ours: &[IkeProposal]) -> Result<Negot
     if p.protocol != ProtocolId::Ike {
         return Err(Error::NoProposalChosen);
     }
-    let o = usize::from(p.number)
-        .checked_sub(1)
-        .and_then(|i| ours.get(i))
-        .ok_or(Error::NoProposalChosen)?;
+    let o = offered(p, ours)?;
     only_known_kinds(
         p,
         &[
@@ -622,19 +642,10 @@ pub fn check_ike_reply(reply: &[Proposal], ours: &[IkeProposal]) -> Result<Negot
             Transform::DH,
         ],
     )?;
-    let encr = single(p, Transform::ENCR)?
-        .and_then(encr_from_transform)
-        .filter(|e| o.encr.contains(e))
-        .ok_or(Error::NoProposalChosen)?;
-    let prf = single(p, Transform::PRF)?
-        .and_then(prf_from_transform)
-        .filter(|x| o.prf.contains(x))
-        .ok_or(Error::NoProposalChosen)?;
+    let encr = chosen(p, Transform::ENCR, encr_from_transform, &o.encr)?;
+    let prf = chosen(p, Transform::PRF, prf_from_transform, &o.prf)?;
     let integ = check_integ(single(p, Transform::INTEG)?, encr, &o.integ)?;
-    let dh = single(p, Transform::DH)?
-        .and_then(dh_from_transform)
-        .filter(|x| o.dh.contains(x))
-        .ok_or(Error::NoProposalChosen)?;
+    let dh = chosen(p, Transform::DH, dh_from_transform, &o.dh)?;
     Ok(NegotiatedIke {
         encr,
         prf,
@@ -679,10 +690,7 @@ pub fn check_esp_reply(
             field: "SA reply",
             detail: format!("ESP SPI of {} octets", p.spi.len()),
         })?;
-    let o = usize::from(p.number)
-        .checked_sub(1)
-        .and_then(|i| ours.get(i))
-        .ok_or(Error::NoProposalChosen)?;
+    let o = offered(p, ours)?;
     only_known_kinds(
         p,
         &[
@@ -692,10 +700,7 @@ pub fn check_esp_reply(
             Transform::ESN,
         ],
     )?;
-    let encr = single(p, Transform::ENCR)?
-        .and_then(encr_from_transform)
-        .filter(|e| o.encr.contains(e))
-        .ok_or(Error::NoProposalChosen)?;
+    let encr = chosen(p, Transform::ENCR, encr_from_transform, &o.encr)?;
     let integ = check_integ(single(p, Transform::INTEG)?, encr, &o.integ)?;
     let dh = match single(p, Transform::DH)? {
         None if pfs && !o.dh.is_empty() => return Err(Error::NoProposalChosen),

@@ -8,7 +8,7 @@ use rand_chacha::ChaCha20Rng;
 use zeroize::Zeroizing;
 
 use crate::config::{EspProposal, InitiatorConfig, PrfAlg};
-use crate::crypto::{IkeSuite, KeyExchange, SkCipher};
+use crate::crypto::{IkeKeys, IkeSuite, KeyExchange, SkCipher};
 use crate::event::{ChildSa, Identity, IkeSaId, SocketKind, Spi};
 
 use super::{IkeSaState, Reassembly};
@@ -23,6 +23,27 @@ pub(crate) struct SaKeys {
     pub out: SkCipher,
     /// Opens what we receive.
     pub inb: SkCipher,
+}
+
+impl SaKeys {
+    /// One side's view of freshly derived IKE SA keys (RFC 7296 2.14): the AUTH keys, SK_d
+    /// and the SK payload ciphers, outbound and inbound for our role in this SA (the
+    /// original initiator of a rekeyed SA is whoever sent the CREATE_CHILD_SA, 2.18).
+    pub fn from_ike_keys(
+        keys: IkeKeys,
+        suite: &IkeSuite,
+        we_are_initiator: bool,
+    ) -> Result<Self, crate::Error> {
+        let (out, inb) = keys.sk_ciphers(suite, we_are_initiator)?;
+        Ok(Self {
+            prf: suite.prf,
+            sk_d: keys.sk_d,
+            sk_pi: keys.sk_pi,
+            sk_pr: keys.sk_pr,
+            out,
+            inb,
+        })
+    }
 }
 
 /// Lifecycle of one CHILD SA.
