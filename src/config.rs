@@ -67,6 +67,9 @@ pub struct Config {
     /// `[auth]`: certificate authentication instead of PSKs (issue 7).
     #[serde(default)]
     pub auth: Option<AuthSection>,
+    /// `[metrics]`: Prometheus metrics over HTTP (`headend run --metrics` overrides).
+    #[serde(default)]
+    pub metrics: Option<MetricsSection>,
     /// The `[auth]` files, loaded by [`Config::load`]; shared with the engine.
     #[serde(skip)]
     pub cert_auth: Option<Arc<ike::cert::CertAuth>>,
@@ -288,6 +291,14 @@ pub struct PoolSection {
     /// DNS servers handed out as INTERNAL_IP4_DNS / INTERNAL_IP6_DNS.
     #[serde(default)]
     pub dns: Vec<IpAddr>,
+}
+
+/// `[metrics]`: where `headend run` serves Prometheus metrics (`GET /metrics`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSection {
+    /// Address and port of the HTTP listener, e.g. `127.0.0.1:9400`.
+    pub listen: SocketAddr,
 }
 
 /// `[log]`.
@@ -881,6 +892,9 @@ impl Config {
         }
         if let Some(v6) = &self.pool.v6 {
             s.push_str(&format!(", pool {}", v6.0));
+        }
+        if let Some(m) = &self.metrics {
+            s.push_str(&format!(", metrics http://{}/metrics", m.listen));
         }
         s
     }

@@ -30,9 +30,6 @@ const KEYS: &[&str] = &["self", "peer", "secret", "domain", "enable"];
 pub struct Control {
     config: Option<PathBuf>,
     candidate: Mutex<Option<toml::Table>>,
-    /// The running ipsec-ddns member as changed by `commit` (outer `None`: not changed
-    /// yet, the one `headend run` started is in [`Services::cluster`]).
-    live: Mutex<Option<Option<cluster::ClusterHandle>>>,
 }
 
 impl Control {
@@ -41,7 +38,6 @@ impl Control {
         Control {
             config,
             candidate: Mutex::new(None),
-            live: Mutex::new(None),
         }
     }
 }
@@ -268,20 +264,12 @@ async fn execute(words: &[&str], ctl: &Control, s: &Services) -> Result<String, 
             Ok(show_service(&t))
         }
         ["show", "vpn", "ipsec", "sa"] => Ok(show_sa(s).await),
-        ["show", "dns", "records"] => show_records(s, running(ctl, s).await).await,
-        ["show", "cluster"] => show_cluster(running(ctl, s).await).await,
+        ["show", "dns", "records"] => show_records(s, s.cluster()).await,
+        ["show", "cluster"] => show_cluster(s.cluster()).await,
         _ => Err(Error::Config(format!(
             "unknown command \"{}\"",
             words.join(" ")
         ))),
-    }
-}
-
-/// The cluster member running now (started by `headend run` or by a `commit`).
-async fn running(ctl: &Control, s: &Services) -> Option<cluster::ClusterHandle> {
-    match &*ctl.live.lock().await {
-        Some(live) => live.clone(),
-        None => s.cluster.clone(),
     }
 }
 
@@ -338,21 +326,15 @@ async fn commit(ctl: &Control, s: &Services) -> Result<String, Error> {
         .unwrap_or_default();
     let cluster_err = |e: cluster::Error| Error::Other(format!("service ipsec-ddns: {e}"));
     let mut out = String::new();
-    let mut live = ctl.live.lock().await;
-    let current = match &*live {
-        Some(l) => l.clone(),
-        None => s.cluster.clone(),
-    };
-    match (current, new_cc.filter(|c| c.enable)) {
+    // The candidate lock, held until the end, serialises commits.
+    match (s.cluster(), new_cc.filter(|c| c.enable)) {
         (None, Some(cc)) => {
-            let (h, started) = s.start_cluster(cc).await.map_err(cluster_err)?;
+            let started = s.start_cluster(cc).await.map_err(cluster_err)?;
             let _ = writeln!(out, "{started}");
-            *live = Some(Some(h));
         }
-        (Some(h), None) => {
-            h.leave().await.map_err(cluster_err)?;
+        (Some(_), None) => {
+            s.leave_cluster().await.map_err(cluster_err)?;
             out.push_str("Left ipsec-ddns cluster\n");
-            *live = Some(None);
         }
         (Some(h), Some(cc)) => {
             let added: Vec<&String> = cc.peer.iter().filter(|p| !old_peers.contains(p)).collect();
@@ -421,9 +403,11 @@ fn show_service(t: &toml::Table) -> String {
     out
 }
 
+/// The member column is the member running now: `local` when no ipsec-ddns member runs
+/// (never enabled, or left by a `commit`).
 async fn show_sa(s: &Services) -> String {
     let member = s
-        .cluster
+        .cluster()
         .as_ref()
         .map_or_else(|| "local".to_string(), |c| c.id().to_string());
     let mut tunnels = s.daemon.status().await;

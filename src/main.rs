@@ -34,7 +34,8 @@ enum Cmd {
         /// Run without the control socket.
         #[arg(long)]
         no_control: bool,
-        /// Serve Prometheus metrics over HTTP here (e.g. 127.0.0.1:9090).
+        /// Serve Prometheus metrics over HTTP here (e.g. 127.0.0.1:9090); overrides
+        /// `[metrics] listen`.
         #[arg(long)]
         metrics: Option<SocketAddr>,
     },
@@ -331,9 +332,13 @@ fn main() -> ExitCode {
                         }
                     }
                 };
-                let metrics_listener = match metrics {
+                let metrics_addr = metrics.or(cfg.metrics.as_ref().map(|m| m.listen));
+                let metrics_listener = match metrics_addr {
                     Some(a) => match tokio::net::TcpListener::bind(a).await {
-                        Ok(l) => Some(l),
+                        Ok(l) => {
+                            tracing::info!(listen = %a, "metrics served at /metrics");
+                            Some(l)
+                        }
                         Err(e) => return fail(format!("metrics: cannot listen on {a}: {e}")),
                     },
                     None => None,

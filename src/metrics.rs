@@ -150,7 +150,7 @@ pub async fn render(s: &Services) -> String {
             let _ = writeln!(o, "headend_dns_queries_total{{rcode=\"{rcode}\"}} {n}");
         }
     }
-    if let Some(c) = &s.cluster {
+    if let Some(c) = &s.cluster() {
         let st = c.stats();
         use std::sync::atomic::Ordering::Relaxed;
         family(

@@ -21,12 +21,33 @@ pub struct Services {
     pub daemon: DaemonHandle,
     pub dataplane: Option<Arc<DataplaneHandle>>,
     pub dns: Option<crate::dns::DnsService>,
-    pub cluster: Option<cluster::ClusterHandle>,
+    /// The ipsec-ddns member running now, whether the configuration file or a `commit`
+    /// started it (`None` when not enabled, or after a `commit` left the cluster).
+    cluster: std::sync::Mutex<Option<Member>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// A running cluster member and the glue tasks that feed it and follow it.
+struct Member {
+    handle: cluster::ClusterHandle,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Services {
-    /// SIGTERM path: Deletes to every peer and Down events first, then the rest.
+    /// The cluster member running now (started by `headend run` or by a `commit`).
+    pub fn cluster(&self) -> Option<cluster::ClusterHandle> {
+        self.member_slot().as_ref().map(|m| m.handle.clone())
+    }
+
+    fn member_slot(&self) -> std::sync::MutexGuard<'_, Option<Member>> {
+        // A panic while holding this short lock leaves a valid Option: keep using it.
+        self.cluster
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// SIGTERM path: Deletes to every peer and Down events first, then the rest. The
+    /// cluster member (from the file or a `commit`) is stopped with its state on disk.
     pub async fn shutdown(self) {
         self.daemon.shutdown().await;
         // Let the glue tasks forward the Down events (bounded: the whole stop stays < 2 s).
@@ -34,8 +55,24 @@ impl Services {
         for t in &self.tasks {
             t.abort();
         }
-        if let Some(c) = &self.cluster {
-            let _ = tokio::time::timeout(std::time::Duration::from_millis(300), c.shutdown()).await;
+        let member = self
+            .cluster
+            .into_inner()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(m) = member {
+            for t in &m.tasks {
+                t.abort();
+            }
+            let id = m.handle.id().to_string();
+            match tokio::time::timeout(std::time::Duration::from_millis(300), m.handle.shutdown())
+                .await
+            {
+                Ok(Ok(())) => tracing::info!(member = %id, "ipsec-ddns member stopped"),
+                Ok(Err(e)) => {
+                    tracing::warn!(member = %id, error = %e, "ipsec-ddns member stop failed")
+                }
+                Err(_) => tracing::warn!(member = %id, "ipsec-ddns member stop timed out"),
+            }
         }
         if let Some(d) = self.dns {
             let _ = tokio::time::timeout(std::time::Duration::from_millis(300), d.shutdown()).await;
@@ -49,9 +86,10 @@ impl Services {
     pub async fn start_cluster(
         &self,
         cc: cluster::ClusterConfig,
-    ) -> Result<(cluster::ClusterHandle, cluster::Started), cluster::Error> {
+    ) -> Result<cluster::Started, cluster::Error> {
         let (h, mut ev, started) = cluster::Cluster::start(cc).await?;
         tracing::info!("{started}");
+        let mut tasks = vec![];
         // Subscribe first, then take the tunnels already up: nothing is missed, and a
         // repeated Up is idempotent.
         let rx = self.daemon.subscribe();
@@ -69,20 +107,69 @@ impl Services {
                 at: t.since,
             })
             .collect();
-        tokio::spawn(publish_to_cluster(h.clone(), up, rx));
+        tasks.push(tokio::spawn(publish_to_cluster(h.clone(), up, rx)));
         match &self.dns {
             Some(d) => {
                 if started == cluster::Started::Created {
                     d.zone.set_synced(true);
                 }
                 let ev = crate::pool_dns::follow_cluster(d.zone.clone(), h.clone(), ev);
-                tokio::spawn(cluster_to_zone(d.zone.clone(), h.id().to_string(), ev));
+                tasks.push(tokio::spawn(cluster_to_zone(
+                    d.zone.clone(),
+                    h.id().to_string(),
+                    ev,
+                )));
             }
             None => {
-                tokio::spawn(async move { while ev.recv().await.is_some() {} });
+                tasks.push(tokio::spawn(
+                    async move { while ev.recv().await.is_some() {} },
+                ));
             }
         }
-        Ok((h, started))
+        let old = self.member_slot().replace(Member { handle: h, tasks });
+        if let Some(old) = old {
+            // Not reached through `commit` (it starts a member only when none runs).
+            for t in &old.tasks {
+                t.abort();
+            }
+            let _ = old.handle.shutdown().await;
+        }
+        Ok(started)
+    }
+
+    /// `delete service ipsec-ddns enable` + `commit`: tell the members we leave, stop the
+    /// glue, and answer only this head-end's own tunnels from now on (the other members'
+    /// records leave the zone, the pool is this head-end alone). Without a member: no-op.
+    pub async fn leave_cluster(&self) -> Result<(), cluster::Error> {
+        let Some(h) = self.cluster() else {
+            return Ok(());
+        };
+        let others: Vec<String> = h
+            .members()
+            .await
+            .map(|ms| {
+                ms.into_iter()
+                    .filter(|m| !m.is_self)
+                    .map(|m| m.member)
+                    .collect()
+            })
+            .unwrap_or_default();
+        h.leave().await?;
+        let member = self.member_slot().take();
+        if let Some(m) = member {
+            for t in &m.tasks {
+                t.abort();
+            }
+        }
+        if let Some(d) = &self.dns {
+            for m in &others {
+                d.zone.remove_member(m);
+            }
+            let ips: Vec<IpAddr> = self.daemon.ike_addrs.iter().map(|a| a.ip()).collect();
+            d.zone.set_pool(crate::pool_dns::standalone(&ips));
+        }
+        tracing::info!(member = %h.id(), "left the ipsec-ddns cluster");
+        Ok(())
     }
 }
 
@@ -231,6 +318,7 @@ pub async fn start(cfg: &Config) -> Result<Services, Error> {
     let mut cluster_events = None;
     let mut cluster_handle = None;
     let mut created = false;
+    let mut member_tasks = vec![];
     if let Some(cc) = cfg.service.ipsec_ddns.as_ref().filter(|c| c.enable) {
         let (h, ev, started) = cluster::Cluster::start(cc.clone())
             .await
@@ -238,7 +326,7 @@ pub async fn start(cfg: &Config) -> Result<Services, Error> {
         tracing::info!("{started}");
         eprintln!("{started}");
         created = started == cluster::Started::Created;
-        tasks.push(tokio::spawn(publish_to_cluster(
+        member_tasks.push(tokio::spawn(publish_to_cluster(
             h.clone(),
             vec![],
             daemon.subscribe(),
@@ -270,7 +358,7 @@ pub async fn start(cfg: &Config) -> Result<Services, Error> {
                 Some(h) => crate::pool_dns::follow_cluster(svc.zone.clone(), h.clone(), ev),
                 None => ev,
             };
-            tasks.push(tokio::spawn(cluster_to_zone(svc.zone.clone(), member, ev)));
+            member_tasks.push(tokio::spawn(cluster_to_zone(svc.zone.clone(), member, ev)));
         } else {
             svc.zone
                 .set_pool(crate::pool_dns::standalone(&cfg.ike.listen));
@@ -279,7 +367,7 @@ pub async fn start(cfg: &Config) -> Result<Services, Error> {
     }
     if let Some(mut ev) = cluster_events {
         // No DNS here: still drain the cluster's events.
-        tasks.push(tokio::spawn(
+        member_tasks.push(tokio::spawn(
             async move { while ev.recv().await.is_some() {} },
         ));
     }
@@ -287,7 +375,10 @@ pub async fn start(cfg: &Config) -> Result<Services, Error> {
         daemon,
         dataplane,
         dns,
-        cluster: cluster_handle,
+        cluster: std::sync::Mutex::new(cluster_handle.map(|handle| Member {
+            handle,
+            tasks: member_tasks,
+        })),
         tasks,
     })
 }

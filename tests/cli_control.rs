@@ -119,6 +119,9 @@ replication_port = {repl}
 membership_port = {memb}
 [log]
 level = "info" # trailing comment kept too
+# Not an address of this host: `--metrics` must override it or the daemon cannot start.
+[metrics]
+listen = "192.0.2.1:9400"
 "#,
             dir.join("state").display()
         ),
@@ -287,14 +290,15 @@ fn cli_without_a_daemon_says_so() {
     assert!(err.contains("control socket"), "{err}");
 }
 
-/// A daemon on 127.0.0.`m` whose `[service.ipsec-ddns]` is configured but not enabled;
-/// returns (process, its socket, its configuration file, its IKE and NAT-T ports).
+/// A daemon on 127.0.0.`m` whose `[service.ipsec-ddns]` is configured but not enabled,
+/// serving metrics on 127.0.0.`m`:`metrics`; returns (process, its socket, its
+/// configuration file, its IKE and NAT-T ports).
 fn member(
     dir: &Path,
     m: u8,
     secret: &str,
     extra: &str,
-    (repl, memb): (u16, u16),
+    (repl, memb, metrics): (u16, u16, u16),
 ) -> (Proc, PathBuf, PathBuf, (u16, u16)) {
     let (ike, natt) = (udp_port(), udp_port());
     let conf = dir.join(format!("m{m}.toml"));
@@ -316,7 +320,10 @@ domain = "commit.test"
 data_dir = "{}"
 replication_port = {repl}
 membership_port = {memb}
-{extra}"#,
+{extra}
+[metrics]
+listen = "127.0.0.{m}:{metrics}"
+"#,
             dir.join(format!("data{m}")).display()
         ),
     )
@@ -345,7 +352,8 @@ fn commit_starts_joins_and_refuses_the_cluster_in_a_running_daemon() {
     let dir = std::env::temp_dir().join(format!("headend-commit-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let ports = (tcp_port(), tcp_port());
+    let ports = (tcp_port(), tcp_port(), tcp_port());
+    let metrics = |m: u8| format!("127.0.0.{m}:{}", ports.2);
     let secret = "commit-cluster-secret";
 
     // First member: enabling it in the running daemon creates the cluster.
@@ -377,7 +385,7 @@ fn commit_starts_joins_and_refuses_the_cluster_in_a_running_daemon() {
     assert!(shown.contains("127.0.0.1"), "{shown}");
 
     // Second member joins through the first.
-    let (_m2, s2, c2, _) = member(&dir, 2, secret, "", ports);
+    let (mut m2, s2, c2, _) = member(&dir, 2, secret, "", ports);
     ok(&s2, "set service ipsec-ddns peer 127.0.0.1");
     ok(&s2, "set service ipsec-ddns enable");
     let out = ok(&s2, "commit");
@@ -435,13 +443,72 @@ fn commit_starts_joins_and_refuses_the_cluster_in_a_running_daemon() {
     );
     assert_eq!(std::fs::read_to_string(&c4).unwrap(), before);
 
-    // The second member leaves: stopped and saved.
-    ok(&s2, "delete service ipsec-ddns enable");
-    let out = ok(&s2, "commit");
+    // The member started by the commit is the one every view shows: the member column
+    // of `show vpn ipsec sa`, and the cluster series of its metrics (both members).
+    let member_col = |sock: &Path| {
+        let sa = ok(sock, "show vpn ipsec sa");
+        let row = sa
+            .lines()
+            .find(|l| l.contains("SN-77"))
+            .unwrap_or_else(|| panic!("{sa}"));
+        row.split_whitespace().nth(4).unwrap().to_string()
+    };
+    assert_eq!(member_col(&s1), "127.0.0.1");
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = http_get(&metrics(1), "/metrics");
+        if m.contains("headend_cluster_member_up{member=\"127.0.0.1\"} 1")
+            && m.contains("headend_cluster_member_up{member=\"127.0.0.2\"} 1")
+            && m.contains("headend_replication_lag_seconds{member=\"127.0.0.2\"}")
+            && m.contains("headend_cluster_member_records{member=\"127.0.0.1\"} 1")
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < end,
+            "commit-started member not in metrics:\n{m}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // The first member leaves: stopped, saved, and its views follow (its tunnel is
+    // local now, no cluster series).
+    ok(&s1, "delete service ipsec-ddns enable");
+    let out = ok(&s1, "commit");
     assert!(out.contains("Left ipsec-ddns cluster"), "{out}");
-    let (code, _, _) = cli(&s2, "show cluster");
+    let (code, _, _) = cli(&s1, "show cluster");
     assert_eq!(code, 1, "no member runs after leaving");
-    assert!(!std::fs::read_to_string(&c2).unwrap().contains("enable"));
+    assert!(!std::fs::read_to_string(&c1).unwrap().contains("enable"));
+    assert_eq!(member_col(&s1), "local", "member column after leaving");
+    let m = http_get(&metrics(1), "/metrics");
+    assert!(m.contains("\nheadend_tunnels_up 1\n"), "{m}");
+    assert!(!m.contains("headend_cluster_member_up"), "{m}");
+
+    // SIGTERM stops the member a commit started (state on disk), and the daemon exits 0.
+    let pid = m2.0.id().to_string();
+    let st = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(st.success());
+    let end = Instant::now() + Duration::from_secs(10);
+    let code = loop {
+        if let Some(st) = m2.0.try_wait().unwrap() {
+            break st.code();
+        }
+        assert!(
+            Instant::now() < end,
+            "no exit after SIGTERM:\n{}",
+            m2.text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(code, Some(0), "{}", m2.text());
+    let log = m2.text();
+    assert!(
+        log.contains("ipsec-ddns member stopped") && log.contains("127.0.0.2"),
+        "{log}"
+    );
+    assert!(std::fs::read_to_string(&c2)
+        .unwrap()
+        .contains("enable = true"));
     drop(router);
     let _ = std::fs::remove_dir_all(&dir);
 }

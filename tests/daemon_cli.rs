@@ -101,3 +101,24 @@ fn gateway_id_prints_the_sanitized_label() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "weird");
 }
+
+#[test]
+fn check_config_takes_the_metrics_section_and_names_its_mistakes() {
+    let good = "[ike]\nlisten = [\"127.0.0.1\"]\n[psk]\ndefault = \"k\"\n[metrics]\nlisten = \"127.0.0.1:9400\"\n";
+    let (code, out, err) = check(good);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("metrics http://127.0.0.1:9400/metrics"),
+        "{out}"
+    );
+    let (code, _, err) =
+        check("[psk]\ndefault = \"k\"\n\n[metrics]\nlisten = \"localhost-9400\"\n");
+    assert_eq!(code, 2);
+    assert!(
+        err.starts_with("error: F:5: metrics.listen: "),
+        "file, line and key: {err}"
+    );
+    let (code, _, err) = check("[psk]\ndefault = \"k\"\n[metrics]\nport = 9400\n");
+    assert_eq!(code, 2);
+    assert_eq!(err.trim(), "error: F:4: unknown key 'metrics.port'");
+}
