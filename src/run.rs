@@ -214,8 +214,16 @@ impl SaTable {
                 identity,
                 reason,
             } => {
-                tracing::info!(peer = %remote, identity = ?identity.as_ref().map(|i| i.to_string()),
-                    %reason, "negotiation failed");
+                // Fields as on the up/down lines; empty when the peer never said who it is.
+                let (identity, gateway_id) = match identity {
+                    Some(i) => {
+                        let s = i.to_string();
+                        let g = ddns::GatewayId::from_identity(s.as_bytes()).0;
+                        (s, g.as_str().to_string())
+                    }
+                    None => (String::new(), String::new()),
+                };
+                tracing::info!(peer = %remote, %identity, %gateway_id, %reason, "negotiation failed");
                 None
             }
         }

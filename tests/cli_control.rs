@@ -512,3 +512,113 @@ fn commit_starts_joins_and_refuses_the_cluster_in_a_running_daemon() {
     drop(router);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The label `headend gateway-id` prints for an identity.
+fn gateway_id(identity: &str) -> String {
+    let o = Command::new(bin())
+        .args(["gateway-id", "--", identity])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+/// `[log] format = "json"`: one JSON object per line, and the tunnel up, down and failure
+/// lines carry the peer, the identity and the gateway ID as fields of their own.
+#[test]
+fn json_logs_carry_peer_identity_and_gateway_id_on_tunnel_lines() {
+    let dir = std::env::temp_dir().join(format!("headend-jsonlog-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (ike, natt) = (udp_port(), udp_port());
+    let conf = dir.join("headend.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            "[ike]\nlisten = [\"127.0.0.1\"]\nport = {ike}\nnatt_port = {natt}\n[psk]\ndefault = \"json-log-psk\"\n[pool]\nv4 = \"10.96.0.0/24\"\n[log]\nformat = \"json\"\nlevel = \"info\"\n"
+        ),
+    )
+    .unwrap();
+    let he = Proc::spawn(
+        &["run", "--config", conf.to_str().unwrap(), "--no-control"],
+        dir.join("he.log"),
+    );
+    he.wait_for("headend responder listening");
+    let peer = |id: &str, psk: &str| {
+        let pc = dir.join(format!("{id}.toml"));
+        std::fs::write(
+            &pc,
+            format!(
+                "[psk]\ndefault = \"{psk}\"\n[peer]\nlocal_id = \"{id}\"\nheadends = [{{ addr = \"127.0.0.1:{ike}\", natt_port = {natt} }}]\nbind = \"127.0.0.1:0\"\n"
+            ),
+        )
+        .unwrap();
+        Proc::spawn(
+            &["peer", "--config", pc.to_str().unwrap()],
+            dir.join(format!("{id}.log")),
+        )
+    };
+    let good = peer("branch.router-7", "json-log-psk");
+    good.wait_for("up branch.router-7");
+    let bad = peer("rogue.router", "not-the-psk");
+
+    // Every line is a JSON object; find the tunnel lines by message.
+    let find = |msg: &str, id: &str| -> Option<serde_json::Value> {
+        he.text()
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l)
+                    .unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}"))
+            })
+            .find(|v| v["message"] == msg && v["identity"] == id)
+    };
+    let wait = |msg: &str, id: &str| {
+        let end = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(v) = find(msg, id) {
+                return v;
+            }
+            assert!(
+                Instant::now() < end,
+                "no \"{msg}\" for {id}:\n{}",
+                he.text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let up = wait("IKE SA established", "branch.router-7");
+    assert_eq!(
+        up["gateway_id"],
+        gateway_id("branch.router-7").as_str(),
+        "{up}"
+    );
+    assert!(
+        up["peer"].as_str().unwrap().starts_with("127.0.0.1:"),
+        "{up}"
+    );
+    assert_eq!(up["level"], "INFO", "{up}");
+
+    let failed = wait("negotiation failed", "rogue.router");
+    assert_eq!(
+        failed["gateway_id"],
+        gateway_id("rogue.router").as_str(),
+        "{failed}"
+    );
+    assert!(
+        failed["peer"].as_str().unwrap().starts_with("127.0.0.1:"),
+        "{failed}"
+    );
+    assert!(failed["reason"].is_string(), "{failed}");
+    drop(bad);
+
+    // The router leaves (SIGTERM: it deletes its IKE SA): the down line.
+    let st = Command::new("kill")
+        .args(["-TERM", &good.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let down = wait("IKE SA deleted", "branch.router-7");
+    assert_eq!(down["gateway_id"], up["gateway_id"], "{down}");
+    assert_eq!(down["peer"], up["peer"], "{down}");
+    drop(he);
+    let _ = std::fs::remove_dir_all(&dir);
+}
