@@ -28,8 +28,13 @@
 //!
 //! # Policy
 //! After decapsulation the inner packet must match the SA's selectors (source in the
-//! peer's `remote_ts`, destination in our `local_ts`, RFC 4301 5.2), else it is dropped as
-//! `esp_ts_mismatch`. Packets from the TUN device whose destination no SA covers are
+//! peer's `remote_ts`, destination in our `local_ts`, protocol and ports included,
+//! RFC 4301 5.2), else it is dropped as `esp_ts_mismatch`; a non-initial fragment for
+//! selectors with port ranges cannot be checked and is dropped as
+//! `esp_non_initial_fragment` (RFC 4301 7). Outbound, the SA is chosen by destination;
+//! when its selectors narrow protocol or ports, the packet must match them too (same
+//! counters). Ports are TCP/UDP/SCTP/UDP-Lite ports, ICMP type<<8|code for ICMP/ICMPv6
+//! (RFC 4301 4.4.1.1); 0-65535 is ANY, 65535-0 OPAQUE ([`ike::esp::check_inner_selectors`]). Packets from the TUN device whose destination no SA covers are
 //! dropped and counted as `esp_no_route` (no ICMP unreachable is generated). Kernel routes
 //! for the remote selectors are set with `ip route replace ... dev <tun>` (iproute2), never
 //! for a catch-all /0 selector.
@@ -414,6 +419,10 @@ impl DataplaneHandle {
             local: c.local,
             remote: c.remote,
             udp_encap: c.udp_encap,
+            local_ts: c.local_ts.clone(),
+            remote_ts: c.remote_ts.clone(),
+            narrow: ike::esp::selectors_narrow(&c.local_ts)
+                || ike::esp::selectors_narrow(&c.remote_ts),
         };
         Ok((Arc::new(inbound), Arc::new(outbound)))
     }

@@ -30,6 +30,12 @@ pub struct OutboundEntry {
     pub local: SocketAddr,
     pub remote: SocketAddr,
     pub udp_encap: bool,
+    /// Our selectors (allowed inner sources) and the peer's (allowed destinations).
+    pub local_ts: Vec<TrafficSelector>,
+    pub remote_ts: Vec<TrafficSelector>,
+    /// Some selector narrows protocol or ports: packets routed here by destination
+    /// are checked against the whole selectors before encryption (RFC 4301 5.1).
+    pub narrow: bool,
 }
 
 /// One routable selector range.

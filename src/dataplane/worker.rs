@@ -130,6 +130,12 @@ impl Worker {
             self.counters.esp_drop(ike::esp::EspDrop::NoRoute);
             return;
         };
+        if out.narrow {
+            if let Err(d) = ike::esp::check_outbound_selectors(pkt, &out.local_ts, &out.remote_ts) {
+                self.counters.esp_drop(d);
+                return;
+            }
+        }
         match out.sa.encapsulate(buf, HEADROOM, len, nh) {
             Ok(e) => {
                 if let Some(reason) = e.rekey {

@@ -15,6 +15,7 @@
 
 mod replay;
 mod sa;
+mod selectors;
 mod transform;
 
 #[cfg(test)]
@@ -24,6 +25,9 @@ mod tests;
 
 pub use replay::{ReplayWindow, DEFAULT_REPLAY_WINDOW, MAX_REPLAY_WINDOW};
 pub use sa::{Decapsulated, Encapsulated, InboundSa, Lifetimes, OutboundSa, RekeyReason};
+pub use selectors::{
+    check_inner_selectors, check_outbound_selectors, flow_of, selectors_narrow, Flow,
+};
 pub use transform::{CbcCipher, Transform};
 
 use crate::error::ErrorKind;
@@ -106,14 +110,17 @@ pub enum EspDrop {
     NoRoom,
     /// Not an IPv4/IPv6 packet, or no SA routes its destination (data plane).
     NoRoute,
-    /// The decapsulated packet's addresses or protocol lie outside the SA's traffic
-    /// selectors, or its IP version contradicts Next Header (RFC 4301 5.2 step 4).
+    /// The packet's addresses, protocol or ports lie outside the SA's traffic
+    /// selectors, or its IP version contradicts Next Header (RFC 4301 5.1, 5.2 step 4).
     TsMismatch,
+    /// A non-initial fragment for an SA whose selectors name ports: its ports cannot be
+    /// checked, so it is refused (RFC 4301 7; no stateful fragment checking).
+    NonInitialFragment,
 }
 
 impl EspDrop {
     /// All reasons, for counter arrays indexed by `reason as usize`.
-    pub const ALL: [EspDrop; 14] = [
+    pub const ALL: [EspDrop; 15] = [
         EspDrop::Truncated,
         EspDrop::Oversized,
         EspDrop::UnknownSpi,
@@ -128,6 +135,7 @@ impl EspDrop {
         EspDrop::NoRoom,
         EspDrop::NoRoute,
         EspDrop::TsMismatch,
+        EspDrop::NonInitialFragment,
     ];
 
     /// A short stable label for counters.
@@ -147,6 +155,7 @@ impl EspDrop {
             EspDrop::NoRoom => "esp_no_room",
             EspDrop::NoRoute => "esp_no_route",
             EspDrop::TsMismatch => "esp_ts_mismatch",
+            EspDrop::NonInitialFragment => "esp_non_initial_fragment",
         }
     }
 
@@ -165,7 +174,8 @@ impl EspDrop {
             | EspDrop::SeqOverflow
             | EspDrop::LifetimeExpired
             | EspDrop::NoRoom
-            | EspDrop::NoRoute => ErrorKind::Local,
+            | EspDrop::NoRoute
+            | EspDrop::NonInitialFragment => ErrorKind::Local,
         }
     }
 }
@@ -173,52 +183,6 @@ impl EspDrop {
 impl std::fmt::Display for EspDrop {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.label())
-    }
-}
-
-/// Inbound policy check after decapsulation (RFC 4301 5.2 step 4): the inner packet's
-/// IP version must match Next Header, its source must lie in one of the peer's selectors
-/// (`remote_ts`) and its destination in one of ours (`local_ts`); a selector with a
-/// protocol other than 0 also pins the IP protocol (the first Next Header for IPv6).
-/// Ports are not checked. An empty selector list accepts anything.
-pub fn check_inner_selectors(
-    packet: &[u8],
-    next_header: NextHeader,
-    remote_ts: &[crate::event::TrafficSelector],
-    local_ts: &[crate::event::TrafficSelector],
-) -> Result<(), EspDrop> {
-    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-    let (src, dst, proto) = match (next_header, packet.first().map(|b| b >> 4)) {
-        (NextHeader::Ipv4, Some(4)) if packet.len() >= 20 => {
-            let a =
-                |i: usize| Ipv4Addr::new(packet[i], packet[i + 1], packet[i + 2], packet[i + 3]);
-            (IpAddr::V4(a(12)), IpAddr::V4(a(16)), packet[9])
-        }
-        (NextHeader::Ipv6, Some(6)) if packet.len() >= 40 => {
-            let a = |i: usize| {
-                let mut o = [0u8; 16];
-                o.copy_from_slice(&packet[i..i + 16]);
-                Ipv6Addr::from(o)
-            };
-            (IpAddr::V6(a(8)), IpAddr::V6(a(24)), packet[6])
-        }
-        _ => return Err(EspDrop::TsMismatch),
-    };
-    let covers = |list: &[crate::event::TrafficSelector], ip: &IpAddr| {
-        list.is_empty()
-            || list.iter().any(|ts| {
-                (ts.protocol == 0 || ts.protocol == proto)
-                    && match (ts.start, ts.end, ip) {
-                        (IpAddr::V4(a), IpAddr::V4(b), IpAddr::V4(x)) => a <= *x && *x <= b,
-                        (IpAddr::V6(a), IpAddr::V6(b), IpAddr::V6(x)) => a <= *x && *x <= b,
-                        _ => false,
-                    }
-            })
-    };
-    if covers(remote_ts, &src) && covers(local_ts, &dst) {
-        Ok(())
-    } else {
-        Err(EspDrop::TsMismatch)
     }
 }
 

@@ -627,3 +627,282 @@ fn random_garbage_never_panics_and_is_always_a_typed_drop() {
         assert!(decap(&inb, &good).is_ok());
     }
 }
+
+// --- selector ports (RFC 4301 4.4.1.1, 7) ---
+
+mod ports {
+    use super::*;
+    use crate::event::TrafficSelector;
+
+    fn ts(a: &str, b: &str, proto: u8, p0: u16, p1: u16) -> TrafficSelector {
+        TrafficSelector {
+            start: a.parse().unwrap(),
+            end: b.parse().unwrap(),
+            protocol: proto,
+            start_port: p0,
+            end_port: p1,
+        }
+    }
+
+    /// An IPv4 packet 10.100.0.5 -> 10.200.3.4 with a next layer header of `l4`.
+    fn v4(proto: u8, l4: &[u8]) -> Vec<u8> {
+        let mut p = vec![0u8; 20];
+        p[0] = 0x45;
+        let len = (20 + l4.len()) as u16;
+        p[2..4].copy_from_slice(&len.to_be_bytes());
+        p[8] = 64;
+        p[9] = proto;
+        p[12..16].copy_from_slice(&[10, 100, 0, 5]);
+        p[16..20].copy_from_slice(&[10, 200, 3, 4]);
+        p.extend_from_slice(l4);
+        p
+    }
+
+    fn l4(sport: u16, dport: u16) -> Vec<u8> {
+        let mut v = sport.to_be_bytes().to_vec();
+        v.extend_from_slice(&dport.to_be_bytes());
+        v.extend_from_slice(&[0u8; 16]);
+        v
+    }
+
+    /// IPv6 2001:db8::5 -> 2001:db8:1::1, optional extension headers before `l4`.
+    fn v6(ext: &[(u8, Vec<u8>)], proto: u8, l4: &[u8]) -> Vec<u8> {
+        let mut p = vec![0u8; 40];
+        p[0] = 0x60;
+        p[7] = 64;
+        p[8..24].copy_from_slice(
+            &"2001:db8::5"
+                .parse::<std::net::Ipv6Addr>()
+                .unwrap()
+                .octets(),
+        );
+        p[24..40].copy_from_slice(
+            &"2001:db8:1::1"
+                .parse::<std::net::Ipv6Addr>()
+                .unwrap()
+                .octets(),
+        );
+        // Chain: fixed header's Next Header = first ext type, each ext's first octet = next.
+        let mut types: Vec<u8> = ext.iter().map(|(t, _)| *t).collect();
+        types.push(proto);
+        p[6] = types[0];
+        for (i, (_, body)) in ext.iter().enumerate() {
+            let mut b = body.clone();
+            b[0] = types[i + 1];
+            p.extend_from_slice(&b);
+        }
+        p.extend_from_slice(l4);
+        let plen = (p.len() - 40) as u16;
+        p[4..6].copy_from_slice(&plen.to_be_bytes());
+        p
+    }
+
+    #[test]
+    fn tcp_udp_sctp_udplite_ports_in_and_out_of_range() {
+        // The peer may send from ports 1024-65535 to our port 443 only.
+        for proto in [6u8, 17, 132, 136] {
+            let peer = [ts("10.100.0.5", "10.100.0.5", proto, 1024, 65535)];
+            let inside = [ts("10.200.0.0", "10.200.255.255", proto, 443, 443)];
+            let ok = v4(proto, &l4(40000, 443));
+            assert_eq!(
+                check_inner_selectors(&ok, NextHeader::Ipv4, &peer, &inside),
+                Ok(()),
+                "{proto}"
+            );
+            for (s, d) in [(40000, 444), (40000, 442), (1023, 443), (0, 443)] {
+                let bad = v4(proto, &l4(s, d));
+                assert_eq!(
+                    check_inner_selectors(&bad, NextHeader::Ipv4, &peer, &inside),
+                    Err(EspDrop::TsMismatch),
+                    "proto {proto} {s}->{d}"
+                );
+            }
+            // Range edges are inclusive.
+            let edge = v4(proto, &l4(1024, 443));
+            assert_eq!(
+                check_inner_selectors(&edge, NextHeader::Ipv4, &peer, &inside),
+                Ok(())
+            );
+            // Outbound: our source port in local_ts, destination port in remote_ts.
+            let mut out_ok = v4(proto, &l4(443, 40000));
+            out_ok[12..16].copy_from_slice(&[10, 200, 3, 4]);
+            out_ok[16..20].copy_from_slice(&[10, 100, 0, 5]);
+            assert_eq!(check_outbound_selectors(&out_ok, &inside, &peer), Ok(()));
+            let mut out_bad = out_ok.clone();
+            out_bad[20..22].copy_from_slice(&8443u16.to_be_bytes());
+            assert_eq!(
+                check_outbound_selectors(&out_bad, &inside, &peer),
+                Err(EspDrop::TsMismatch)
+            );
+        }
+    }
+
+    #[test]
+    fn a_port_range_for_another_protocol_does_not_admit_the_packet() {
+        let peer = [ts("10.100.0.5", "10.100.0.5", 6, 0, 65535)];
+        let inside = [ts("10.200.0.0", "10.200.255.255", 0, 0, 65535)];
+        // UDP to any port, but the peer's selector is TCP only.
+        let p = v4(17, &l4(5000, 53));
+        assert_eq!(
+            check_inner_selectors(&p, NextHeader::Ipv4, &peer, &inside),
+            Err(EspDrop::TsMismatch)
+        );
+        // One of two selectors is enough, when address, protocol and port all match it.
+        let peer2 = [
+            ts("10.100.0.5", "10.100.0.5", 6, 0, 65535),
+            ts("10.100.0.0", "10.100.0.255", 17, 5000, 5000),
+        ];
+        assert_eq!(
+            check_inner_selectors(&p, NextHeader::Ipv4, &peer2, &inside),
+            Ok(())
+        );
+        let p = v4(17, &l4(5001, 53));
+        assert_eq!(
+            check_inner_selectors(&p, NextHeader::Ipv4, &peer2, &inside),
+            Err(EspDrop::TsMismatch)
+        );
+    }
+
+    #[test]
+    fn icmp_type_and_code_sit_in_the_port_fields() {
+        // Echo request only (type 8, code 0 -> 0x0800), RFC 4301 4.4.1.1.
+        let peer = [ts("10.100.0.5", "10.100.0.5", 1, 0x0800, 0x0800)];
+        let inside = [ts("10.200.0.0", "10.200.255.255", 1, 0, 65535)];
+        let echo = v4(1, &[8, 0, 0, 0, 0, 1, 0, 1]);
+        assert_eq!(
+            check_inner_selectors(&echo, NextHeader::Ipv4, &peer, &inside),
+            Ok(())
+        );
+        let reply = v4(1, &[0, 0, 0, 0, 0, 1, 0, 1]);
+        assert_eq!(
+            check_inner_selectors(&reply, NextHeader::Ipv4, &peer, &inside),
+            Err(EspDrop::TsMismatch)
+        );
+        let unreach = v4(1, &[3, 1, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(
+            check_inner_selectors(&unreach, NextHeader::Ipv4, &peer, &inside),
+            Err(EspDrop::TsMismatch)
+        );
+        // All of type 3 (0x0300-0x03ff).
+        let t3 = [ts("10.100.0.5", "10.100.0.5", 1, 0x0300, 0x03ff)];
+        assert_eq!(
+            check_inner_selectors(&unreach, NextHeader::Ipv4, &t3, &inside),
+            Ok(())
+        );
+        // ICMPv6 echo request (128) behind a Destination Options header.
+        let p6 = [ts("2001:db8::5", "2001:db8::5", 58, 0x8000, 0x80ff)];
+        let i6 = [ts("2001:db8:1::", "2001:db8:1::ffff", 0, 0, 65535)];
+        let echo6 = v6(&[(60, vec![0u8; 8])], 58, &[128, 0, 0, 0, 0, 1, 0, 1]);
+        assert_eq!(
+            check_inner_selectors(&echo6, NextHeader::Ipv6, &p6, &i6),
+            Ok(())
+        );
+        let reply6 = v6(&[(60, vec![0u8; 8])], 58, &[129, 0, 0, 0, 0, 1, 0, 1]);
+        assert_eq!(
+            check_inner_selectors(&reply6, NextHeader::Ipv6, &p6, &i6),
+            Err(EspDrop::TsMismatch)
+        );
+    }
+
+    #[test]
+    fn opaque_any_and_non_initial_fragments() {
+        let inside = [ts("10.200.0.0", "10.200.255.255", 0, 0, 65535)];
+        let web = [ts("10.100.0.5", "10.100.0.5", 6, 80, 80)];
+        let any = [ts("10.100.0.5", "10.100.0.5", 6, 0, 65535)];
+        let opaque = [ts("10.100.0.5", "10.100.0.5", 6, 65535, 0)];
+        let first = v4(6, &l4(80, 40000));
+        // A non-initial fragment: offset 185 (x8 octets), no TCP header in it.
+        let mut frag = v4(6, &[0xaa; 24]);
+        frag[6..8].copy_from_slice(&185u16.to_be_bytes());
+        assert_eq!(
+            check_inner_selectors(&first, NextHeader::Ipv4, &web, &inside),
+            Ok(())
+        );
+        assert_eq!(
+            check_inner_selectors(&frag, NextHeader::Ipv4, &web, &inside),
+            Err(EspDrop::NonInitialFragment)
+        );
+        // ANY matches everything, OPAQUE only what has no ports to show.
+        assert_eq!(
+            check_inner_selectors(&frag, NextHeader::Ipv4, &any, &inside),
+            Ok(())
+        );
+        assert_eq!(
+            check_inner_selectors(&first, NextHeader::Ipv4, &any, &inside),
+            Ok(())
+        );
+        assert_eq!(
+            check_inner_selectors(&frag, NextHeader::Ipv4, &opaque, &inside),
+            Ok(())
+        );
+        assert_eq!(
+            check_inner_selectors(&first, NextHeader::Ipv4, &opaque, &inside),
+            Err(EspDrop::TsMismatch)
+        );
+        // A first fragment (MF set, offset 0) carries its ports and is checked by them.
+        let mut mf = first.clone();
+        mf[6] = 0x20;
+        assert_eq!(
+            check_inner_selectors(&mf, NextHeader::Ipv4, &web, &inside),
+            Ok(())
+        );
+        // A non-initial fragment from the wrong address is a plain mismatch.
+        let mut spoof = frag.clone();
+        spoof[15] = 9;
+        assert_eq!(
+            check_inner_selectors(&spoof, NextHeader::Ipv4, &web, &inside),
+            Err(EspDrop::TsMismatch)
+        );
+        // IPv6: the Fragment header's offset decides, and the protocol is the one after it.
+        let p6 = [ts("2001:db8::5", "2001:db8::5", 17, 53, 53)];
+        let i6 = [ts("2001:db8:1::", "2001:db8:1::ffff", 0, 0, 65535)];
+        let mut fh = vec![0u8; 8];
+        fh[2..4].copy_from_slice(&(100u16 << 3).to_be_bytes());
+        let frag6 = v6(&[(44, fh)], 17, &[0xbb; 16]);
+        assert_eq!(
+            check_inner_selectors(&frag6, NextHeader::Ipv6, &p6, &i6),
+            Err(EspDrop::NonInitialFragment)
+        );
+        let mut fh0 = vec![0u8; 8];
+        fh0[3] = 1; // offset 0, M flag
+        let first6 = v6(&[(44, fh0)], 17, &l4(53, 33000));
+        assert_eq!(
+            check_inner_selectors(&first6, NextHeader::Ipv6, &p6, &i6),
+            Ok(())
+        );
+        let wrong6 = v6(&[], 17, &l4(54, 33000));
+        assert_eq!(
+            check_inner_selectors(&wrong6, NextHeader::Ipv6, &p6, &i6),
+            Err(EspDrop::TsMismatch)
+        );
+    }
+
+    #[test]
+    fn truncated_headers_never_panic() {
+        let peer = [ts("10.100.0.5", "10.100.0.5", 6, 80, 80)];
+        let inside = [ts("10.200.0.0", "10.200.255.255", 0, 0, 65535)];
+        let p = v4(6, &l4(80, 1));
+        for n in 0..p.len() {
+            let _ = check_inner_selectors(&p[..n], NextHeader::Ipv4, &peer, &inside);
+            let _ = check_outbound_selectors(&p[..n], &inside, &peer);
+        }
+        // A TCP header cut before the ports cannot match a port selector.
+        assert_eq!(
+            check_inner_selectors(&p[..22], NextHeader::Ipv4, &peer, &inside),
+            Err(EspDrop::TsMismatch)
+        );
+        // Hop-by-Hop (8 octets) then Routing (Hdr Ext Len 1: 16 octets).
+        let mut rh = vec![0u8; 16];
+        rh[1] = 1;
+        let q = v6(&[(0, vec![0u8; 8]), (43, rh)], 6, &l4(80, 1));
+        let p6 = [ts("2001:db8::5", "2001:db8::5", 6, 80, 80)];
+        let i6 = [ts("2001:db8:1::", "2001:db8:1::ffff", 0, 0, 65535)];
+        assert_eq!(
+            check_inner_selectors(&q, NextHeader::Ipv6, &p6, &i6),
+            Ok(())
+        );
+        for n in 0..q.len() {
+            let _ = check_inner_selectors(&q[..n], NextHeader::Ipv6, &p6, &i6);
+        }
+    }
+}
