@@ -34,14 +34,20 @@
 //! `esp_non_initial_fragment` (RFC 4301 7). Outbound, the SA is chosen by destination;
 //! when its selectors narrow protocol or ports, the packet must match them too (same
 //! counters). Ports are TCP/UDP/SCTP/UDP-Lite ports, ICMP type<<8|code for ICMP/ICMPv6
-//! (RFC 4301 4.4.1.1); 0-65535 is ANY, 65535-0 OPAQUE ([`ike::esp::check_inner_selectors`]). Packets from the TUN device whose destination no SA covers are
-//! dropped and counted as `esp_no_route` (no ICMP unreachable is generated). Kernel routes
-//! for the remote selectors are set with `ip route replace ... dev <tun>` (iproute2), never
+//! (RFC 4301 4.4.1.1); 0-65535 is ANY, 65535-0 OPAQUE ([`ike::esp::check_inner_selectors`]).
+//!
+//! Packets from the TUN device whose destination no SA covers are dropped and counted as
+//! `esp_no_route`, and answered with an ICMP destination unreachable written back into
+//! the TUN device (host unreachable / address unreachable; never for ICMP errors,
+//! non-initial fragments, multicast or broadcast; rate-limited by
+//! `icmp_unreachable_rate` / `icmp_unreachable_burst`; counted as `icmp_unreachable`;
+//! see `icmp.rs`). Kernel routes for the remote selectors are set with `ip route replace ... dev <tun>` (iproute2), never
 //! for a catch-all /0 selector.
 //!
 //! # Limits
 //! The raw ESP socket is IPv4 only; the NAT-T socket speaks the family of `natt_bind`.
 //! A kernel XFRM back end could sit beside this one behind the same handle methods.
+mod icmp;
 pub mod sys;
 pub mod table;
 mod worker;
@@ -92,6 +98,11 @@ pub struct DataplaneConfig {
     pub nat_keepalive_secs: u64,
     /// Route the remote traffic selectors (peers' virtual IPs) to the TUN device.
     pub manage_routes: bool,
+    /// ICMP destination unreachable for TUN packets no SA covers: at most this many per
+    /// second (0 = none, drop silently) in bursts of `icmp_unreachable_burst`, like the
+    /// kernel's `icmp_msgs_per_sec` / `icmp_msgs_burst`.
+    pub icmp_unreachable_rate: u32,
+    pub icmp_unreachable_burst: u32,
 }
 
 impl Default for DataplaneConfig {
@@ -111,6 +122,8 @@ impl Default for DataplaneConfig {
             hard_lifetime_packets: 0,
             nat_keepalive_secs: 20,
             manage_routes: true,
+            icmp_unreachable_rate: 1000,
+            icmp_unreachable_burst: 50,
         }
     }
 }
@@ -163,6 +176,7 @@ pub(crate) struct WorkerCounters {
     rx_reads: AtomicU64,
     tun_reads: AtomicU64,
     tun_writes: AtomicU64,
+    icmp_unreachable: AtomicU64,
     drops: [AtomicU64; DROP_SLOTS],
 }
 
@@ -194,6 +208,9 @@ pub struct Counters {
     pub rx_reads: u64,
     pub tun_reads: u64,
     pub tun_writes: u64,
+    /// ICMP destination unreachable messages written back into the TUN device for
+    /// packets no SA covers (each also counted as an `esp_no_route` drop).
+    pub icmp_unreachable: u64,
     /// Dropped packets by reason label (`esp_replayed`, `esp_integrity`, `io`, ...).
     pub drops: BTreeMap<&'static str, u64>,
     /// Installed inbound SAs.
@@ -330,6 +347,7 @@ impl Dataplane {
                 sock: socks[q].clone(),
                 counters: shared.counters[q * 2].clone(),
                 gso,
+                icmp: icmp_worker(&cfg, queues),
             };
             threads.push(spawn(format!("esp-tx{q}"), move || w.run_encrypt())?);
             let w = worker::Worker {
@@ -338,6 +356,7 @@ impl Dataplane {
                 sock: socks[q].clone(),
                 counters: shared.counters[q * 2 + 1].clone(),
                 gso,
+                icmp: icmp_worker(&cfg, 0),
             };
             threads.push(spawn(format!("esp-rx{q}"), move || w.run_decrypt())?);
         }
@@ -348,6 +367,7 @@ impl Dataplane {
                 sock: raw,
                 counters: shared.counters[queues * 2].clone(),
                 gso: false,
+                icmp: icmp_worker(&cfg, 0),
             };
             threads.push(spawn("esp-raw".into(), move || w.run_raw_decrypt())?);
         }
@@ -370,6 +390,19 @@ impl Dataplane {
             tun_name,
         })
     }
+}
+
+/// An encrypt worker's share of the ICMP error budget (`queues` = 0: a worker that
+/// never sends any).
+fn icmp_worker(cfg: &DataplaneConfig, queues: usize) -> std::cell::RefCell<icmp::Unreachable> {
+    let (rate, burst) = match queues {
+        0 => (0, 1),
+        q => (
+            (cfg.icmp_unreachable_rate as u64).div_ceil(q as u64),
+            (cfg.icmp_unreachable_burst as u64).div_ceil(q as u64),
+        ),
+    };
+    std::cell::RefCell::new(icmp::Unreachable::new(rate, burst))
 }
 
 fn spawn(name: String, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>, Error> {
@@ -521,6 +554,7 @@ impl DataplaneHandle {
             c.rx_reads += w.rx_reads.load(Ordering::Relaxed);
             c.tun_reads += w.tun_reads.load(Ordering::Relaxed);
             c.tun_writes += w.tun_writes.load(Ordering::Relaxed);
+            c.icmp_unreachable += w.icmp_unreachable.load(Ordering::Relaxed);
             for (i, d) in w.drops.iter().enumerate() {
                 drops[i] += d.load(Ordering::Relaxed);
             }

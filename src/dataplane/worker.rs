@@ -26,6 +26,8 @@ pub(super) struct Worker {
     pub sock: Arc<UdpSocket>,
     pub counters: Arc<WorkerCounters>,
     pub gso: bool,
+    /// ICMP unreachable generator (encrypt workers; see `icmp.rs`).
+    pub icmp: std::cell::RefCell<super::icmp::Unreachable>,
 }
 
 fn dst_of(pkt: &[u8]) -> Option<IpAddr> {
@@ -128,6 +130,7 @@ impl Worker {
         };
         let Some(out): Option<&Arc<OutboundEntry>> = tables.route(&dst) else {
             self.counters.esp_drop(ike::esp::EspDrop::NoRoute);
+            self.no_route(pkt);
             return;
         };
         if out.narrow {
@@ -161,6 +164,18 @@ impl Worker {
                 self.counters.esp_drop(d);
             }
             Err(_) => self.counters.count_drop(DROP_IO),
+        }
+    }
+
+    /// ICMP destination unreachable back into the TUN device (rate-limited, `icmp.rs`).
+    #[cold]
+    fn no_route(&self, pkt: &[u8]) {
+        if let Ok(mut icmp) = self.icmp.try_borrow_mut() {
+            if icmp.answer(pkt, &self.tun) == super::icmp::Outcome::Sent {
+                self.counters
+                    .icmp_unreachable
+                    .fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 
