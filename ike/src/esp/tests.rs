@@ -2,9 +2,9 @@
 //!
 //! The vectors here were computed independently with pyca/cryptography (OpenSSL) by
 //! `kat_gen.py` in this directory, not by this code: they cover what no published ESP
-//! vector covers here (ChaCha20-Poly1305, AES-CBC with HMAC-SHA2, our padding and
-//! sequence-number IVs). The published AES-GCM ESP vectors (draft-mcgrew-gcm-test-01)
-//! are in `kat_published.rs`.
+//! vector covers here (AES-CBC with HMAC-SHA2, ESN with our padding and sequence-number
+//! IVs, end to end through `encapsulate`). The published vectors (draft-mcgrew-gcm-test-01
+//! AES-GCM, RFC 7634 Appendix A ChaCha20-Poly1305) are in `kat_published.rs`.
 #![allow(clippy::unwrap_used)]
 
 use zeroize::Zeroizing;
