@@ -1,15 +1,52 @@
 //! The mission in one run (issue 6, "How it is checked", second bullet): three `headend
 //! run` members (data plane, DNS, one ipsec-ddns cluster) on a shared L2 segment, three
-//! strongSwan peers (charon, kernel-libipsec) each with a profile for every member (Connect
-//! One, round-robin, DPD every second), and an inside host resolving through Unbound, which
-//! delegates the gateway domain to the three members with a stub-zone.
+//! strongSwan peers (charon, kernel-libipsec, DPD every second), and an inside host
+//! resolving through Unbound, which delegates the gateway domain to the three members with
+//! a stub-zone.
 //!
 //! The inside host resolves every router's `<gateway-id>.<domain>` and pings its virtual
 //! IP through the tunnel. Then the member serving router 0 is SIGKILLed; router 0
 //! reconnects to another member, and the inside host must resolve its name to the NEW
 //! virtual IP (each member hands out its own /24) and ping it through the new tunnel. The
 //! time from the kill to resolvable-and-reachable is printed (BENCHMARKS.md,
-//! "End-to-end failover").
+//! "End-to-end failover"). Two tests, two ways a router finds the next member:
+//!
+//! - `e2e_member_killed_router_fails_over_...` (Connect One, seed 003 ch. 4): one swanctl
+//!   connection per member, `dpd_action = clear`; once charon has given up, the test
+//!   initiates the next member's connection, as the router's firmware would.
+//! - `e2e_pool_name_...` (seed 003 ch. 3, DNS load balancing): every router has ONE
+//!   connection with `remote_addrs = pool.<domain>`, `dpd_action = restart`, `keyingtries
+//!   = 0`, and resolves through the members' own DNS (a per-namespace resolv.conf naming
+//!   the three members' outside addresses). Charon alone fails over: nothing in the test
+//!   touches the router after the kill.
+//!
+//! # How strongSwan 5.9.8 picks the address it (re)connects to
+//!
+//! Measured on this machine (2026-11-22, two plain charon responders and one charon
+//! initiator in namespaces, `dpd_delay = 2s`, `charon.retransmit_tries = 2`) and read in
+//! strongSwan's source:
+//!
+//! - `remote_addrs = a, b` (all members listed) with `dpd_action = restart`, `keyingtries =
+//!   0`, `close_action = restart`: after the DPD gives up, charon restarts the IKE SA to `a`
+//!   and every further keying try ("peer not responding, trying again (n/0)") goes to `a`
+//!   again, for ever; `b` is never tried. Why: the restart (`reestablish()`) and the
+//!   keying-try retry (`retransmit()`) in libcharon/sa/ike_sa.c both call
+//!   `resolve_hosts()`, which asks `ike_cfg->resolve_other()`; that
+//!   (libcharon/config/ike_cfg.c, `resolve()`) returns the FIRST entry of `remote_addrs`
+//!   that resolves, and an IP literal always resolves. The other entries only match
+//!   incoming IKE SAs (responder side). No charon or swanctl setting changes that, so
+//!   "all members in `remote_addrs`" cannot fail over on 5.9.8.
+//! - `remote_addrs = <name>`: the same `resolve_hosts()` runs the name through
+//!   `getaddrinfo()` again on the DPD restart and on every keying try, and charon takes the
+//!   FIRST address returned. Measured: with a per-namespace /etc/hosts rewritten after the
+//!   kill, the next keying try went to the new address and the CHILD SA came up there.
+//!   With the dead member's address still listed first (two A records), charon retried the
+//!   dead one for ever, like the list. So the name must stop answering a dead member: the
+//!   cluster's pool name does, within `dead_after_ms` (the second test).
+//! - `ip netns exec` bind-mounts /etc/netns/<ns>/resolv.conf (and `hosts`) over /etc, so a
+//!   charon started in a namespace resolves through that namespace's own resolver
+//!   ([`Netns::etc_file`]); glibc re-reads a changed resolv.conf or hosts on the next
+//!   lookup, charon caches nothing.
 //!
 //! Topology, all in namespaces this test creates:
 //!
@@ -19,12 +56,14 @@
 //! ```
 //!
 //! Member `i` hands out 10.90.i.0/24; the inside host routes 10.90.i.0/24 via member `i`'s
-//! inside address (the pool routed towards the members' inside side). Needs root,
-//! strongSwan, Unbound, dig, ping, iproute2; missing tools FAIL.
+//! inside address (the pool routed towards the members' inside side). The members' DNS
+//! answers on both sides (inside for Unbound, outside for the routers' resolver). Needs
+//! root, strongSwan, Unbound, dig, ping, iproute2; missing tools FAIL.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 mod dns_support;
 mod support;
 
+use std::mem::ManuallyDrop;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -47,6 +86,11 @@ fn member_out(i: usize) -> String {
 }
 fn member_in(i: usize) -> String {
     format!("10.60.0.{}", 11 + i)
+}
+/// Member `i`'s cluster address (`self`). On the outside segment for now: the pool name
+/// answers the members' `self` addresses, and the routers must reach what it answers.
+fn member_self(i: usize) -> String {
+    member_out(i)
 }
 fn peer_out(i: usize) -> String {
     format!("10.50.0.{}", 21 + i)
@@ -75,12 +119,13 @@ fn plug(lan: &Netns, br: &str, lan_if: &str, ns: &Netns, ns_if: &str, cidr: &str
 fn member_sections(ctx: &TestCtx, i: usize) -> String {
     let peers: Vec<String> = (0..MEMBERS)
         .filter(|&j| j != i)
-        .map(|j| format!("\"{}\"", member_in(j)))
+        .map(|j| format!("\"{}\"", member_self(j)))
         .collect();
     let mut s = format!(
         "[dataplane]\ntun_name = \"he0\"\nqueues = 1\n\n\
-         [dns]\nlisten = [\"{}\"]\nport = 53\nttl = 1\nnegative_ttl = 1\n",
-        member_in(i)
+         [dns]\nlisten = [\"{}\", \"{}\"]\nport = 53\nttl = 1\nnegative_ttl = 1\n",
+        member_in(i),
+        member_out(i)
     );
     for j in 0..MEMBERS {
         s.push_str(&format!(
@@ -92,7 +137,7 @@ fn member_sections(ctx: &TestCtx, i: usize) -> String {
     s.push_str(&format!(
         "\n[service.ipsec-ddns]\nself = \"{}\"\npeer = [{}]\nsecret = \"{SECRET}\"\n\
          domain = \"{DOMAIN}\"\nenable = true\ndata_dir = \"{}\"\n",
-        member_in(i),
+        member_self(i),
         peers.join(", "),
         ctx.path(&format!("m{i}-data")).display()
     ));
@@ -131,9 +176,13 @@ fn current_sa(c: &Charon) -> Option<IkeSaState> {
     })
 }
 
-/// A peer router: charon with one connection `to<m>` per member, tried in `order`.
+/// A peer router (charon) and how it moves to another member.
 struct Router {
     c: Charon,
+    /// The connection initiated at the start.
+    first_conn: String,
+    /// Connect One profiles (`to<m>`) in the order tried; empty for a pool-name router,
+    /// which charon fails over by itself.
     order: Vec<usize>,
     /// Index into `order` of the profile in use.
     cur: usize,
@@ -141,9 +190,9 @@ struct Router {
 
 impl Router {
     /// Connect One, round-robin: once charon holds no IKE SA at all (DPD gave up and
-    /// cleared it), initiate the next member's profile.
+    /// cleared it), initiate the next member's profile. A pool-name router is left alone.
     fn connect_one(&mut self) {
-        if !self.c.list_sas().is_empty() {
+        if self.order.is_empty() || !self.c.list_sas().is_empty() {
             return;
         }
         self.cur = (self.cur + 1) % self.order.len();
@@ -217,116 +266,300 @@ fn ping(inside: &Netns, ping: &str, vip: Ipv4Addr) -> bool {
         .ok()
 }
 
-#[test]
-fn e2e_member_killed_router_fails_over_and_inside_host_resolves_and_pings_its_new_vip() {
-    let ping_bin = require_tool("ping", "iputils-ping");
-    let ping_bin = ping_bin.to_str().unwrap();
-    require_tool("unbound", "unbound");
-    require_tool("dig", "dnsutils");
-    let t_setup = Instant::now();
-    let ctx = TestCtx::new("e2e-failover");
+/// The namespaces, the running cluster and Unbound on the inside host. Fields drop in
+/// order: Unbound, the members, then the namespaces (routers belong to the test and drop
+/// before this).
+struct World {
+    ub: dns_support::Unbound,
+    dns_inside: ManuallyDrop<dns_support::Netns>,
+    hes: Vec<Option<Headend>>,
+    inside: Netns,
+    peers: Vec<Netns>,
+    _members: Vec<Netns>,
+    _lan: Netns,
+    ping: String,
+    /// Gateway ID of router `i` (from `IDENTITIES[i]`).
+    gw: Vec<String>,
+    t_setup: Instant,
+}
 
-    // --- Network: one namespace holding the two bridges, members, peers, inside host.
-    let lan = Netns::new(&ctx, "lan");
-    for br in ["out", "in"] {
-        lan.ip(&["link", "add", br, "type", "bridge"]);
-        lan.ip(&["link", "set", br, "up"]);
-    }
-    let members: Vec<Netns> = (0..MEMBERS)
-        .map(|i| Netns::new(&ctx, &format!("m{i}")))
-        .collect();
-    let peers: Vec<Netns> = (0..IDENTITIES.len())
-        .map(|i| Netns::new(&ctx, &format!("p{i}")))
-        .collect();
-    let inside = Netns::new(&ctx, "inside");
-    for (i, m) in members.iter().enumerate() {
-        plug(
-            &lan,
-            "out",
-            &format!("o-m{i}"),
-            m,
-            "eth0",
-            &format!("{}/24", member_out(i)),
-        );
+impl World {
+    /// Network, a three-member cluster (member 0 creates it, the others join) and Unbound
+    /// on the inside host with a stub-zone for the domain to the three members.
+    fn start(ctx: &TestCtx) -> World {
+        let ping = require_tool("ping", "iputils-ping");
+        require_tool("unbound", "unbound");
+        require_tool("dig", "dnsutils");
+        let t_setup = Instant::now();
+
+        let lan = Netns::new(ctx, "lan");
+        for br in ["out", "in"] {
+            lan.ip(&["link", "add", br, "type", "bridge"]);
+            lan.ip(&["link", "set", br, "up"]);
+        }
+        let members: Vec<Netns> = (0..MEMBERS)
+            .map(|i| Netns::new(ctx, &format!("m{i}")))
+            .collect();
+        let peers: Vec<Netns> = (0..IDENTITIES.len())
+            .map(|i| Netns::new(ctx, &format!("p{i}")))
+            .collect();
+        let inside = Netns::new(ctx, "inside");
+        for (i, m) in members.iter().enumerate() {
+            plug(
+                &lan,
+                "out",
+                &format!("o-m{i}"),
+                m,
+                "eth0",
+                &format!("{}/24", member_out(i)),
+            );
+            plug(
+                &lan,
+                "in",
+                &format!("i-m{i}"),
+                m,
+                "eth1",
+                &format!("{}/24", member_in(i)),
+            );
+            // Decrypted packets leave the TUN towards the inside host and back.
+            m.sysctl("net.ipv4.ip_forward", "1");
+            m.sysctl("net.ipv4.conf.all.rp_filter", "0");
+            m.sysctl("net.ipv4.conf.default.rp_filter", "0");
+        }
+        for (i, p) in peers.iter().enumerate() {
+            plug(
+                &lan,
+                "out",
+                &format!("o-p{i}"),
+                p,
+                "eth0",
+                &format!("{}/24", peer_out(i)),
+            );
+        }
         plug(
             &lan,
             "in",
-            &format!("i-m{i}"),
-            m,
-            "eth1",
-            &format!("{}/24", member_in(i)),
-        );
-        // Decrypted packets leave the TUN towards the inside host and back.
-        m.sysctl("net.ipv4.ip_forward", "1");
-        m.sysctl("net.ipv4.conf.all.rp_filter", "0");
-        m.sysctl("net.ipv4.conf.default.rp_filter", "0");
-    }
-    for (i, p) in peers.iter().enumerate() {
-        plug(
-            &lan,
-            "out",
-            &format!("o-p{i}"),
-            p,
+            "i-host",
+            &inside,
             "eth0",
-            &format!("{}/24", peer_out(i)),
+            &format!("{INSIDE_HOST}/24"),
         );
-    }
-    plug(
-        &lan,
-        "in",
-        "i-host",
-        &inside,
-        "eth0",
-        &format!("{INSIDE_HOST}/24"),
-    );
-    for i in 0..MEMBERS {
-        inside.ip(&["route", "add", &pool(i), "via", &member_in(i)]);
-    }
+        for i in 0..MEMBERS {
+            inside.ip(&["route", "add", &pool(i), "via", &member_in(i)]);
+        }
 
-    // --- Cluster: member 0 creates it, the others join.
-    let mut hes: Vec<Option<Headend>> = vec![];
-    hes.push(Some(start_member(&ctx, &members[0], 0)));
-    let m0 = hes[0].as_ref().unwrap();
-    wait_member_log(
-        m0,
-        "Creating new ipsec-ddns cluster",
-        Duration::from_secs(15),
-    );
-    for (i, ns) in members.iter().enumerate().skip(1) {
-        hes.push(Some(start_member(&ctx, ns, i)));
-    }
-    for he in hes.iter().skip(1).flatten() {
+        let mut hes: Vec<Option<Headend>> = vec![];
+        hes.push(Some(start_member(ctx, &members[0], 0)));
+        let m0 = hes[0].as_ref().unwrap();
         wait_member_log(
-            he,
-            "Joined existing ipsec-ddns cluster",
+            m0,
+            "Creating new ipsec-ddns cluster",
             Duration::from_secs(15),
         );
-        wait_member_log(he, "synced with the cluster", Duration::from_secs(15));
+        for (i, ns) in members.iter().enumerate().skip(1) {
+            hes.push(Some(start_member(ctx, ns, i)));
+        }
+        for he in hes.iter().skip(1).flatten() {
+            wait_member_log(
+                he,
+                "Joined existing ipsec-ddns cluster",
+                Duration::from_secs(15),
+            );
+            wait_member_log(he, "synced with the cluster", Duration::from_secs(15));
+        }
+
+        // The dns_support helpers want their own Netns type; this one must not delete
+        // the namespace (support's Netns does).
+        let dns_inside = ManuallyDrop::new(dns_support::Netns {
+            name: inside.name.clone(),
+        });
+        let servers: Vec<SocketAddr> = (0..MEMBERS)
+            .map(|i| format!("{}:53", member_in(i)).parse().unwrap())
+            .collect();
+        let ub = dns_support::Unbound::start(
+            &dns_inside,
+            format!("{INSIDE_HOST}:53").parse().unwrap(),
+            DOMAIN,
+            &servers,
+        );
+        let gw = IDENTITIES
+            .iter()
+            .map(|id| ddns::GatewayId::from_identity(id.as_bytes()).0.to_string())
+            .collect();
+        World {
+            ub,
+            dns_inside,
+            hes,
+            inside,
+            peers,
+            _members: members,
+            _lan: lan,
+            ping: ping.to_str().unwrap().to_string(),
+            gw,
+            t_setup,
+        }
     }
 
-    // --- Unbound on the inside host, delegating the domain to the three members.
-    let dns_inside = std::mem::ManuallyDrop::new(dns_support::Netns {
-        name: inside.name.clone(),
-    });
-    let servers: Vec<SocketAddr> = (0..MEMBERS)
-        .map(|i| format!("{}:53", member_in(i)).parse().unwrap())
-        .collect();
-    let ub = dns_support::Unbound::start(
-        &dns_inside,
-        format!("{INSIDE_HOST}:53").parse().unwrap(),
-        DOMAIN,
-        &servers,
-    );
+    fn resolve(&self, i: usize) -> Vec<Ipv4Addr> {
+        resolve(&self.ub, &self.dns_inside, &self.gw[i])
+    }
 
-    // --- Three routers in Connect One (round-robin) mode, the seed's own method (seed 003
+    fn ping(&self, vip: Ipv4Addr) -> bool {
+        ping(&self.inside, &self.ping, vip)
+    }
+
+    fn diag(&self, i: usize, vip: Option<Ipv4Addr>) -> String {
+        diag(&self.ub, &self.inside, &self.ping, &self.gw[i], vip)
+    }
+
+    /// The whole check with the routers up: every router resolvable and reachable, kill
+    /// the member serving router 0, wait until its name resolves to a NEW VIP that answers
+    /// pings (calling [`Router::connect_one`] while waiting), then check where every
+    /// router ended up. Returns the kill-to-resolvable-and-reachable time.
+    fn kill_and_follow(&mut self, routers: &mut [Router], how: &str) -> Duration {
+        // --- Before the failure.
+        let mut vip_before = vec![];
+        let mut served_by = vec![];
+        for (i, r) in routers.iter().enumerate() {
+            let sa = r.c.wait_established(&r.first_conn, Duration::from_secs(15));
+            let vip: Ipv4Addr = sa.local_vips[0].parse().unwrap();
+            let m = (0..MEMBERS)
+                .find(|&m| member_out(m) == sa.remote_host)
+                .unwrap_or_else(|| panic!("router {i} connected to unknown {}", sa.remote_host));
+            assert_eq!(
+                pool_owner(vip),
+                Some(m),
+                "router {i}: VIP {vip} not from member {m}'s pool"
+            );
+            let ok = try_wait_for(Duration::from_secs(15), || {
+                (self.resolve(i) == vec![vip] && self.ping(vip)).then_some(())
+            });
+            assert!(
+                ok.is_some(),
+                "before the kill: {}.{DOMAIN} does not resolve to {vip} and answer pings \
+                 (last answer {:?});\n{}",
+                self.gw[i],
+                self.resolve(i),
+                self.diag(i, Some(vip))
+            );
+            vip_before.push(vip);
+            served_by.push(m);
+        }
+        eprintln!(
+            "{how}: 3 members, 3 routers ({vip_before:?} -> members {served_by:?}), all \
+             resolvable and reachable after {:.1} s",
+            self.t_setup.elapsed().as_secs_f64()
+        );
+
+        // --- SIGKILL the member serving router 0.
+        let victim = served_by[0];
+        let moved: Vec<usize> = (0..routers.len())
+            .filter(|&i| served_by[i] == victim)
+            .collect();
+        let t_kill = Instant::now();
+        self.hes[victim].as_mut().unwrap().proc.kill();
+
+        // Poll (no fixed sleeps): the name answers a VIP other than the old one, and that
+        // VIP answers pings through the new tunnel.
+        let mut last = vec![];
+        let new_vip = try_wait_for(Duration::from_secs(45), || {
+            for &i in &moved {
+                routers[i].connect_one();
+            }
+            let a = self.resolve(0);
+            last = a.clone();
+            match a.as_slice() {
+                [v] if *v != vip_before[0] && self.ping(*v) => Some(*v),
+                _ => None,
+            }
+        });
+        let elapsed = t_kill.elapsed();
+        let Some(new_vip) = new_vip else {
+            panic!(
+                "{how}: after killing member {victim}: {}.{DOMAIN} never became resolvable \
+                 and reachable at a new VIP within 45 s (last answer {last:?}, old VIP {}); \
+                 router 0 SAs: {:?}\n{}",
+                self.gw[0],
+                vip_before[0],
+                routers[0].c.list_sas(),
+                self.diag(0, last.first().copied())
+            );
+        };
+        eprintln!(
+            "E2E FAILOVER ({how}): kill of member {victim} -> {}.{DOMAIN} resolvable at \
+             {new_vip} (was {}) and reachable through the tunnel in {:.2} s",
+            self.gw[0],
+            vip_before[0],
+            elapsed.as_secs_f64()
+        );
+
+        // The name follows the router: the answer is the VIP charon holds now, from a
+        // surviving member's pool, on a tunnel to that member.
+        let sa = current_sa(&routers[0].c).expect("router 0 has a tunnel again");
+        assert_eq!(
+            sa.local_vips[0],
+            new_vip.to_string(),
+            "DNS answer is router 0's VIP"
+        );
+        let new_member = pool_owner(new_vip).expect("new VIP from a member pool");
+        assert_ne!(new_member, victim, "new VIP from the killed member's pool");
+        assert_eq!(
+            sa.remote_host,
+            member_out(new_member),
+            "tunnel to the VIP's member"
+        );
+
+        // Every other router that was on the killed member moved too; the rest never
+        // moved and still resolve and answer.
+        for i in 1..routers.len() {
+            let ok = try_wait_for(Duration::from_secs(30), || {
+                routers[i].connect_one();
+                let sa = current_sa(&routers[i].c)?;
+                let vip: Ipv4Addr = sa.local_vips[0].parse().ok()?;
+                (pool_owner(vip) != Some(victim) && self.resolve(i) == vec![vip] && self.ping(vip))
+                    .then_some(vip)
+            });
+            let vip = ok.unwrap_or_else(|| {
+                panic!(
+                    "{how}: router {i} (member {}) not resolvable and reachable after the \
+                     kill;\n{}",
+                    served_by[i],
+                    self.diag(
+                        i,
+                        current_sa(&routers[i].c).and_then(|s| s.local_vips.first()?.parse().ok())
+                    )
+                )
+            });
+            if !moved.contains(&i) {
+                assert_eq!(
+                    vip, vip_before[i],
+                    "router {i} was not on the killed member"
+                );
+            }
+        }
+        for (i, he) in self.hes.iter_mut().enumerate() {
+            if i != victim {
+                he.as_mut().unwrap().assert_running();
+            }
+        }
+        elapsed
+    }
+}
+
+#[test]
+fn e2e_member_killed_router_fails_over_and_inside_host_resolves_and_pings_its_new_vip() {
+    let ctx = TestCtx::new("e2e-failover");
+    let mut w = World::start(&ctx);
+
+    // Three routers in Connect One (round-robin) mode, the seed's own method (seed 003
     // ch. 4: "Create VPN profiles for each ACM in the cluster ... Connection Method
     // Connect One"): one swanctl connection per member, router i's list starting at
-    // member i (spreads the load), DPD every second. strongSwan 5.9.8 never moves to the
-    // second entry of `remote_addrs` (it re-resolves to the first, dead, address on every
-    // restart: seen in charon's log), so the Connect One choice of the next profile is
-    // made here, as the router's firmware would, once charon has given up on the tunnel.
+    // member i (spreads the load), DPD every second. `remote_addrs` listing every member
+    // would not do: charon 5.9.8 only ever uses its first entry (module doc), so the
+    // Connect One choice of the next profile is made here, as the router's firmware
+    // would, once charon has given up on the tunnel.
     let mut routers = vec![];
-    for (i, p) in peers.iter().enumerate() {
+    for (i, p) in w.peers.iter().enumerate() {
         let c = Charon::start(&ctx, p, &format!("p{i}"));
         ctx.track_log(&c.log);
         let order: Vec<usize> = (0..MEMBERS).map(|k| (i + k) % MEMBERS).collect();
@@ -354,137 +587,64 @@ fn e2e_member_killed_router_fails_over_and_inside_host_resolves_and_pings_its_ne
             },
         );
         c.initiate_ok(&format!("to{i}"));
-        routers.push(Router { c, order, cur: 0 });
-    }
-    let gw: Vec<String> = IDENTITIES
-        .iter()
-        .map(|id| ddns::GatewayId::from_identity(id.as_bytes()).0.to_string())
-        .collect();
-
-    // --- Before the failure: every router resolvable and reachable from the inside host.
-    let mut vip_before = vec![];
-    let mut served_by = vec![];
-    for (i, r) in routers.iter().enumerate() {
-        let sa =
-            r.c.wait_established(&format!("to{i}"), Duration::from_secs(15));
-        let vip: Ipv4Addr = sa.local_vips[0].parse().unwrap();
-        let m = (0..MEMBERS)
-            .find(|&m| member_out(m) == sa.remote_host)
-            .unwrap_or_else(|| panic!("router {i} connected to unknown {}", sa.remote_host));
-        assert_eq!(
-            pool_owner(vip),
-            Some(m),
-            "router {i}: VIP {vip} not from member {m}'s pool"
-        );
-        let ok = try_wait_for(Duration::from_secs(15), || {
-            (resolve(&ub, &dns_inside, &gw[i]) == vec![vip] && ping(&inside, ping_bin, vip))
-                .then_some(())
+        routers.push(Router {
+            c,
+            first_conn: format!("to{i}"),
+            order,
+            cur: 0,
         });
-        assert!(
-            ok.is_some(),
-            "before the kill: {}.{DOMAIN} does not resolve to {vip} and answer pings \
-             (last answer {:?});\n{}",
-            gw[i],
-            resolve(&ub, &dns_inside, &gw[i]),
-            diag(&ub, &inside, ping_bin, &gw[i], Some(vip))
+    }
+    w.kill_and_follow(&mut routers, "Connect One");
+}
+
+#[test]
+fn e2e_pool_name_in_remote_addrs_router_fails_over_by_itself_and_inside_host_resolves_and_pings_its_new_vip(
+) {
+    let ctx = TestCtx::new("e2e-pool-name");
+    let mut w = World::start(&ctx);
+
+    // Each router resolves through the members' own DNS on their outside addresses
+    // (three name servers, the glibc maximum, router i's list starting at member i), a
+    // dead server costing one 1 s timeout per lookup.
+    let pool_name = format!("pool.{DOMAIN}");
+    let mut routers = vec![];
+    for (i, p) in w.peers.iter().enumerate() {
+        let mut resolv: String = (0..MEMBERS)
+            .map(|k| format!("nameserver {}\n", member_out((i + k) % MEMBERS)))
+            .collect();
+        resolv.push_str("options timeout:1 attempts:2\n");
+        p.etc_file("resolv.conf", &resolv);
+        let c = Charon::start(&ctx, p, &format!("p{i}"));
+        ctx.track_log(&c.log);
+        // One connection to the cluster's pool name (seed 003 ch. 3 DNS load balancing),
+        // restarted on DPD and retried without limit: charon re-resolves the name on every
+        // try, and the pool answers only members that are up.
+        let mut conn = Conn::initiator("vpn", &peer_out(i), &pool_name, IDENTITIES[i]);
+        conn.remote_ts = Some(INSIDE_NET.into());
+        conn.dpd_delay = Some("1s".into());
+        conn.dpd_action = Some("restart".into());
+        conn.extra = vec![("keyingtries".into(), "0".into())];
+        c.load(
+            &ctx,
+            &SwanctlConf {
+                conns: vec![conn],
+                pools: vec![],
+                secrets: vec![(vec![], PSK.into())],
+            },
         );
-        vip_before.push(vip);
-        served_by.push(m);
-    }
-    eprintln!(
-        "setup: 3 members, 3 routers ({:?} -> members {served_by:?}), all resolvable and \
-         reachable after {:.1} s",
-        vip_before,
-        t_setup.elapsed().as_secs_f64()
-    );
-
-    // --- SIGKILL the member serving router 0.
-    let victim = served_by[0];
-    let moved: Vec<usize> = (0..routers.len())
-        .filter(|&i| served_by[i] == victim)
-        .collect();
-    let t_kill = Instant::now();
-    hes[victim].as_mut().unwrap().proc.kill();
-
-    // Poll (no fixed sleeps): the name answers a VIP other than the old one, and that VIP
-    // answers pings through the new tunnel.
-    let mut last = vec![];
-    let new_vip = try_wait_for(Duration::from_secs(45), || {
-        for &i in &moved {
-            routers[i].connect_one();
-        }
-        let a = resolve(&ub, &dns_inside, &gw[0]);
-        last = a.clone();
-        match a.as_slice() {
-            [v] if *v != vip_before[0] && ping(&inside, ping_bin, *v) => Some(*v),
-            _ => None,
-        }
-    });
-    let elapsed = t_kill.elapsed();
-    let Some(new_vip) = new_vip else {
-        panic!(
-            "after killing member {victim}: {}.{DOMAIN} never became resolvable and reachable \
-             at a new VIP within 45 s (last answer {last:?}, old VIP {}); router 0 SAs: {:?}\n\
-             {}",
-            gw[0],
-            vip_before[0],
-            routers[0].c.list_sas(),
-            diag(&ub, &inside, ping_bin, &gw[0], last.first().copied())
-        );
-    };
-    eprintln!(
-        "E2E FAILOVER: kill of member {victim} -> {}.{DOMAIN} resolvable at {new_vip} (was {}) \
-         and reachable through the tunnel in {:.2} s",
-        gw[0],
-        vip_before[0],
-        elapsed.as_secs_f64()
-    );
-
-    // The name follows the router: the answer is the VIP charon holds now, from a
-    // surviving member's pool, on a tunnel to that member.
-    let sa = current_sa(&routers[0].c).expect("router 0 has a tunnel again");
-    assert_eq!(
-        sa.local_vips[0],
-        new_vip.to_string(),
-        "DNS answer is router 0's VIP"
-    );
-    let new_member = pool_owner(new_vip).expect("new VIP from a member pool");
-    assert_ne!(new_member, victim, "new VIP from the killed member's pool");
-    assert_eq!(
-        sa.remote_host,
-        member_out(new_member),
-        "tunnel to the VIP's member"
-    );
-
-    // Every other router that was on the killed member moved too; the rest never moved
-    // and still resolve and answer.
-    for i in 1..routers.len() {
-        let ok = try_wait_for(Duration::from_secs(30), || {
-            routers[i].connect_one();
-            let sa = current_sa(&routers[i].c)?;
-            let vip: Ipv4Addr = sa.local_vips[0].parse().ok()?;
-            (pool_owner(vip) != Some(victim)
-                && resolve(&ub, &dns_inside, &gw[i]) == vec![vip]
-                && ping(&inside, ping_bin, vip))
-            .then_some(vip)
+        c.initiate_ok("vpn");
+        routers.push(Router {
+            c,
+            first_conn: "vpn".into(),
+            order: vec![],
+            cur: 0,
         });
-        let vip = ok.unwrap_or_else(|| {
-            panic!(
-                "router {i} (member {}) not resolvable and reachable after the kill",
-                served_by[i]
-            )
-        });
-        if !moved.contains(&i) {
-            assert_eq!(
-                vip, vip_before[i],
-                "router {i} was not on the killed member"
-            );
-        }
     }
-    for (i, he) in hes.iter_mut().enumerate() {
-        if i != victim {
-            he.as_mut().unwrap().assert_running();
-        }
-    }
-    drop(ub);
+    w.kill_and_follow(&mut routers, "pool name");
+    // Charon did it alone: router 0 restarted its one connection after the DPD.
+    assert!(
+        routers[0].c.log_text().contains("restarting CHILD_SA vpn"),
+        "router 0 never restarted on DPD; see {}",
+        routers[0].c.log.display()
+    );
 }

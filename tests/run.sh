@@ -74,6 +74,12 @@ for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep '^het-' || true)
     echo "removed stale namespace $ns"
   fi
 done
+# Per-namespace resolver files (/etc/netns/<ns>/resolv.conf) of those dead runs.
+for d in /etc/netns/het-*; do
+  [ -d "$d" ] || continue
+  pid=${d#/etc/netns/het-}; pid=${pid%%-*}
+  [ -d "/proc/$pid" ] || rm -rf "$d"
+done
 
 # --- 3. Lints (CI keeps main at fmt + clippy -D warnings) ----------------------------
 say "cargo fmt --check and cargo clippy -D warnings"

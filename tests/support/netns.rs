@@ -88,6 +88,17 @@ impl Netns {
             .collect()
     }
 
+    /// Writes `/etc/netns/<ns>/<file>` (e.g. `resolv.conf`, `hosts`): `ip netns exec`
+    /// bind-mounts it over `/etc/<file>` for every process it starts in the namespace, so
+    /// each namespace can have its own resolver. Rewritten in place (same inode), so
+    /// processes already running see the change. Removed with the namespace.
+    pub fn etc_file(&self, file: &str, content: &str) {
+        let dir = std::path::Path::new("/etc/netns").join(&self.name);
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+        let path = dir.join(file);
+        std::fs::write(&path, content).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    }
+
     /// Installs a drop-everything rule for traffic to or from `addr` (cuts a link).
     pub fn nft(&self, script: &str) {
         require_tool("nft", "nftables");
@@ -117,6 +128,7 @@ impl Drop for Netns {
             });
         }
         let _ = run(&["ip", "netns", "del", &self.name], Duration::from_secs(10));
+        let _ = std::fs::remove_dir_all(std::path::Path::new("/etc/netns").join(&self.name));
     }
 }
 
