@@ -116,6 +116,7 @@ mod tests {
             incarnation: 1,
             records,
             is_self: false,
+            info: None,
         }
     }
 

@@ -19,4 +19,4 @@ pub mod tool;
 pub use config::ClusterConfig;
 pub use error::Error;
 pub use net::{Cluster, ClusterHandle, Started, Stats};
-pub use node::{Event, MemberState, MemberStatus, Record};
+pub use node::{Event, MemberInfo, MemberState, MemberStatus, Record};

@@ -27,7 +27,8 @@ use tracing::{debug, info, warn};
 use crate::config::{resolve, ClusterConfig};
 use crate::join::{self, JoinMsg, Refusal};
 use crate::node::{
-    Event, MemberId, MemberStatus, Message, Node, NodeConfig, Record, StoreOp, MAX_MEMBERS,
+    Event, MemberId, MemberInfo, MemberStatus, Message, Node, NodeConfig, Record, StoreOp,
+    MAX_MEMBERS,
 };
 use crate::store::Store;
 use crate::tls::{self, Credentials};
@@ -120,6 +121,7 @@ enum Cmd {
         reply: oneshot::Sender<Result<Record, Error>>,
     },
     Members(oneshot::Sender<Vec<MemberStatus>>),
+    SetInfo(MemberInfo, oneshot::Sender<Result<(), Error>>),
     Own(oneshot::Sender<Vec<Record>>),
     View(oneshot::Sender<BTreeMap<String, Record>>),
     Admit {
@@ -197,6 +199,15 @@ impl ClusterHandle {
     /// `show cluster`: members, state, last seen, records each.
     pub async fn members(&self) -> Result<Vec<MemberStatus>, Error> {
         self.ask(Cmd::Members).await
+    }
+
+    /// Say what this member is (IKE addresses, capacity, counters); shown to every member
+    /// in [`MemberStatus::info`]. Cheap to call every second: replicated only when it
+    /// changed, a change of the counters alone at most every
+    /// [`crate::node::INFO_COUNTERS_INTERVAL_MS`]. Fails on a value over the limits
+    /// ([`MemberInfo::check`]).
+    pub async fn set_member_info(&self, info: MemberInfo) -> Result<(), Error> {
+        self.ask(|r| Cmd::SetInfo(info, r)).await?
     }
 
     /// This member's own up records as stored (after a restart: what it published before,
@@ -1088,6 +1099,9 @@ impl Driver {
             }
             Cmd::Members(r) => {
                 let _ = r.send(self.node.members(now));
+            }
+            Cmd::SetInfo(info, r) => {
+                let _ = r.send(self.node.set_info(info, now));
             }
             Cmd::Own(r) => {
                 let me = self.node.id().clone();

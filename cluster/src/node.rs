@@ -33,6 +33,63 @@ pub const MAX_GATEWAY_ID_LEN: usize = 253;
 pub const MAX_ADDRESSES: usize = 8;
 /// Longest member ID accepted.
 pub const MAX_MEMBER_ID_LEN: usize = 255;
+/// Most IKE addresses in one [`MemberInfo`].
+pub const MAX_INFO_ADDRS: usize = 16;
+/// Most counters in one [`MemberInfo`].
+pub const MAX_INFO_COUNTERS: usize = 256;
+/// Longest counter name in a [`MemberInfo`].
+pub const MAX_COUNTER_NAME_LEN: usize = 128;
+/// A [`MemberInfo`] change that touches only `counters` is replicated at most this often
+/// (the latest value wins); a change of `ike_addrs` or `capacity` goes out at once.
+pub const INFO_COUNTERS_INTERVAL_MS: u64 = 2000;
+
+/// What a member says about itself, replicated with its partition (newest wins, kept on
+/// disk like its records): where peers reach it and how much it takes (the pool name,
+/// seed 003 ch. 3), plus free-form statistics.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberInfo {
+    /// Where peer routers reach this member (its outside, IKE addresses).
+    pub ike_addrs: Vec<IpAddr>,
+    /// Most tunnels this member takes (0: unknown).
+    pub capacity: u32,
+    /// Free-form statistics (name -> value).
+    pub counters: BTreeMap<String, u64>,
+}
+
+impl MemberInfo {
+    /// Within the limits every member enforces on what it receives.
+    pub fn check(&self) -> Result<(), Error> {
+        if self.ike_addrs.len() > MAX_INFO_ADDRS {
+            return Err(Error::Malformed("member info has too many IKE addresses"));
+        }
+        if self.counters.len() > MAX_INFO_COUNTERS {
+            return Err(Error::Malformed("member info has too many counters"));
+        }
+        if self
+            .counters
+            .keys()
+            .any(|k| k.is_empty() || k.len() > MAX_COUNTER_NAME_LEN)
+        {
+            return Err(Error::Malformed("member info counter name length"));
+        }
+        Ok(())
+    }
+
+    /// Same except for the counters.
+    fn same_shape(&self, other: &MemberInfo) -> bool {
+        self.ike_addrs == other.ike_addrs && self.capacity == other.capacity
+    }
+}
+
+/// A member's [`MemberInfo`] with its version in the member's change sequence (info and
+/// records share one sequence, so the digest exchange repairs both).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InfoEntry {
+    /// Position in the owner's change sequence.
+    pub version: u64,
+    /// The info.
+    pub info: MemberInfo,
+}
 
 /// One published name: `<gateway_id>.<domain> -> addresses`, owned by the member that
 /// terminates the tunnel.
@@ -68,6 +125,9 @@ pub struct Partition {
     pub max_version: u64,
     /// Latest entry per gateway ID.
     pub entries: BTreeMap<String, Entry>,
+    /// The member's latest info about itself.
+    #[serde(default)]
+    pub info: Option<InfoEntry>,
 }
 
 /// One line of a digest.
@@ -90,6 +150,9 @@ pub struct PartDelta {
     pub from_version: u64,
     pub to_version: u64,
     pub entries: Vec<Entry>,
+    /// The owner's info when its version is in the range.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub info: Option<InfoEntry>,
 }
 
 /// Replication messages between members.
@@ -140,6 +203,8 @@ pub enum StoreOp {
     },
     /// Forget a member.
     Drop { member: MemberId },
+    /// Replace the info of `member`.
+    Info { member: MemberId, entry: InfoEntry },
 }
 
 /// Liveness of a member.
@@ -160,6 +225,8 @@ pub struct MemberStatus {
     /// Up records in its partition.
     pub records: usize,
     pub is_self: bool,
+    /// What the member last said about itself (`None`: nothing yet).
+    pub info: Option<MemberInfo>,
 }
 
 /// Timing knobs of the core.
@@ -215,6 +282,10 @@ pub struct Node {
     out: VecDeque<(MemberId, Message)>,
     events: VecDeque<Event>,
     store_ops: Vec<StoreOp>,
+    /// Own info set but not yet replicated (a counters-only change waiting its turn).
+    pending_info: Option<MemberInfo>,
+    /// When own info was last replicated.
+    info_sent_at: Option<u64>,
 }
 
 impl Node {
@@ -255,6 +326,8 @@ impl Node {
             out: VecDeque::new(),
             events: VecDeque::new(),
             store_ops: Vec::new(),
+            pending_info: None,
+            info_sent_at: None,
         };
         node.store_ops.push(StoreOp::Meta {
             member: me.clone(),
@@ -372,6 +445,7 @@ impl Node {
             from_version,
             to_version: own.max_version,
             entries: vec![entry.clone()],
+            info: None,
         };
         self.store_ops.push(StoreOp::Put {
             member: me.clone(),
@@ -392,6 +466,77 @@ impl Node {
                 .push_back((m.clone(), Message::Delta(vec![part.clone()])));
         }
         Ok(record)
+    }
+
+    /// Set what this member says about itself. A change of `ike_addrs` or `capacity` is
+    /// pushed to every member at once; a change of the counters alone at most every
+    /// [`INFO_COUNTERS_INTERVAL_MS`] (the latest value then), so calling this every second
+    /// does not flood the links. Nothing is sent when nothing changed.
+    pub fn set_info(&mut self, info: MemberInfo, now_ms: u64) -> Result<(), Error> {
+        info.check()?;
+        self.now = self.now.max(now_ms);
+        let published = self
+            .parts
+            .get(&self.me)
+            .and_then(|p| p.info.as_ref())
+            .map(|e| &e.info);
+        match published {
+            Some(p) if *p == info => {
+                self.pending_info = None;
+            }
+            Some(p) if p.same_shape(&info) && !self.info_due(now_ms) => {
+                self.pending_info = Some(info);
+            }
+            _ => {
+                self.pending_info = None;
+                self.publish_info(info, now_ms);
+            }
+        }
+        Ok(())
+    }
+
+    fn info_due(&self, now_ms: u64) -> bool {
+        self.info_sent_at
+            .is_none_or(|t| now_ms >= t + INFO_COUNTERS_INTERVAL_MS)
+    }
+
+    fn publish_info(&mut self, info: MemberInfo, now_ms: u64) {
+        let me = self.me.clone();
+        let own = self.parts.entry(me.clone()).or_default();
+        let from_version = own.max_version;
+        own.max_version += 1;
+        let entry = InfoEntry {
+            version: own.max_version,
+            info,
+        };
+        own.info = Some(entry.clone());
+        let part = PartDelta {
+            member: me.clone(),
+            incarnation: own.incarnation,
+            heartbeat: self.heartbeat,
+            from_version,
+            to_version: own.max_version,
+            entries: Vec::new(),
+            info: Some(entry.clone()),
+        };
+        self.store_ops.push(StoreOp::Info {
+            member: me.clone(),
+            entry,
+        });
+        self.store_ops.push(StoreOp::Meta {
+            member: me,
+            incarnation: part.incarnation,
+            max_version: part.to_version,
+        });
+        self.info_sent_at = Some(now_ms);
+        for m in self.live.keys() {
+            self.sent.insert(
+                (m.clone(), self.me.clone()),
+                (part.incarnation, part.to_version, self.now),
+            );
+            self.out
+                .push_back((m.clone(), Message::Delta(vec![part.clone()])));
+        }
     }
 
     /// Announce that this member leaves the cluster.
@@ -557,6 +702,11 @@ impl Node {
                 to_version = entries.last().map_or(from_version, |e| e.version);
             }
             budget -= entries.len();
+            let info = p
+                .info
+                .as_ref()
+                .filter(|i| i.version > from_version && i.version <= to_version)
+                .cloned();
             sent.push((m.clone(), p.incarnation, to_version));
             parts.push(PartDelta {
                 member: m.clone(),
@@ -565,6 +715,7 @@ impl Node {
                 from_version,
                 to_version,
                 entries,
+                info,
             });
         }
         for (m, inc, v) in sent {
@@ -616,6 +767,12 @@ impl Node {
                     return Err(Error::Malformed("delta entry outside its partition"));
                 }
             }
+            if let Some(i) = &pd.info {
+                if i.version <= pd.from_version || i.version > pd.to_version {
+                    return Err(Error::Malformed("delta member info outside its partition"));
+                }
+                i.info.check()?;
+            }
         }
         for pd in parts {
             if pd.member == self.me {
@@ -636,6 +793,7 @@ impl Node {
                 p.entries.clear();
                 p.incarnation = pd.incarnation;
                 p.max_version = pd.to_version;
+                p.info = pd.info;
                 for e in pd.entries {
                     self.hlc.observe(e.record.stamp, wall_ms);
                     touched.insert(e.record.gateway_id.clone());
@@ -661,6 +819,13 @@ impl Node {
                         entry: e.clone(),
                     });
                     p.entries.insert(e.record.gateway_id.clone(), e);
+                }
+                if let Some(i) = pd.info.filter(|i| i.version > known) {
+                    self.store_ops.push(StoreOp::Info {
+                        member: pd.member.clone(),
+                        entry: i.clone(),
+                    });
+                    p.info = Some(i);
                 }
                 p.max_version = pd.to_version;
                 self.store_ops.push(StoreOp::Meta {
@@ -744,6 +909,11 @@ impl Node {
     /// Heartbeat, digest exchange and failure detection; call at [`Node::next_deadline`].
     pub fn tick(&mut self, now_ms: u64) {
         self.now = self.now.max(now_ms);
+        if self.pending_info.is_some() && self.info_due(now_ms) {
+            if let Some(info) = self.pending_info.take() {
+                self.publish_info(info, now_ms);
+            }
+        }
         if now_ms >= self.next_gossip {
             self.heartbeat += 1;
             for (m, p) in &self.parts {
@@ -794,6 +964,11 @@ impl Node {
     /// When [`Node::tick`] must next run.
     pub fn next_deadline(&self) -> u64 {
         let mut d = self.next_gossip;
+        if self.pending_info.is_some() {
+            if let Some(t) = self.info_sent_at {
+                d = d.min(t + INFO_COUNTERS_INTERVAL_MS);
+            }
+        }
         for l in self.live.values() {
             if l.up {
                 if let Some(t) = l.last_seen {
@@ -857,6 +1032,12 @@ impl Node {
                     incarnation: p.incarnation,
                     records: p.entries.values().filter(|e| e.record.up).count(),
                     is_self,
+                    info: if is_self {
+                        self.pending_info.clone()
+                    } else {
+                        None
+                    }
+                    .or_else(|| p.info.as_ref().map(|e| e.info.clone())),
                 }
             })
             .collect()
@@ -985,6 +1166,59 @@ mod tests {
         assert!(saw_down);
     }
 
+    fn info(cap: u32, n: u64) -> MemberInfo {
+        MemberInfo {
+            ike_addrs: vec![ip("192.0.2.1")],
+            capacity: cap,
+            counters: [("tunnels_up".to_string(), n)].into_iter().collect(),
+        }
+    }
+
+    fn info_of(n: &Node, m: &str) -> Option<MemberInfo> {
+        n.members(0)
+            .into_iter()
+            .find(|s| s.member == m)
+            .and_then(|s| s.info)
+    }
+
+    #[test]
+    fn member_info_replicates_and_counters_are_coalesced() {
+        let mut n = three();
+        for x in n.iter_mut() {
+            x.tick(0);
+        }
+        pump(&mut n, 0);
+        n[0].set_info(info(10, 1), 0).unwrap();
+        pump(&mut n, 0);
+        assert_eq!(info_of(&n[1], "a"), Some(info(10, 1)));
+        // Counters only, 100 ms later: held back, the latest value wins.
+        n[0].set_info(info(10, 2), 100).unwrap();
+        n[0].set_info(info(10, 3), 200).unwrap();
+        pump(&mut n, 200);
+        assert_eq!(info_of(&n[1], "a"), Some(info(10, 1)));
+        assert_eq!(
+            info_of(&n[0], "a"),
+            Some(info(10, 3)),
+            "shown locally at once"
+        );
+        // Capacity changed: out at once.
+        n[0].set_info(info(20, 4), 300).unwrap();
+        pump(&mut n, 300);
+        assert_eq!(info_of(&n[2], "a"), Some(info(20, 4)));
+        n[0].set_info(info(20, 5), 400).unwrap();
+        assert!(n[0].next_deadline() <= 300 + INFO_COUNTERS_INTERVAL_MS);
+        n[0].tick(300 + INFO_COUNTERS_INTERVAL_MS);
+        pump(&mut n, 300 + INFO_COUNTERS_INTERVAL_MS);
+        assert_eq!(info_of(&n[1], "a"), Some(info(20, 5)));
+        // The same info again sends nothing.
+        n[0].set_info(info(20, 5), 10_000).unwrap();
+        assert!(n[0].poll_transmit().is_none());
+        // Over the limits: refused.
+        let mut big = info(1, 1);
+        big.ike_addrs = vec![ip("192.0.2.9"); MAX_INFO_ADDRS + 1];
+        assert!(n[0].set_info(big, 10_000).is_err());
+    }
+
     #[test]
     fn hostile_deltas_are_rejected() {
         let mut n = three();
@@ -994,6 +1228,7 @@ mod tests {
             heartbeat: 1,
             from_version: 0,
             to_version: 1,
+            info: None,
             entries: vec![Entry {
                 version: 1,
                 record: Record {

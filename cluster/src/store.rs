@@ -6,7 +6,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::node::{Entry, MemberId, Partition, Snapshot, StoreOp};
+use crate::node::{Entry, InfoEntry, MemberId, Partition, Snapshot, StoreOp};
 use crate::Error;
 
 const INCARNATION_KEY: &[u8] = b"i";
@@ -36,6 +36,12 @@ fn entry_prefix(member: &str) -> Vec<u8> {
     let mut k = b"e\0".to_vec();
     k.extend_from_slice(member.as_bytes());
     k.push(0);
+    k
+}
+
+fn info_key(member: &str) -> Vec<u8> {
+    let mut k = b"n\0".to_vec();
+    k.extend_from_slice(member.as_bytes());
     k
 }
 
@@ -96,6 +102,12 @@ impl Store {
                 .entries
                 .insert(e.record.gateway_id.clone(), e);
         }
+        for kv in self.db.scan_prefix(b"n\0") {
+            let (k, v) = kv?;
+            let member = String::from_utf8_lossy(&k[2..]).into_owned();
+            let e: InfoEntry = serde_json::from_slice(&v)?;
+            snap.partitions.entry(member).or_default().info = Some(e);
+        }
         Ok(snap)
     }
 
@@ -134,11 +146,19 @@ impl Store {
                         meta_key(member),
                         meta_bytes(partition.incarnation, partition.max_version)?,
                     );
+                    match &partition.info {
+                        Some(i) => batch.insert(info_key(member), serde_json::to_vec(i)?),
+                        None => batch.remove(info_key(member)),
+                    }
+                }
+                StoreOp::Info { member, entry } => {
+                    batch.insert(info_key(member), serde_json::to_vec(entry)?);
                 }
                 StoreOp::Drop { member } => {
                     self.db.apply_batch(std::mem::take(&mut batch))?;
                     self.remove_entries(&mut batch, member)?;
                     batch.remove(meta_key(member));
+                    batch.remove(info_key(member));
                 }
             }
         }

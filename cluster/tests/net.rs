@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use cluster::net::join_cluster;
 use cluster::node::{Entry, Message, PartDelta};
-use cluster::{Cluster, ClusterConfig, ClusterHandle, Error, Event, MemberState, Record, Started};
+use cluster::{
+    Cluster, ClusterConfig, ClusterHandle, Error, Event, MemberInfo, MemberState, Record, Started,
+};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
@@ -138,6 +140,28 @@ async fn three_members_create_join_replicate_and_withdraw_a_dead_member() {
     assert_eq!(ms.len(), 3);
     assert!(ms.iter().all(|m| m.state == MemberState::Up), "{ms:?}");
 
+    // c says where routers reach it and what it takes: every member sees it.
+    let info = MemberInfo {
+        ike_addrs: vec![ip("192.0.2.3")],
+        capacity: 500,
+        counters: [("tunnels_up".to_string(), 1)].into_iter().collect(),
+    };
+    c.set_member_info(info.clone()).await.expect("info");
+    for h in [&a, &b] {
+        let t = Instant::now();
+        loop {
+            let ms = h.members().await.expect("members");
+            if ms
+                .iter()
+                .any(|m| m.member == ids[2] && m.info.as_ref() == Some(&info))
+            {
+                break;
+            }
+            assert!(t.elapsed() < Duration::from_secs(10), "{ms:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     // c stops answering: within dead_after its records are withdrawn by a and b.
     c.shutdown().await.expect("shutdown");
     for h in [&a, &b] {
@@ -160,6 +184,13 @@ async fn three_members_create_join_replicate_and_withdraw_a_dead_member() {
     let own = c.own_records().await.expect("own");
     assert_eq!(own.len(), 1);
     assert_eq!(own[0].gateway_id, "branch-3");
+    // ... and what it said about itself.
+    let me = c.members().await.expect("members");
+    assert!(
+        me.iter()
+            .any(|m| m.is_self && m.info.as_ref() == Some(&info)),
+        "{me:?}"
+    );
     for h in [&a, &b, &c] {
         wait_for(h, |v| v.contains_key("branch-3") && v.len() == 2, "c back").await;
     }
@@ -354,6 +385,7 @@ fn delta(member: &str, version: u64, g: &str) -> Message {
         heartbeat: version,
         from_version: version - 1,
         to_version: version,
+        info: None,
         entries: vec![Entry {
             version,
             record: Record {

@@ -7,7 +7,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use cluster::node::{
-    Event, MemberId, Message, Node, NodeConfig, Partition, Record, Snapshot, StoreOp,
+    Event, MemberId, MemberInfo, Message, Node, NodeConfig, Partition, Record, Snapshot, StoreOp,
+    INFO_COUNTERS_INTERVAL_MS,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -49,6 +50,9 @@ impl Disk {
                 StoreOp::Drop { member } => {
                     self.parts.remove(&member);
                 }
+                StoreOp::Info { member, entry } => {
+                    self.parts.entry(member).or_default().info = Some(entry);
+                }
             }
         }
     }
@@ -62,6 +66,12 @@ struct Member {
     /// The view as rebuilt from RecordChanged events only (what the DNS server would hold).
     shadow: BTreeMap<String, Record>,
     crashed_at: Option<u64>,
+    /// The info this member was last told to say about itself.
+    info: Option<MemberInfo>,
+    /// Changes of `ike_addrs`/`capacity` it was told (each may go out at once).
+    info_shape_changes: u64,
+    /// Deltas carrying its own info that it sent (per destination, counted once per change).
+    info_sends: u64,
 }
 
 struct InFlight {
@@ -111,6 +121,9 @@ impl Sim {
                 skew_ms: rng.gen_range(-20_000..20_000),
                 shadow: BTreeMap::new(),
                 crashed_at: None,
+                info: None,
+                info_shape_changes: 0,
+                info_sends: 0,
             });
         }
         Self {
@@ -167,6 +180,18 @@ impl Sim {
                 }
             }
         }
+        let me = self.members[i].id.clone();
+        let own_info_versions: BTreeSet<u64> = out
+            .iter()
+            .filter_map(|(_, msg)| match msg {
+                Message::Delta(parts) => Some(parts),
+                _ => None,
+            })
+            .flatten()
+            .filter(|p| p.member == me && p.entries.is_empty())
+            .filter_map(|p| p.info.as_ref().map(|i| i.version))
+            .collect();
+        self.members[i].info_sends += own_info_versions.len() as u64;
         for (to, msg) in out {
             let Some(j) = self.members.iter().position(|m| m.id == to) else {
                 continue;
@@ -247,6 +272,43 @@ impl Sim {
             }
         }
         self.drain(i);
+    }
+
+    /// Member `i` states its info: counters change at every call, capacity sometimes.
+    fn set_info(&mut self, i: usize) {
+        let now = self.now;
+        let mut info = self.members[i].info.clone().unwrap_or_else(|| MemberInfo {
+            ike_addrs: vec![format!("192.0.2.{}", i + 1).parse().expect("literal")],
+            capacity: 100,
+            counters: BTreeMap::new(),
+        });
+        if self.rng.gen_bool(0.02) {
+            info.capacity = self.rng.gen_range(0..1000);
+            self.members[i].info_shape_changes += 1;
+        }
+        info.counters.insert("now_ms".into(), now);
+        let n: u64 = self.rng.gen();
+        info.counters.insert("random".into(), n);
+        let Some(node) = self.members[i].node.as_mut() else {
+            return;
+        };
+        node.set_info(info.clone(), now)
+            .expect("info within limits");
+        self.members[i].info = Some(info);
+        self.drain(i);
+    }
+
+    /// Whether every member sees every other member's latest info.
+    fn infos_converged(&self) -> bool {
+        self.members.iter().all(|m| {
+            let Some(node) = &m.node else { return false };
+            node.members(self.now).iter().all(|s| {
+                let Some(owner) = self.members.iter().find(|o| o.id == s.member) else {
+                    return false;
+                };
+                s.info == owner.info
+            })
+        })
     }
 
     fn crash(&mut self, i: usize) {
@@ -356,6 +418,22 @@ fn run(seed: u64) {
         if sim.now.is_multiple_of(50) {
             sim.check_down_members_not_answered();
         }
+        if sim.now.is_multiple_of(250) {
+            for i in 0..n {
+                sim.set_info(i);
+            }
+        }
+    }
+    // Counters-only changes are coalesced: about one replication per interval, whatever
+    // the call rate (restarts may send the stored info once more).
+    for m in &sim.members {
+        let bound = chaos_until / INFO_COUNTERS_INTERVAL_MS + m.info_shape_changes + 10;
+        assert!(
+            m.info_sends <= bound,
+            "seed {seed}: {} replicated its info {} times (bound {bound})",
+            m.id,
+            m.info_sends
+        );
     }
     // Heal: everyone back, no loss, one network; publish nothing more.
     sim.group.iter_mut().for_each(|g| *g = 0);
@@ -364,6 +442,9 @@ fn run(seed: u64) {
         if sim.members[i].node.is_none() {
             sim.restart(i);
         }
+    }
+    for i in 0..n {
+        sim.set_info(i);
     }
     let healed_at = sim.now;
     let expected = sim.expected();
@@ -377,7 +458,7 @@ fn run(seed: u64) {
             m.node
                 .as_ref()
                 .is_some_and(|node| *node.view() == expected && m.shadow == expected)
-        });
+        }) && sim.infos_converged();
         if all_equal && converged_at.is_none() {
             converged_at = Some(sim.now);
         }

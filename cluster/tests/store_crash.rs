@@ -187,6 +187,31 @@ fn replace_and_drop_are_persisted() {
         .expect("replace");
     store.flush().expect("flush");
     assert_eq!(store.load().expect("load").partitions.get("b"), Some(&p));
+    // A member's info is kept like its records, replaced with its partition, dropped with it.
+    let info = cluster::node::InfoEntry {
+        version: 2,
+        info: cluster::MemberInfo {
+            ike_addrs: vec!["192.0.2.7".parse().expect("literal")],
+            capacity: 50,
+            counters: [("tunnels_up".to_string(), 3)].into_iter().collect(),
+        },
+    };
+    store
+        .apply(&[StoreOp::Info {
+            member: "b".into(),
+            entry: info.clone(),
+        }])
+        .expect("info");
+    let loaded = store.load().expect("load");
+    assert_eq!(loaded.partitions["b"].info, Some(info));
+    assert_eq!(loaded.partitions["b"].entries, p.entries);
+    store
+        .apply(&[StoreOp::Replace {
+            member: "b".into(),
+            partition: p.clone(),
+        }])
+        .expect("replace");
+    assert_eq!(store.load().expect("load").partitions["b"].info, None);
     store
         .apply(&[StoreOp::Drop { member: "b".into() }])
         .expect("drop");
