@@ -16,10 +16,18 @@
 //! [dns.soa]
 //! rname = "hostmaster.vpn.example.com"
 //! refresh = 3600
+//! [[dns.tsig_key]]                 # RFC 8945 shared secret
+//! name = "xfr-key"
+//! algorithm = "hmac-sha256"        # or hmac-sha384, hmac-sha512
+//! secret = "base64..."
+//! [[dns.secondary]]                # may AXFR/IXFR with the key; gets NOTIFY
+//! address = "192.0.2.53:53"
+//! tsig_key = "xfr-key"
 //! ```
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
+use serde::de::{self, Deserializer};
 use serde::Deserialize;
 
 /// Configuration of the authoritative DNS server (`[dns]`).
@@ -61,6 +69,94 @@ pub struct DnsConfig {
     pub edns_udp_size: u16,
     /// Idle timeout of a TCP connection, seconds (RFC 7766 section 6.2.3).
     pub tcp_timeout_secs: u64,
+    /// TSIG keys (RFC 8945) for zone transfers and NOTIFY (`[[dns.tsig_key]]`).
+    pub tsig_key: Vec<TsigKeyConfig>,
+    /// Secondary servers (`[[dns.secondary]]`): each may transfer the zone (AXFR/IXFR
+    /// over TCP, from its address, signed with its key) and is sent NOTIFY on change.
+    pub secondary: Vec<SecondaryConfig>,
+}
+
+/// One TSIG key (`[[dns.tsig_key]]`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TsigKeyConfig {
+    /// Key name, as the secondary knows it (a domain name, e.g. `xfr-key`).
+    pub name: String,
+    /// HMAC algorithm (RFC 8945 section 6): `hmac-sha256` (default), `hmac-sha384`,
+    /// `hmac-sha512`.
+    #[serde(default)]
+    pub algorithm: TsigAlgorithmName,
+    /// The shared secret, base64 (as `tsig-keygen` / `keymgr -t` print it).
+    pub secret: TsigSecret,
+}
+
+/// TSIG algorithms we sign and verify with (RFC 8945 section 6).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum TsigAlgorithmName {
+    /// HMAC-SHA256 (mandatory to implement).
+    #[default]
+    #[serde(rename = "hmac-sha256")]
+    HmacSha256,
+    /// HMAC-SHA384.
+    #[serde(rename = "hmac-sha384")]
+    HmacSha384,
+    /// HMAC-SHA512.
+    #[serde(rename = "hmac-sha512")]
+    HmacSha512,
+}
+
+/// A TSIG secret, decoded from base64 while the configuration is read.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TsigSecret(pub Vec<u8>);
+
+impl std::fmt::Debug for TsigSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TsigSecret({} octets)", self.0.len())
+    }
+}
+
+impl<'de> Deserialize<'de> for TsigSecret {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let bytes = data_encoding::BASE64
+            .decode(s.trim().as_bytes())
+            .map_err(|e| de::Error::custom(format!("invalid base64 secret: {e}")))?;
+        if bytes.is_empty() {
+            return Err(de::Error::custom("empty secret"));
+        }
+        Ok(TsigSecret(bytes))
+    }
+}
+
+/// One secondary server (`[[dns.secondary]]`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecondaryConfig {
+    /// Where NOTIFY goes, `ip:port` or `ip` (port 53). Transfers are allowed from this IP.
+    pub address: SecondaryAddr,
+    /// Name of the `[[dns.tsig_key]]` its transfers and our NOTIFYs are signed with.
+    pub tsig_key: String,
+    /// Send NOTIFY on change (RFC 1996); false: transfers only.
+    #[serde(default = "yes")]
+    pub notify: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `ip:port` or a bare `ip` (port 53).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SecondaryAddr(pub SocketAddr);
+
+impl<'de> Deserialize<'de> for SecondaryAddr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse::<SocketAddr>()
+            .or_else(|_| s.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+            .map(SecondaryAddr)
+            .map_err(|_| de::Error::custom(format!("invalid address \"{s}\" (want ip or ip:port)")))
+    }
 }
 
 /// One name server of the zone.
@@ -110,6 +206,8 @@ impl Default for DnsConfig {
             udp_sockets: 0,
             edns_udp_size: 1232,
             tcp_timeout_secs: 10,
+            tsig_key: Vec::new(),
+            secondary: Vec::new(),
         }
     }
 }
@@ -176,6 +274,45 @@ mod tests {
         assert_eq!(c.soa.retry, 60);
         assert_eq!(c.soa.refresh, 3600);
         assert_eq!(c.effective_udp_sockets(), 3);
+    }
+
+    #[test]
+    fn transfer_keys_parse_and_bad_values_are_rejected() {
+        let c: DnsConfig = toml::from_str(
+            r#"
+            [[tsig_key]]
+            name = "xfr-key"
+            secret = "c2VjcmV0LXNlY3JldA=="
+            [[tsig_key]]
+            name = "k2"
+            algorithm = "hmac-sha512"
+            secret = "AAEC"
+            [[secondary]]
+            address = "192.0.2.53"
+            tsig_key = "xfr-key"
+            [[secondary]]
+            address = "[2001:db8::53]:5353"
+            tsig_key = "k2"
+            notify = false
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.tsig_key[0].secret.0, b"secret-secret");
+        assert_eq!(c.tsig_key[0].algorithm, TsigAlgorithmName::HmacSha256);
+        assert_eq!(c.tsig_key[1].algorithm, TsigAlgorithmName::HmacSha512);
+        assert_eq!(c.secondary[0].address.0, "192.0.2.53:53".parse().unwrap());
+        assert!(c.secondary[0].notify);
+        assert_eq!(c.secondary[1].address.0.port(), 5353);
+        assert!(!c.secondary[1].notify);
+        for bad in [
+            "[[tsig_key]]\nname = \"k\"\nsecret = \"not base64!\"",
+            "[[tsig_key]]\nname = \"k\"\nsecret = \"\"",
+            "[[tsig_key]]\nname = \"k\"\nalgorithm = \"hmac-md5\"\nsecret = \"AAEC\"",
+            "[[secondary]]\naddress = \"ns2.example\"\ntsig_key = \"k\"",
+            "[[secondary]]\naddress = \"192.0.2.1\"",
+        ] {
+            assert!(toml::from_str::<DnsConfig>(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

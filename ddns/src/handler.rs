@@ -238,6 +238,7 @@ pub struct DnsHandler {
     edns_size: u16,
     counters: Arc<Counters>,
     tcp_shard: Arc<Shard>,
+    xfr: Arc<crate::xfr::Transfer>,
 }
 
 impl DnsHandler {
@@ -250,7 +251,58 @@ impl DnsHandler {
             edns_size: edns_size.max(512),
             counters,
             tcp_shard,
+            xfr: Arc::default(),
         }
+    }
+
+    /// Serve zone transfers and signed queries with these keys and secondaries (without
+    /// it every transfer is REFUSED and every TSIG is BADKEY).
+    pub fn with_transfer(mut self, xfr: Arc<crate::xfr::Transfer>) -> DnsHandler {
+        self.xfr = xfr;
+        self
+    }
+
+    /// Transfer keys, secondaries and counters.
+    pub fn transfer(&self) -> &Arc<crate::xfr::Transfer> {
+        &self.xfr
+    }
+
+    /// A zone transfer or a signed message, answered with one message (the first of a
+    /// transfer over TCP: the TCP server sends them all through [`RequestHandler`]).
+    fn handle_xfr(
+        &self,
+        req: &MessageRequest,
+        query: &[u8],
+        src: SocketAddr,
+        tcp: bool,
+        shard: &Shard,
+        out: &mut Vec<u8>,
+    ) -> bool {
+        let snap = self.zone.guard();
+        let a = self.xfr.answer(&snap, req, query, src, tcp, self.edns_size);
+        let max = if tcp {
+            u16::MAX
+        } else {
+            match &req.edns {
+                Some(e) => e.max_payload().clamp(512, self.edns_size),
+                None => 512,
+            }
+        };
+        match a.msgs.first() {
+            Some(m)
+                if matches!(
+                    crate::xfr::encode(req, m, a.edns.as_ref(), max, out),
+                    Ok(false)
+                ) =>
+            {
+                shard.count(a.outcome, tcp, false);
+            }
+            _ => {
+                header_only_error(query, 2, out);
+                shard.count(Outcome::ServFail, tcp, false);
+            }
+        }
+        true
     }
 
     /// The zone answered from.
@@ -326,6 +378,9 @@ impl DnsHandler {
                 return true;
             }
         };
+        if crate::xfr::wants(&req) {
+            return self.handle_xfr(&req, query, src, tcp, shard, out);
+        }
         let snap = self.zone.guard();
         let reply = respond(&snap, &req, self.edns_size);
         let max = if tcp {
@@ -379,6 +434,31 @@ impl RequestHandler for DnsHandler {
     ) -> ResponseInfo {
         let tcp = !matches!(request.protocol(), Protocol::Udp);
         let snap = self.zone.snapshot();
+        if crate::xfr::wants(request) && question_is_plain(request.as_slice()) {
+            let a = self.xfr.answer(
+                &snap,
+                request,
+                request.as_slice(),
+                request.src(),
+                tcp,
+                self.edns_size,
+            );
+            let header = Header {
+                metadata: a.msgs.first().map_or(request.metadata, |m| m.metadata),
+                counts: HeaderCounts::default(),
+            };
+            return match crate::xfr::send(request, &a, &mut response_handle).await {
+                Ok(()) => {
+                    self.tcp_shard.count(a.outcome, tcp, false);
+                    ResponseInfo::from(header)
+                }
+                Err(error) => {
+                    tracing::debug!(%error, "sending DNS transfer failed");
+                    self.tcp_shard.count(Outcome::ServFail, tcp, false);
+                    ResponseInfo::from(servfail_header(request))
+                }
+            };
+        }
         let mut reply = respond(&snap, request, self.edns_size);
         let no_queries;
         let mut queries = &request.queries;

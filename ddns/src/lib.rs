@@ -5,6 +5,7 @@
 //!   queries from an immutable [`Snapshot`] swapped atomically.
 //! * [`DnsServer`]: UDP (SO_REUSEPORT, one loop per socket) and TCP (hickory-server)
 //!   listeners answering from the zone through [`DnsHandler`].
+//! * [`Transfer`]: AXFR/IXFR to configured secondaries and NOTIFY, TSIG-signed.
 #![forbid(unsafe_code)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
@@ -15,12 +16,18 @@ pub mod gateway_id;
 pub mod handler;
 pub mod metrics;
 pub mod server;
+pub mod tsig;
+pub mod xfr;
 pub mod zone;
 
-pub use config::{DnsConfig, NsConfig, SoaConfig};
+pub use config::{
+    DnsConfig, NsConfig, SecondaryAddr, SecondaryConfig, SoaConfig, TsigAlgorithmName,
+    TsigKeyConfig, TsigSecret,
+};
 pub use error::Error;
 pub use gateway_id::{cn_from_dn, GatewayId, Treatment};
 pub use handler::DnsHandler;
 pub use metrics::{CounterValues, Counters, Outcome, Shard};
 pub use server::DnsServer;
+pub use xfr::{Transfer, XfrStats};
 pub use zone::{Change, PoolMember, Snapshot, TunnelKey, Zone, ZoneConfig};

@@ -16,7 +16,7 @@ pub enum Outcome {
     NxDomain,
     /// SERVFAIL (not yet synced with the cluster, or an internal encoding failure).
     ServFail,
-    /// REFUSED (outside our zone, not class IN, zone transfer).
+    /// REFUSED (outside our zone, not class IN, zone transfer not allowed).
     Refused,
     /// FORMERR (malformed query: RFC 1035 section 4.1.1).
     FormErr,
@@ -30,9 +30,14 @@ pub enum Outcome {
     DropResponse,
     /// Dropped: source port 0 or otherwise unanswerable source.
     DropSource,
+    /// NOTAUTH: a TSIG that does not verify (RFC 8945 section 5.2: BADKEY, BADSIG,
+    /// BADTIME).
+    NotAuth,
+    /// A zone transfer served (AXFR, IXFR, or IXFR's single SOA), counted once.
+    Transfer,
 }
 
-const N: usize = 11;
+const N: usize = 13;
 
 /// Every outcome, in index order.
 pub const OUTCOMES: [Outcome; N] = [
@@ -47,6 +52,8 @@ pub const OUTCOMES: [Outcome; N] = [
     Outcome::DropShort,
     Outcome::DropResponse,
     Outcome::DropSource,
+    Outcome::NotAuth,
+    Outcome::Transfer,
 ];
 
 impl Outcome {
@@ -64,6 +71,8 @@ impl Outcome {
             Outcome::DropShort => "drop_short",
             Outcome::DropResponse => "drop_response",
             Outcome::DropSource => "drop_source",
+            Outcome::NotAuth => "notauth",
+            Outcome::Transfer => "xfr",
         }
     }
 }

@@ -32,6 +32,7 @@ pub struct DnsServer {
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
     tcp: Server<DnsHandler>,
+    notifier: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for DnsServer {
@@ -108,7 +109,8 @@ impl DnsServer {
         if cfg.listen.is_empty() {
             return Err(Error::Config("dns.listen is empty".into()));
         }
-        let handler = DnsHandler::new(zone, cfg.edns_udp_size);
+        let xfr = Arc::new(crate::xfr::Transfer::new(cfg)?);
+        let handler = DnsHandler::new(zone, cfg.edns_udp_size).with_transfer(Arc::clone(&xfr));
         let n = cfg.effective_udp_sockets();
         let mut bound = Vec::new();
         for ip in &cfg.listen {
@@ -152,6 +154,7 @@ impl DnsServer {
         }
         tracing::info!(udp = ?udp_addrs, tcp = ?tcp_addrs, sockets_per_addr = n,
             zone = %handler.zone().origin(), "authoritative DNS server listening");
+        let notifier = crate::xfr::spawn_notifier(xfr, handler.zone().clone());
         Ok(DnsServer {
             handler,
             udp_addrs,
@@ -159,6 +162,7 @@ impl DnsServer {
             stop,
             threads,
             tcp,
+            notifier,
         })
     }
 
@@ -182,9 +186,17 @@ impl DnsServer {
         self.handler.zone()
     }
 
+    /// Zone transfer and NOTIFY counters.
+    pub fn transfer_stats(&self) -> &crate::xfr::XfrStats {
+        self.handler.transfer().stats()
+    }
+
     /// Stop serving: UDP loops end within 200 ms, TCP connections are closed.
     pub async fn shutdown(mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        for t in &self.notifier {
+            t.abort();
+        }
         if let Err(error) = self.tcp.shutdown_gracefully().await {
             tracing::debug!(%error, "DNS TCP server shutdown");
         }
@@ -201,6 +213,9 @@ impl DnsServer {
 impl Drop for DnsServer {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        for t in &self.notifier {
+            t.abort();
+        }
     }
 }
 

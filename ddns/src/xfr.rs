@@ -1,0 +1,642 @@
+//! Zone transfer to configured secondaries and NOTIFY on change, both TSIG-signed.
+//!
+//! * AXFR (RFC 5936) over TCP from the current [`Snapshot`]: SOA first and last, then NS,
+//!   glue, pool and every gateway name, [`RECORDS_PER_MESSAGE`] records per message.
+//!   Over UDP: REFUSED (RFC 5936 section 4.2 leaves AXFR over UDP undefined).
+//! * IXFR (RFC 1995): a client that already has the current serial gets the single SOA
+//!   (section 4); otherwise a full AXFR-style answer (section 4 allows it). Over UDP
+//!   always the single SOA (section 2: "does not fit"), which sends the client to TCP.
+//! * Access: the request's source IP must be a `[[dns.secondary]]` address and the
+//!   request signed with that secondary's key (RFC 8945). Unsigned or from elsewhere:
+//!   REFUSED. A bad signature: NOTAUTH with the TSIG error BADKEY / BADSIG (unsigned) or
+//!   BADTIME (signed, with our time), RFC 8945 section 5.2.
+//! * Any other query carrying a TSIG (a secondary's SOA check before a transfer) is
+//!   verified and answered signed.
+//! * NOTIFY (RFC 1996): one task per secondary waits for the serial to change, lets the
+//!   burst settle ([`NOTIFY_DELAY`]), sends one signed NOTIFY and retries it
+//!   ([`NOTIFY_TRIES`]) until a signed answer arrives; changes in the meantime are
+//!   coalesced into the next NOTIFY, so at most one is in flight per secondary.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use hickory_proto::op::{Edns, Message, MessageType, Metadata, OpCode, Query, ResponseCode};
+use hickory_proto::rr::rdata::tsig::TsigError;
+use hickory_proto::rr::{DNSClass, RData, Record, RecordType};
+use hickory_proto::serialize::binary::BinEncoder;
+use hickory_server::server::ResponseHandler;
+use hickory_server::zone_handler::{MessageRequest, MessageResponseBuilder};
+
+use crate::config::DnsConfig;
+use crate::error::Error;
+use crate::metrics::Outcome;
+use crate::tsig::{self, Rejected, TsigKey, TsigRecord};
+use crate::zone::{Snapshot, Zone};
+
+/// Records per AXFR message: 200 of the largest (255-octet owner, AAAA) stay below
+/// 64 KiB with the question and TSIG.
+pub const RECORDS_PER_MESSAGE: usize = 200;
+/// How long a burst of changes settles before NOTIFY goes out.
+pub const NOTIFY_DELAY: Duration = Duration::from_secs(1);
+/// NOTIFY attempts per change (RFC 1996 section 3.6: retransmit until answered).
+pub const NOTIFY_TRIES: u32 = 5;
+/// Wait for a NOTIFY answer before retrying.
+pub const NOTIFY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// One secondary, resolved from `[[dns.secondary]]`.
+#[derive(Debug, Clone)]
+pub struct Secondary {
+    /// NOTIFY target; transfers are accepted from its IP.
+    pub addr: SocketAddr,
+    /// The key its transfers and our NOTIFYs are signed with.
+    pub key: Arc<TsigKey>,
+    /// Whether it gets NOTIFY.
+    pub notify: bool,
+}
+
+/// Transfer and NOTIFY counters.
+#[derive(Debug, Default)]
+pub struct XfrStats {
+    /// Full transfers sent (AXFR, and IXFR answered AXFR-style).
+    pub full: AtomicU64,
+    /// IXFR answered with the single current SOA (client up to date, or UDP).
+    pub up_to_date: AtomicU64,
+    /// Transfers refused (not a secondary, unsigned, AXFR over UDP, not our zone).
+    pub refused: AtomicU64,
+    /// Requests with a bad TSIG (NOTAUTH: BADKEY, BADSIG, BADTIME).
+    pub notauth: AtomicU64,
+    /// Other signed queries answered signed.
+    pub signed_queries: AtomicU64,
+    /// NOTIFY messages sent (retries included).
+    pub notify_sent: AtomicU64,
+    /// NOTIFYs answered by the secondary with a valid signature.
+    pub notify_acked: AtomicU64,
+    /// Changes whose NOTIFY was never answered after every try.
+    pub notify_failed: AtomicU64,
+}
+
+impl XfrStats {
+    /// `(label, value)` pairs, for status output and metrics.
+    pub fn by_label(&self) -> Vec<(&'static str, u64)> {
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        vec![
+            ("full", l(&self.full)),
+            ("up_to_date", l(&self.up_to_date)),
+            ("refused", l(&self.refused)),
+            ("notauth", l(&self.notauth)),
+            ("signed_queries", l(&self.signed_queries)),
+            ("notify_sent", l(&self.notify_sent)),
+            ("notify_acked", l(&self.notify_acked)),
+            ("notify_failed", l(&self.notify_failed)),
+        ]
+    }
+}
+
+/// Keys, secondaries and counters of zone transfer.
+#[derive(Debug, Default)]
+pub struct Transfer {
+    keys: Vec<Arc<TsigKey>>,
+    secondaries: Vec<Secondary>,
+    stats: XfrStats,
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// RFC 1982: is `a` at least `b`?
+fn serial_ge(a: u32, b: u32) -> bool {
+    a.wrapping_sub(b) < (1 << 31)
+}
+
+/// True when the request is for us: a zone transfer, or signed.
+pub(crate) fn wants(req: &MessageRequest) -> bool {
+    req.queries
+        .queries()
+        .iter()
+        .any(|q| matches!(q.query_type(), RecordType::AXFR | RecordType::IXFR))
+        || req
+            .additionals
+            .iter()
+            .any(|r| matches!(r.data, RData::TSIG(_)))
+}
+
+/// One response message of a transfer (or the single response to anything else).
+pub(crate) struct Msg<'s> {
+    pub(crate) metadata: Metadata,
+    pub(crate) answers: Vec<&'s Record>,
+    pub(crate) authority: Vec<&'s Record>,
+    pub(crate) additional: Vec<&'s Record>,
+    pub(crate) tsig: Option<TsigRecord>,
+}
+
+/// The responses to one request, and how it is counted.
+pub(crate) struct Answer<'s> {
+    pub(crate) msgs: Vec<Msg<'s>>,
+    pub(crate) edns: Option<Edns>,
+    pub(crate) outcome: Outcome,
+}
+
+/// How the responses are signed.
+enum Signing {
+    None,
+    /// Sign with `key`, chaining from the request MAC.
+    Key {
+        key: Arc<TsigKey>,
+        request_mac: Vec<u8>,
+    },
+    /// Signed BADTIME error response with our time (RFC 8945 section 5.2.3).
+    BadTime {
+        key: Arc<TsigKey>,
+        request_mac: Vec<u8>,
+    },
+    /// Unsigned TSIG carrying BADKEY / BADSIG.
+    Unsigned(TsigRecord),
+}
+
+impl Transfer {
+    /// Resolve `[[dns.tsig_key]]` and `[[dns.secondary]]`: every secondary names a key
+    /// that exists; key names are unique.
+    pub fn new(cfg: &DnsConfig) -> Result<Transfer, Error> {
+        let mut keys: Vec<Arc<TsigKey>> = Vec::new();
+        for (i, k) in cfg.tsig_key.iter().enumerate() {
+            let key = TsigKey::new(k)
+                .map_err(|e| Error::Config(format!("tsig_key[{i}] ({:?}): {e}", k.name)))?;
+            if keys.iter().any(|o| o.name() == key.name()) {
+                return Err(Error::Config(format!(
+                    "tsig_key[{i}].name: {:?} is defined twice",
+                    k.name
+                )));
+            }
+            keys.push(Arc::new(key));
+        }
+        let mut secondaries = Vec::new();
+        for (i, s) in cfg.secondary.iter().enumerate() {
+            let want = s.tsig_key.trim_end_matches('.').to_ascii_lowercase();
+            let key = keys
+                .iter()
+                .find(|k| k.name().to_ascii().trim_end_matches('.') == want)
+                .ok_or_else(|| {
+                    Error::Config(format!(
+                        "secondary[{i}].tsig_key: no [[dns.tsig_key]] named {:?}",
+                        s.tsig_key
+                    ))
+                })?;
+            secondaries.push(Secondary {
+                addr: s.address.0,
+                key: Arc::clone(key),
+                notify: s.notify,
+            });
+        }
+        Ok(Transfer {
+            keys,
+            secondaries,
+            stats: XfrStats::default(),
+        })
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &XfrStats {
+        &self.stats
+    }
+
+    /// The configured secondaries.
+    pub fn secondaries(&self) -> &[Secondary] {
+        &self.secondaries
+    }
+
+    fn allowed(&self, ip: IpAddr, key: &TsigKey) -> bool {
+        self.secondaries
+            .iter()
+            .any(|s| s.addr.ip() == ip && s.key.name() == key.name())
+    }
+
+    /// Decide the responses to `req` (received as `raw` from `src`). `edns_size` is our
+    /// EDNS(0) payload size.
+    pub(crate) fn answer<'s>(
+        &self,
+        snap: &'s Snapshot,
+        req: &MessageRequest,
+        raw: &[u8],
+        src: SocketAddr,
+        tcp: bool,
+        edns_size: u16,
+    ) -> Answer<'s> {
+        let now = now_secs();
+        let mut metadata = Metadata::response_from_request(&req.metadata);
+        metadata.recursion_available = false;
+        let edns = req.edns.as_ref().map(|_| {
+            let mut e = Edns::new();
+            e.set_max_payload(edns_size.max(512));
+            e
+        });
+        let single = |metadata: Metadata, rcode: ResponseCode, outcome: Outcome| {
+            let mut m = metadata;
+            m.response_code = rcode;
+            Answer {
+                msgs: vec![Msg {
+                    metadata: m,
+                    answers: Vec::new(),
+                    authority: Vec::new(),
+                    additional: Vec::new(),
+                    tsig: None,
+                }],
+                edns: edns.clone(),
+                outcome,
+            }
+        };
+        // 1. The signature (RFC 8945 section 5.2), before anything else.
+        let received = match tsig::find(raw, &req.additionals) {
+            Ok(r) => r,
+            Err(()) => return single(metadata, ResponseCode::FormErr, Outcome::FormErr),
+        };
+        let signing = match &received {
+            None => Signing::None,
+            Some(r) => match tsig::verify(&self.keys, raw, r, None, now) {
+                Ok((key, request_mac)) => Signing::Key { key, request_mac },
+                Err(rej) => {
+                    self.stats.notauth.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(%src, key = %r.name, error = ?rej.error(),
+                        "DNS: TSIG rejected");
+                    let signing = match *rej {
+                        Rejected::BadKey { name, algorithm } => {
+                            Signing::Unsigned(tsig::unsigned_error(
+                                &name,
+                                algorithm,
+                                req.metadata.id,
+                                now,
+                                TsigError::BadKey,
+                            ))
+                        }
+                        Rejected::BadSig { key } => Signing::Unsigned(tsig::unsigned_error(
+                            key.name(),
+                            r.tsig.algorithm.clone(),
+                            req.metadata.id,
+                            now,
+                            TsigError::BadSig,
+                        )),
+                        Rejected::BadTime { key, mac } => Signing::BadTime {
+                            key,
+                            request_mac: mac,
+                        },
+                    };
+                    let a = single(metadata, ResponseCode::NotAuth, Outcome::NotAuth);
+                    return self.sign(req, a, signing, now);
+                }
+            },
+        };
+        let a = self.decide(snap, req, src, tcp, edns_size, edns, metadata, &signing);
+        self.sign(req, a, signing, now)
+    }
+
+    /// The unsigned responses, once the signature (if any) verified.
+    #[allow(clippy::too_many_arguments)]
+    fn decide<'s>(
+        &self,
+        snap: &'s Snapshot,
+        req: &MessageRequest,
+        src: SocketAddr,
+        tcp: bool,
+        edns_size: u16,
+        edns: Option<Edns>,
+        mut metadata: Metadata,
+        signing: &Signing,
+    ) -> Answer<'s> {
+        let one = |metadata: Metadata, answers: Vec<&'s Record>, authority, outcome| Answer {
+            msgs: vec![Msg {
+                metadata,
+                answers,
+                authority,
+                additional: Vec::new(),
+                tsig: None,
+            }],
+            edns: edns.clone(),
+            outcome,
+        };
+        let queries = req.queries.queries();
+        let xfr = queries
+            .iter()
+            .any(|q| matches!(q.query_type(), RecordType::AXFR | RecordType::IXFR));
+        if !xfr {
+            // A signed ordinary query (e.g. a secondary's SOA check): the normal answer.
+            self.stats.signed_queries.fetch_add(1, Ordering::Relaxed);
+            let r = crate::handler::respond(snap, req, edns_size);
+            return Answer {
+                msgs: vec![Msg {
+                    metadata: r.metadata,
+                    answers: r.answers[0].iter().chain(r.answers[1].iter()).collect(),
+                    authority: r.authority.iter().collect(),
+                    additional: r.additional.iter().collect(),
+                    tsig: None,
+                }],
+                edns: r.edns,
+                outcome: r.outcome,
+            };
+        }
+        let refuse = |metadata: Metadata, why: &str| {
+            self.stats.refused.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(%src, why, "DNS: zone transfer refused");
+            let mut m = metadata;
+            m.response_code = ResponseCode::Refused;
+            one(m, Vec::new(), Vec::new(), Outcome::Refused)
+        };
+        if req.metadata.op_code != OpCode::Query || queries.len() != 1 {
+            let mut m = metadata;
+            m.response_code = ResponseCode::FormErr;
+            return one(m, Vec::new(), Vec::new(), Outcome::FormErr);
+        }
+        let q = &queries[0];
+        if q.query_class() != DNSClass::IN || q.name() != &snap.statics.origin {
+            return refuse(metadata, "not our zone");
+        }
+        let ixfr = q.query_type() == RecordType::IXFR;
+        if !ixfr && !tcp {
+            return refuse(metadata, "AXFR over UDP");
+        }
+        let key = match signing {
+            Signing::Key { key, .. } => key,
+            _ => return refuse(metadata, "not signed"),
+        };
+        if !self.allowed(src.ip(), key) {
+            return refuse(metadata, "not a secondary with this key");
+        }
+        if !snap.synced {
+            let mut m = metadata;
+            m.response_code = ResponseCode::ServFail;
+            return one(m, Vec::new(), Vec::new(), Outcome::ServFail);
+        }
+        metadata.authoritative = true;
+        let soa = &snap.soa[0];
+        if ixfr {
+            // RFC 1995 section 3: the client's SOA is in the authority section.
+            let Some(theirs) = req.authorities.iter().find_map(|r| match &r.data {
+                RData::SOA(s) => Some(s.serial),
+                _ => None,
+            }) else {
+                let mut m = metadata;
+                m.response_code = ResponseCode::FormErr;
+                m.authoritative = false;
+                return one(m, Vec::new(), Vec::new(), Outcome::FormErr);
+            };
+            if !tcp || serial_ge(theirs, snap.serial()) {
+                self.stats.up_to_date.fetch_add(1, Ordering::Relaxed);
+                return one(metadata, vec![soa], Vec::new(), Outcome::Transfer);
+            }
+        }
+        self.stats.full.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(%src, key = %key.name(), serial = snap.serial(),
+            kind = if ixfr { "IXFR (full)" } else { "AXFR" }, "DNS: zone transfer");
+        let records = zone_records(snap);
+        let msgs = records
+            .chunks(RECORDS_PER_MESSAGE)
+            .map(|c| Msg {
+                metadata,
+                answers: c.to_vec(),
+                authority: Vec::new(),
+                additional: Vec::new(),
+                tsig: None,
+            })
+            .collect();
+        Answer {
+            msgs,
+            edns,
+            outcome: Outcome::Transfer,
+        }
+    }
+
+    /// Attach TSIG RRs: the first message chains from the request MAC, later ones from
+    /// the previous message with timers only (RFC 8945 section 5.3.1).
+    fn sign<'s>(
+        &self,
+        req: &MessageRequest,
+        mut a: Answer<'s>,
+        signing: Signing,
+        now: u64,
+    ) -> Answer<'s> {
+        let (key, mut prior, error, other) = match signing {
+            Signing::None => return a,
+            Signing::Unsigned(t) => {
+                for m in &mut a.msgs {
+                    m.tsig = Some(t.clone());
+                }
+                return a;
+            }
+            Signing::Key { key, request_mac } => (key, request_mac, None, Vec::new()),
+            Signing::BadTime { key, request_mac } => (
+                key,
+                request_mac,
+                Some(TsigError::BadTime),
+                tsig::time_other(now),
+            ),
+        };
+        for (i, m) in a.msgs.iter_mut().enumerate() {
+            let mut unsigned = Vec::with_capacity(4096);
+            if encode(req, m, a.edns.as_ref(), u16::MAX, &mut unsigned).is_err() {
+                continue; // sent as SERVFAIL by the caller's encoding
+            }
+            if let Some((t, mac)) = tsig::sign(
+                &key,
+                &unsigned,
+                Some(&prior),
+                i > 0,
+                now,
+                error,
+                other.clone(),
+            ) {
+                m.tsig = Some(t);
+                prior = mac;
+            }
+        }
+        a
+    }
+}
+
+/// Every record of the zone in transfer order: SOA, NS, glue, pool, gateway names, SOA.
+pub(crate) fn zone_records(snap: &Snapshot) -> Vec<&Record> {
+    let st = &snap.statics;
+    let mut v: Vec<&Record> = Vec::with_capacity(snap.names.len() + 16);
+    v.push(&snap.soa[0]);
+    v.extend(st.ns.iter());
+    v.extend(st.glue.iter());
+    v.extend(snap.pool.a.iter().chain(snap.pool.aaaa.iter()));
+    for n in snap.names.values() {
+        v.extend(n.a.iter().chain(n.aaaa.iter()));
+    }
+    v.push(&snap.soa[0]);
+    v
+}
+
+/// Write one response message to `out` (cleared), with its TSIG RR if it has one.
+pub(crate) fn encode(
+    req: &MessageRequest,
+    m: &Msg<'_>,
+    edns: Option<&Edns>,
+    max_size: u16,
+    out: &mut Vec<u8>,
+) -> Result<bool, hickory_proto::ProtoError> {
+    out.clear();
+    let mut enc = BinEncoder::new(out);
+    enc.set_max_size(max_size);
+    let mut msg = MessageResponseBuilder::new(&req.queries, edns).build(
+        m.metadata,
+        m.answers.iter().copied(),
+        m.authority.iter().copied(),
+        std::iter::empty(),
+        m.additional.iter().copied(),
+    );
+    if let Some(t) = &m.tsig {
+        msg.set_signature(t.clone());
+    }
+    Ok(msg.destructive_emit(&mut enc)?.truncation)
+}
+
+/// Send `a` over a hickory TCP connection, message by message.
+pub(crate) async fn send<R: ResponseHandler>(
+    req: &MessageRequest,
+    a: &Answer<'_>,
+    handle: &mut R,
+) -> Result<(), hickory_server::net::NetError> {
+    for m in &a.msgs {
+        let mut msg = MessageResponseBuilder::new(&req.queries, a.edns.as_ref()).build(
+            m.metadata,
+            m.answers.iter().copied(),
+            m.authority.iter().copied(),
+            std::iter::empty(),
+            m.additional.iter().copied(),
+        );
+        if let Some(t) = &m.tsig {
+            msg.set_signature(t.clone());
+        }
+        handle.send_response(msg).await?;
+    }
+    Ok(())
+}
+
+/// The NOTIFY senders: one task per secondary with `notify`, fed by a watcher that
+/// polls the zone's serial. Aborted when the returned handles are dropped by
+/// [`crate::DnsServer`].
+pub fn spawn_notifier(transfer: Arc<Transfer>, zone: Zone) -> Vec<tokio::task::JoinHandle<()>> {
+    let targets: Vec<Secondary> = transfer
+        .secondaries
+        .iter()
+        .filter(|s| s.notify)
+        .cloned()
+        .collect();
+    if targets.is_empty() {
+        return Vec::new();
+    }
+    let first = zone.snapshot();
+    let (tx, rx) = tokio::sync::watch::channel(first.serial());
+    let mut tasks = Vec::new();
+    let watch_zone = zone.clone();
+    tasks.push(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            tick.tick().await;
+            let snap = watch_zone.snapshot();
+            // a member not yet synced would SERVFAIL the transfer: wait
+            if snap.synced() {
+                tx.send_if_modified(|s| std::mem::replace(s, snap.serial()) != snap.serial());
+            }
+            if tx.is_closed() {
+                break;
+            }
+        }
+    }));
+    for sec in targets {
+        let mut rx = rx.clone();
+        let (transfer, zone) = (Arc::clone(&transfer), zone.clone());
+        tasks.push(tokio::spawn(async move {
+            rx.borrow_and_update();
+            while rx.changed().await.is_ok() {
+                // let the burst settle: everything changed until now goes in one NOTIFY
+                tokio::time::sleep(NOTIFY_DELAY).await;
+                let serial = *rx.borrow_and_update();
+                notify_one(&transfer, &zone, &sec, serial).await;
+            }
+        }));
+    }
+    tasks
+}
+
+fn random_id() -> u16 {
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; 2];
+    let _ = ring::rand::SystemRandom::new().fill(&mut b);
+    u16::from_be_bytes(b)
+}
+
+/// Send one NOTIFY (RFC 1996 section 3.7: QUERY for the apex SOA, opcode NOTIFY, AA,
+/// the SOA in the answer) and retry until a signed answer comes back.
+async fn notify_one(t: &Transfer, zone: &Zone, sec: &Secondary, serial: u32) {
+    let bind: SocketAddr = if sec.addr.is_ipv4() {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let sock = match tokio::net::UdpSocket::bind(bind).await {
+        Ok(s) => s,
+        Err(error) => {
+            tracing::warn!(%error, secondary = %sec.addr, "DNS: cannot open a NOTIFY socket");
+            t.stats.notify_failed.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+    };
+    let snap = zone.snapshot();
+    let mut buf = vec![0u8; 4096];
+    for attempt in 1..=NOTIFY_TRIES {
+        let id = random_id();
+        let mut m = Message::new(id, MessageType::Query, OpCode::Notify);
+        m.metadata.authoritative = true;
+        m.add_query(Query::query(snap.origin().clone(), RecordType::SOA));
+        m.add_answer(snap.soa[0].clone());
+        let Ok(mut bytes) = m.to_vec() else { return };
+        let now = now_secs();
+        let Some((rr, mac)) = tsig::sign(&sec.key, &bytes, None, false, now, None, Vec::new())
+        else {
+            return;
+        };
+        if tsig::append(&mut bytes, &rr).is_none() {
+            return;
+        }
+        t.stats.notify_sent.fetch_add(1, Ordering::Relaxed);
+        if let Err(error) = sock.send_to(&bytes, sec.addr).await {
+            tracing::debug!(%error, secondary = %sec.addr, "DNS: NOTIFY send failed");
+        }
+        let deadline = tokio::time::Instant::now() + NOTIFY_TIMEOUT;
+        loop {
+            let got = tokio::time::timeout_at(deadline, sock.recv_from(&mut buf)).await;
+            let Ok(Ok((n, from))) = got else { break };
+            let resp = &buf[..n];
+            if from != sec.addr || n < 12 || resp[..2] != id.to_be_bytes() || resp[2] & 0x80 == 0 {
+                continue; // not the answer: ignore
+            }
+            let rcode = resp[3] & 0x0f;
+            match tsig::verify_response(&sec.key, resp, &mac, now_secs()) {
+                Ok(()) if rcode == 0 => {
+                    t.stats.notify_acked.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(secondary = %sec.addr, serial, attempt, "DNS: NOTIFY acknowledged");
+                    return;
+                }
+                Ok(()) => {
+                    t.stats.notify_failed.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(secondary = %sec.addr, serial, rcode,
+                        "DNS: NOTIFY answered with an error; not retried");
+                    return;
+                }
+                Err(error) => {
+                    tracing::warn!(secondary = %sec.addr, %error,
+                        "DNS: NOTIFY answer with a bad signature, ignored");
+                }
+            }
+        }
+    }
+    t.stats.notify_failed.fetch_add(1, Ordering::Relaxed);
+    tracing::warn!(secondary = %sec.addr, serial, tries = NOTIFY_TRIES,
+        "DNS: NOTIFY not answered; the secondary will catch up at its SOA refresh");
+}
