@@ -654,6 +654,40 @@ fn element_offset(text: &str, start: usize, path: &str) -> Option<usize> {
     None
 }
 
+/// Line of `key` (`secondary[1].tsig_key`) in the `[[<section>.secondary]]` table it
+/// belongs to: the n-th header of that array of tables, then the key's line below it.
+fn array_key_line(text: &str, section: &str, key: &str) -> Option<usize> {
+    let (table, rest) = key.split_once('[')?;
+    let (index, field) = rest.split_once("].")?;
+    let index: usize = index.parse().ok()?;
+    let header = format!("[[{section}.{table}]]");
+    let mut seen = 0usize;
+    let mut inside = false;
+    for (i, line) in text.lines().enumerate() {
+        let l = line.trim();
+        if l.starts_with('[') {
+            if l.replace(' ', "") == header {
+                inside = seen == index;
+                seen += 1;
+                if inside && field.is_empty() {
+                    return Some(i + 1);
+                }
+            } else {
+                inside = false;
+            }
+            continue;
+        }
+        if inside {
+            if let Some((k, _)) = l.split_once('=') {
+                if k.trim() == field {
+                    return Some(i + 1);
+                }
+            }
+        }
+    }
+    None
+}
+
 /// Rewrites toml/serde messages into "unknown key 'a.b'" / "a.b: <problem>".
 fn describe(path: &str, msg: &str) -> String {
     let msg = msg.trim();
@@ -680,7 +714,19 @@ impl Config {
     pub fn parse(name: &str, text: &str) -> Result<Config, Error> {
         let de = toml::Deserializer::new(text);
         match serde_path_to_error::deserialize::<_, Config>(de) {
-            Ok(c) => Ok(c),
+            Ok(c) => {
+                // [dns] keys that refer to each other (secondary -> tsig_key)
+                if let Some(d) = c.dns.as_ref().filter(|d| d.enable) {
+                    if let Err(ddns::Error::ConfigKey { key, reason }) = ddns::Transfer::new(d) {
+                        let at = match array_key_line(text, "dns", &key) {
+                            Some(l) => format!("{name}:{l}"),
+                            None => name.to_string(),
+                        };
+                        return Err(Error::Config(format!("{at}: dns.{key}: {reason}")));
+                    }
+                }
+                Ok(c)
+            }
             Err(e) => {
                 let path = e.path().to_string();
                 let inner = e.into_inner();
@@ -1402,6 +1448,24 @@ backoff = "250ms"
         // Their keys are checked with lines too.
         let e = err("[dns]\n\nprot = 5353\n");
         assert!(e.starts_with("x.toml:3: unknown key 'dns.prot'"), "{e}");
+        // zone transfer keys: bad values and dangling references name their line
+        let e = err("[dns]\n[[dns.tsig_key]]\nname = \"k\"\nsecret = \"%%%\"\n");
+        assert!(
+            e.starts_with("x.toml:4: dns.tsig_key[0].secret: invalid base64"),
+            "{e}"
+        );
+        let e = err("[dns]\n[[dns.tsig_key]]\nname = \"k\"\nsecret = \"AAEC\"\n\
+             [[dns.secondary]]\naddress = \"192.0.2.53\"\ntsig_key = \"k\"\n\
+             [[dns.secondary]]\naddress = \"192.0.2.54:5353\"\ntsig_key = \"nokey\"\n");
+        assert_eq!(
+            e,
+            "x.toml:10: dns.secondary[1].tsig_key: no [[dns.tsig_key]] named \"nokey\""
+        );
+        let e = err("[dns]\n[[dns.secondary]]\naddress = \"ns.example\"\ntsig_key = \"k\"\n");
+        assert!(
+            e.starts_with("x.toml:3: dns.secondary[0].address: invalid address"),
+            "{e}"
+        );
         let e = err("[dataplane]\nmtu = \"big\"\n");
         assert!(e.starts_with("x.toml:2: dataplane.mtu: "), "{e}");
         let absent = Config::parse("t", "").unwrap();

@@ -149,6 +149,17 @@ pub async fn render(s: &Services) -> String {
         for (rcode, n) in v.by_label() {
             let _ = writeln!(o, "headend_dns_queries_total{{rcode=\"{rcode}\"}} {n}");
         }
+        if !d.server.transfer_stats().is_idle() {
+            family(
+                &mut o,
+                "headend_dns_xfr_total",
+                "counter",
+                "Zone transfers and NOTIFYs to secondaries, by result.",
+            );
+            for (result, n) in d.server.transfer_stats().by_label() {
+                let _ = writeln!(o, "headend_dns_xfr_total{{result=\"{result}\"}} {n}");
+            }
+        }
     }
     if let Some(c) = &s.cluster() {
         let st = c.stats();

@@ -19,6 +19,15 @@ pub enum Error {
     /// The configuration is inconsistent (e.g. no NS, name outside the zone).
     #[error("invalid [dns] configuration: {0}")]
     Config(String),
+    /// One key of `[dns]` is wrong in a way only visible with the others (e.g. a
+    /// secondary naming a TSIG key that is not defined).
+    #[error("dns.{key}: {reason}")]
+    ConfigKey {
+        /// Path below `[dns]`, e.g. `secondary[0].tsig_key`.
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// Binding a listening socket failed.
     #[error("cannot listen on {addr} ({proto}): {source}")]
     Bind {

@@ -180,7 +180,7 @@ pub(crate) fn find(msg: &[u8], additionals: &[Record]) -> Result<Option<Received
 /// `[prior MAC]`, the message without its TSIG (original ID, ARCOUNT - 1), then the
 /// TSIG variables (first message) or only the timers (later messages of a transfer,
 /// RFC 8945 section 5.3.1).
-fn to_be_signed(
+pub(crate) fn to_be_signed(
     prior_mac: Option<&[u8]>,
     unsigned: &[u8],
     key_name: &Name,
@@ -206,7 +206,7 @@ fn to_be_signed(
 
 /// `msg[..offset]` with the ID set to `oid` and ARCOUNT one less: the message as it was
 /// before the TSIG RR was added.
-fn strip(msg: &[u8], offset: usize, oid: u16) -> Option<Vec<u8>> {
+pub(crate) fn strip(msg: &[u8], offset: usize, oid: u16) -> Option<Vec<u8>> {
     let mut dec = BinDecoder::new(msg);
     let mut h = Header::read(&mut dec).ok()?;
     h.metadata.id = oid;

@@ -2,7 +2,11 @@
 //! Invariants: no panic; a response, when sent, is at least a header, echoes the ID,
 //! has QR set, and over UDP fits 1232 octets.
 //!
-//! `cargo +nightly fuzz run query` (from ddns/).
+//! The handler has a TSIG key `k` and a secondary at 127.0.0.1, so signed transfer
+//! requests (seeds in `fuzz/seeds/query/`: AXFR, IXFR, SOA and NOTIFY signed with the key
+//! below) reach TSIG verification and the transfer code.
+//!
+//! `cargo +nightly fuzz run query fuzz/corpus/query fuzz/seeds/query` (from ddns/).
 #![no_main]
 
 use std::sync::OnceLock;
@@ -18,8 +22,19 @@ fn handler() -> &'static (DnsHandler, std::sync::Arc<ddns::Shard>) {
                 name: "ns1".into(),
                 addrs: vec!["192.0.2.1".parse().unwrap()],
             }],
+            tsig_key: vec![ddns::TsigKeyConfig {
+                name: "k".into(),
+                algorithm: ddns::TsigAlgorithmName::HmacSha256,
+                secret: ddns::TsigSecret(b"fuzz-corpus-secret-32-octets!!!!".to_vec()),
+            }],
+            secondary: vec![ddns::SecondaryConfig {
+                address: ddns::SecondaryAddr("127.0.0.1:53".parse().unwrap()),
+                tsig_key: "k".into(),
+                notify: false,
+            }],
             ..DnsConfig::default()
         };
+        let transfer = std::sync::Arc::new(ddns::Transfer::new(&cfg).unwrap());
         let zone = Zone::new(ZoneConfig::new(&cfg, "vpn.example.com").unwrap());
         zone.set_synced(true);
         for i in 0..50u8 {
@@ -36,7 +51,7 @@ fn handler() -> &'static (DnsHandler, std::sync::Arc<ddns::Shard>) {
             load: 1,
             capacity: 2,
         }]);
-        let h = DnsHandler::new(zone, 1232);
+        let h = DnsHandler::new(zone, 1232).with_transfer(transfer);
         let shard = h.counters().shard();
         (h, shard)
     })
