@@ -112,6 +112,8 @@ struct LinkHello {
     domain: String,
 }
 
+type InfoUpdate = Box<dyn FnOnce(&mut MemberInfo) + Send>;
+
 enum Cmd {
     Inbound(MemberId, Message),
     Publish {
@@ -122,6 +124,7 @@ enum Cmd {
     },
     Members(oneshot::Sender<Vec<MemberStatus>>),
     SetInfo(MemberInfo, oneshot::Sender<Result<(), Error>>),
+    UpdateInfo(InfoUpdate, oneshot::Sender<Result<(), Error>>),
     Own(oneshot::Sender<Vec<Record>>),
     View(oneshot::Sender<BTreeMap<String, Record>>),
     Admit {
@@ -201,13 +204,36 @@ impl ClusterHandle {
         self.ask(Cmd::Members).await
     }
 
-    /// Say what this member is (IKE addresses, capacity, counters); shown to every member
-    /// in [`MemberStatus::info`]. Cheap to call every second: replicated only when it
+    /// Say what this member is (IKE addresses, capacity, counters), replacing all of it;
+    /// shown to every member in [`MemberStatus::info`]. Two owners of different parts use
+    /// [`ClusterHandle::set_member_counters`] and [`ClusterHandle::set_member_reach`]. Cheap to call every second: replicated only when it
     /// changed, a change of the counters alone at most every
     /// [`crate::node::INFO_COUNTERS_INTERVAL_MS`]. Fails on a value over the limits
     /// ([`MemberInfo::check`]).
     pub async fn set_member_info(&self, info: MemberInfo) -> Result<(), Error> {
         self.ask(|r| Cmd::SetInfo(info, r)).await?
+    }
+
+    /// Set only the `counters` of this member's info, keeping its IKE addresses and
+    /// capacity (for the statistics owner; the pool owner uses
+    /// [`ClusterHandle::set_member_reach`]). Same replication rules as
+    /// [`ClusterHandle::set_member_info`].
+    pub async fn set_member_counters(&self, counters: BTreeMap<String, u64>) -> Result<(), Error> {
+        let f: InfoUpdate = Box::new(move |i| i.counters = counters);
+        self.ask(|r| Cmd::UpdateInfo(f, r)).await?
+    }
+
+    /// Set only the IKE addresses and capacity of this member's info, keeping its counters.
+    pub async fn set_member_reach(
+        &self,
+        ike_addrs: Vec<IpAddr>,
+        capacity: u32,
+    ) -> Result<(), Error> {
+        let f: InfoUpdate = Box::new(move |i| {
+            i.ike_addrs = ike_addrs;
+            i.capacity = capacity;
+        });
+        self.ask(|r| Cmd::UpdateInfo(f, r)).await?
     }
 
     /// This member's own up records as stored (after a restart: what it published before,
@@ -1102,6 +1128,9 @@ impl Driver {
             }
             Cmd::SetInfo(info, r) => {
                 let _ = r.send(self.node.set_info(info, now));
+            }
+            Cmd::UpdateInfo(f, r) => {
+                let _ = r.send(self.node.update_info(f, now));
             }
             Cmd::Own(r) => {
                 let me = self.node.id().clone();

@@ -495,6 +495,27 @@ impl Node {
         Ok(())
     }
 
+    /// This member's info as last set (replicated or waiting its turn).
+    pub fn own_info(&self) -> Option<&MemberInfo> {
+        self.pending_info.as_ref().or_else(|| {
+            self.parts
+                .get(&self.me)
+                .and_then(|p| p.info.as_ref())
+                .map(|e| &e.info)
+        })
+    }
+
+    /// Change part of this member's info (the rest as last set), then as [`Node::set_info`].
+    pub fn update_info(
+        &mut self,
+        f: impl FnOnce(&mut MemberInfo),
+        now_ms: u64,
+    ) -> Result<(), Error> {
+        let mut info = self.own_info().cloned().unwrap_or_default();
+        f(&mut info);
+        self.set_info(info, now_ms)
+    }
+
     fn info_due(&self, now_ms: u64) -> bool {
         self.info_sent_at
             .is_none_or(|t| now_ms >= t + INFO_COUNTERS_INTERVAL_MS)
@@ -1033,11 +1054,10 @@ impl Node {
                     records: p.entries.values().filter(|e| e.record.up).count(),
                     is_self,
                     info: if is_self {
-                        self.pending_info.clone()
+                        self.own_info().cloned()
                     } else {
-                        None
-                    }
-                    .or_else(|| p.info.as_ref().map(|e| e.info.clone())),
+                        p.info.as_ref().map(|e| e.info.clone())
+                    },
                 }
             })
             .collect()
@@ -1213,6 +1233,15 @@ mod tests {
         // The same info again sends nothing.
         n[0].set_info(info(20, 5), 10_000).unwrap();
         assert!(n[0].poll_transmit().is_none());
+        // Partial updates keep the rest.
+        n[0].update_info(|i| i.capacity = 30, 10_000).unwrap();
+        assert_eq!(info_of(&n[0], "a"), Some(info(30, 5)));
+        n[0].update_info(
+            |i| i.counters = [("tunnels_up".to_string(), 6)].into_iter().collect(),
+            10_001,
+        )
+        .unwrap();
+        assert_eq!(info_of(&n[0], "a"), Some(info(30, 6)));
         // Over the limits: refused.
         let mut big = info(1, 1);
         big.ike_addrs = vec![ip("192.0.2.9"); MAX_INFO_ADDRS + 1];

@@ -88,6 +88,21 @@ async fn wait_for<F: Fn(&BTreeMap<String, Record>) -> bool>(h: &ClusterHandle, f
     panic!("{}: timed out waiting for {what}", h.id());
 }
 
+async fn wait_info(h: &ClusterHandle, member: &str, info: &MemberInfo) {
+    let t = Instant::now();
+    loop {
+        let ms = h.members().await.expect("members");
+        if ms
+            .iter()
+            .any(|m| m.member == member && m.info.as_ref() == Some(info))
+        {
+            return;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "{ms:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn ip(s: &str) -> IpAddr {
     s.parse().expect("literal")
 }
@@ -148,19 +163,17 @@ async fn three_members_create_join_replicate_and_withdraw_a_dead_member() {
     };
     c.set_member_info(info.clone()).await.expect("info");
     for h in [&a, &b] {
-        let t = Instant::now();
-        loop {
-            let ms = h.members().await.expect("members");
-            if ms
-                .iter()
-                .any(|m| m.member == ids[2] && m.info.as_ref() == Some(&info))
-            {
-                break;
-            }
-            assert!(t.elapsed() < Duration::from_secs(10), "{ms:?}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_info(h, ids[2], &info).await;
     }
+    // The statistics owner sets the counters alone; the addresses and capacity stay.
+    let mut info2 = info.clone();
+    info2.counters.insert("tunnels_up".into(), 7);
+    c.set_member_counters(info2.counters.clone())
+        .await
+        .expect("counters");
+    wait_info(&a, ids[2], &info2).await;
+    c.set_member_info(info.clone()).await.expect("info");
+    wait_info(&a, ids[2], &info).await;
 
     // c stops answering: within dead_after its records are withdrawn by a and b.
     c.shutdown().await.expect("shutdown");
