@@ -1,10 +1,11 @@
 //! The operator CLI's control socket (issue 6) in the seed's vocabulary (seed 003 ch. 4):
 //! `set|delete service ipsec-ddns ...`, `commit`, `show service ipsec-ddns`,
-//! `show vpn ipsec sa`, `show dns records`, `show cluster`.
+//! `show vpn ipsec sa`, `show dns records`, `show cluster`, `show cluster statistics`.
 //!
 //! A Unix stream socket, mode 0600, and only root or the daemon's own user may talk to it
 //! (checked with SO_PEERCRED). One request per connection: the words separated by tabs on
 //! one line; the answer is an exit status line ("0"/"1") followed by the text to print.
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -265,7 +266,8 @@ async fn execute(words: &[&str], ctl: &Control, s: &Services) -> Result<String, 
         }
         ["show", "vpn", "ipsec", "sa"] => Ok(show_sa(s).await),
         ["show", "dns", "records"] => show_records(s, s.cluster()).await,
-        ["show", "cluster"] => show_cluster(s.cluster()).await,
+        ["show", "cluster"] => show_cluster(s, s.cluster()).await,
+        ["show", "cluster", "statistics"] => show_cluster_statistics(s, s.cluster()).await,
         _ => Err(Error::Config(format!(
             "unknown command \"{}\"",
             words.join(" ")
@@ -496,32 +498,110 @@ async fn show_records(
     Ok(out)
 }
 
-async fn show_cluster(cluster: Option<cluster::ClusterHandle>) -> Result<String, Error> {
-    let Some(c) = &cluster else {
-        return Err(Error::Config("service ipsec-ddns is not enabled".into()));
-    };
+/// Every member with its figures: ours fresh, the others' as they last shared them
+/// (empty when a member shared nothing yet).
+async fn members_with_figures(
+    s: &Services,
+    c: &cluster::ClusterHandle,
+) -> Result<Vec<(cluster::MemberStatus, BTreeMap<String, u64>)>, Error> {
     let members = c
         .members()
         .await
         .map_err(|e| Error::Other(format!("cluster: {e}")))?;
-    let mut out = format!(
-        "{:<24} {:<6} {:>12} {:>8}\n",
-        "Member", "State", "Last seen", "Records"
-    );
+    let mut out = Vec::with_capacity(members.len());
     for m in members {
+        let f = if m.is_self {
+            crate::metrics::own_figures(s).await
+        } else {
+            m.info
+                .as_ref()
+                .map(|i| i.counters.clone())
+                .unwrap_or_default()
+        };
+        out.push((m, f));
+    }
+    Ok(out)
+}
+
+/// `show cluster`: members, state, last seen, records and tunnels each.
+async fn show_cluster(
+    s: &Services,
+    cluster: Option<cluster::ClusterHandle>,
+) -> Result<String, Error> {
+    let Some(c) = &cluster else {
+        return Err(Error::Config("service ipsec-ddns is not enabled".into()));
+    };
+    let mut out = format!(
+        "{:<24} {:<6} {:>12} {:>8} {:>8}\n",
+        "Member", "State", "Last seen", "Records", "Tunnels"
+    );
+    for (m, f) in members_with_figures(s, c).await? {
         let seen = match (m.is_self, m.last_seen_ms_ago) {
             (true, _) => "self".to_string(),
             (false, Some(ms)) => format!("{:.1}s ago", ms as f64 / 1000.0),
             (false, None) => "never".to_string(),
         };
+        let tunnels = f
+            .get("tunnels_up")
+            .map_or_else(|| "-".to_string(), u64::to_string);
         let _ = writeln!(
             out,
-            "{:<24} {:<6} {:>12} {:>8}",
+            "{:<24} {:<6} {:>12} {:>8} {:>8}",
             m.member,
             format!("{:?}", m.state).to_lowercase(),
             seen,
-            m.records
+            m.records,
+            tunnels
         );
+    }
+    Ok(out)
+}
+
+/// `show cluster statistics`: every member's figures side by side (tunnels up, IKE
+/// setups and failures, ESP packets, bytes and drops, DNS queries by response code),
+/// whichever member is asked. `-`: the member has not shared that figure.
+async fn show_cluster_statistics(
+    s: &Services,
+    cluster: Option<cluster::ClusterHandle>,
+) -> Result<String, Error> {
+    let Some(c) = &cluster else {
+        return Err(Error::Config("service ipsec-ddns is not enabled".into()));
+    };
+    let members = members_with_figures(s, c).await?;
+    // Rows in the order of the shared figures, label values sorted; only keys every
+    // member would accept (see `metrics::parse_figure_key`).
+    let mut rows: Vec<String> = vec![];
+    for f in crate::metrics::SHARED {
+        let mut keys: std::collections::BTreeSet<&String> = std::collections::BTreeSet::new();
+        for (_, figs) in &members {
+            keys.extend(figs.keys().filter(|k| {
+                crate::metrics::parse_figure_key(k).is_some_and(|(g, _)| g.name == f.name)
+            }));
+        }
+        rows.extend(keys.into_iter().cloned());
+    }
+    let w = rows.iter().map(String::len).max().unwrap_or(0).max(9);
+    let cols: Vec<usize> = members
+        .iter()
+        .map(|(m, _)| m.member.len().max(10))
+        .collect();
+    let mut out = format!("{:<w$}", "Statistic");
+    for ((m, _), cw) in members.iter().zip(&cols) {
+        let _ = write!(out, "  {:>cw$}", m.member);
+    }
+    out.push('\n');
+    let _ = write!(out, "{:<w$}", "state");
+    for ((m, _), cw) in members.iter().zip(&cols) {
+        let _ = write!(out, "  {:>cw$}", format!("{:?}", m.state).to_lowercase());
+    }
+    out.push('\n');
+    for k in &rows {
+        let _ = write!(out, "{k:<w$}");
+        for ((_, figs), cw) in members.iter().zip(&cols) {
+            let v = figs.get(k).map_or_else(|| "-".to_string(), u64::to_string);
+            let _ = write!(out, "  {v:>cw$}");
+        }
+        out.push('\n');
     }
     Ok(out)
 }

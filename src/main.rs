@@ -45,7 +45,8 @@ enum Cmd {
     Delete(CtlArgs),
     /// Validate and save the pending `set`/`delete` changes.
     Commit(CtlArgs),
-    /// `show service ipsec-ddns`, `show vpn ipsec sa`, `show dns records`, `show cluster`.
+    /// `show service ipsec-ddns`, `show vpn ipsec sa`, `show dns records`, `show cluster`,
+    /// `show cluster statistics` (every member's figures).
     Show(CtlArgs),
     /// Run peer routers (IKEv2 initiators) with connect-one failover over the head-ends.
     Peer {
@@ -360,6 +361,8 @@ fn main() -> ExitCode {
                     _ = run::wait_for_signal() => {}
                     _ = ctl_task => {}
                     _ = metrics_task => {}
+                    // This member's figures to the cluster (the cluster-wide view).
+                    _ = headend::metrics::share(&s) => {}
                 }
                 if bound {
                     let _ = std::fs::remove_file(&control);

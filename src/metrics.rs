@@ -1,7 +1,9 @@
-//! Prometheus metrics over HTTP (`headend run --metrics 127.0.0.1:9090`, issue 6), text
-//! exposition format 0.0.4. The cluster-wide series come from what the cluster
-//! replicates (member states, records per member), so any member shows the whole
-//! cluster, lifting the seed's "statistics are not shared between units".
+//! Prometheus metrics over HTTP (`[metrics] listen` or `headend run --metrics ADDR`,
+//! issue 6), text exposition format 0.0.4. The cluster-wide series come from what the
+//! cluster replicates (member states, records per member, and every member's own
+//! figures, which each member shares about every second), so any member shows the whole
+//! cluster, lifting the seed's "statistics are not shared between units" (seed 000).
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -21,6 +23,170 @@ pub fn label(v: &str) -> String {
     v.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
+}
+
+/// A figure every member shares with the cluster: its family (the local metric's name
+/// without `headend_`), the label it is split by, and whether it is a gauge.
+pub struct SharedFigure {
+    pub name: &'static str,
+    pub label: Option<&'static str>,
+    pub gauge: bool,
+    pub help: &'static str,
+}
+
+/// What each member shares (in `cluster::MemberInfo::counters`) and the cluster view
+/// shows, as `headend_cluster_<name>{member="..."}`. Keys a member sends outside this
+/// list are ignored, so a member of another version (or a broken one) adds nothing else.
+pub const SHARED: &[SharedFigure] = &[
+    SharedFigure {
+        name: "tunnels_up",
+        label: None,
+        gauge: true,
+        help: "Tunnels (IKE SAs) up on each member.",
+    },
+    SharedFigure {
+        name: "ike_sa_setups_total",
+        label: None,
+        gauge: false,
+        help: "IKE SAs that completed IKE_AUTH on each member.",
+    },
+    SharedFigure {
+        name: "ike_sa_failures_total",
+        label: None,
+        gauge: false,
+        help: "IKE SA negotiations that failed on each member.",
+    },
+    SharedFigure {
+        name: "ike_sa_failures_by_reason_total",
+        label: Some("reason"),
+        gauge: false,
+        help: "IKE SA negotiations that failed on each member, by reason.",
+    },
+    SharedFigure {
+        name: "esp_packets_total",
+        label: Some("direction"),
+        gauge: false,
+        help: "Inner packets through ESP on each member, by direction.",
+    },
+    SharedFigure {
+        name: "esp_bytes_total",
+        label: Some("direction"),
+        gauge: false,
+        help: "Inner bytes through ESP on each member, by direction.",
+    },
+    SharedFigure {
+        name: "esp_drops_total",
+        label: Some("reason"),
+        gauge: false,
+        help: "ESP packets dropped on each member, by reason.",
+    },
+    SharedFigure {
+        name: "dns_queries_total",
+        label: Some("rcode"),
+        gauge: false,
+        help: "DNS queries on each member, by response code or drop reason.",
+    },
+];
+
+/// Most figures one member shares (the cluster bounds a member's counters too).
+pub const MAX_SHARED: usize = 200;
+
+/// The counter key of a figure: `name` or `name{label=value}`.
+pub fn figure_key(name: &str, label: Option<(&str, &str)>) -> String {
+    match label {
+        Some((l, v)) => format!("{name}{{{l}={v}}}"),
+        None => name.to_string(),
+    }
+}
+
+/// A counter key received from a member, checked against [`SHARED`]: the figure and the
+/// label value (`None`: the figure has no label). Anything else is `None`.
+pub fn parse_figure_key(key: &str) -> Option<(&'static SharedFigure, Option<&str>)> {
+    let (name, rest) = match key.split_once('{') {
+        Some((n, r)) => (n, Some(r.strip_suffix('}')?)),
+        None => (key, None),
+    };
+    let f = SHARED.iter().find(|f| f.name == name)?;
+    match (f.label, rest) {
+        (None, None) => Some((f, None)),
+        (Some(l), Some(r)) => {
+            let (rl, v) = r.split_once('=')?;
+            (rl == l && !v.is_empty()).then_some((f, Some(v)))
+        }
+        _ => None,
+    }
+}
+
+/// This member's own figures, keyed as [`figure_key`] (what it shares with the cluster,
+/// and what the cluster view shows for it).
+pub async fn own_figures(s: &Services) -> BTreeMap<String, u64> {
+    let mut m = BTreeMap::new();
+    let mut put = |name: &str, label: Option<(&str, &str)>, v: u64| {
+        if m.len() < MAX_SHARED {
+            m.insert(figure_key(name, label), v);
+        }
+    };
+    put("tunnels_up", None, s.daemon.status().await.len() as u64);
+    if let Some(c) = s.daemon.counters().await {
+        put("ike_sa_setups_total", None, c.established);
+        put("ike_sa_failures_total", None, c.failed);
+        for (reason, n) in &c.failed_by {
+            put(
+                "ike_sa_failures_by_reason_total",
+                Some(("reason", reason)),
+                *n,
+            );
+        }
+    }
+    if let Some(dp) = &s.dataplane {
+        let c = dp.counters();
+        put("esp_packets_total", Some(("direction", "tx")), c.tx_packets);
+        put("esp_packets_total", Some(("direction", "rx")), c.rx_packets);
+        put("esp_bytes_total", Some(("direction", "tx")), c.tx_bytes);
+        put("esp_bytes_total", Some(("direction", "rx")), c.rx_bytes);
+        for (reason, n) in &c.drops {
+            put("esp_drops_total", Some(("reason", reason)), *n);
+        }
+    }
+    if let Some(d) = &s.dns {
+        for (rcode, n) in d.server.counters().values().by_label() {
+            put("dns_queries_total", Some(("rcode", rcode)), n);
+        }
+    }
+    m
+}
+
+/// The cluster-wide series: one family per [`SHARED`] figure, one line per member (and
+/// label value) that shares it.
+pub fn render_cluster_figures(out: &mut String, members: &[(String, BTreeMap<String, u64>)]) {
+    for f in SHARED {
+        let name = format!("headend_cluster_{}", f.name);
+        family(
+            out,
+            &name,
+            if f.gauge { "gauge" } else { "counter" },
+            f.help,
+        );
+        for (member, figures) in members {
+            for (k, v) in figures {
+                match parse_figure_key(k) {
+                    Some((g, None)) if g.name == f.name => {
+                        let _ = writeln!(out, "{name}{{member=\"{}\"}} {v}", label(member));
+                    }
+                    Some((g, Some(lv))) if g.name == f.name => {
+                        let _ = writeln!(
+                            out,
+                            "{name}{{member=\"{}\",{}=\"{}\"}} {v}",
+                            label(member),
+                            f.label.unwrap_or("label"),
+                            label(lv)
+                        );
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
 }
 
 /// The whole exposition.
@@ -231,22 +397,75 @@ pub async fn render(s: &Services) -> String {
                     );
                 }
             }
+            // Every member's own figures, as it shared them (ours: fresh).
+            let mut figures = Vec::with_capacity(members.len());
+            for m in &members {
+                let f = if m.is_self {
+                    own_figures(s).await
+                } else {
+                    m.info
+                        .as_ref()
+                        .map(|i| i.counters.clone())
+                        .unwrap_or_default()
+                };
+                figures.push((m.member.clone(), f));
+            }
+            render_cluster_figures(&mut o, &figures);
         }
         if let Ok(view) = c.view().await {
             family(
                 &mut o,
-                "headend_cluster_tunnels_up",
+                "headend_cluster_names_up",
                 "gauge",
-                "Tunnels up in the whole cluster (names answered).",
+                "Names (tunnels) answered for the whole cluster.",
             );
             let _ = writeln!(
                 o,
-                "headend_cluster_tunnels_up {}",
+                "headend_cluster_names_up {}",
                 view.values().filter(|r| r.up).count()
             );
         }
     }
     o
+}
+
+/// How often a member shares its own figures with the cluster (the cluster sends a
+/// change of counters alone at most every 2 s).
+pub const SHARE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Runs for ever: every [`SHARE_EVERY`], this member's own figures into its
+/// `MemberInfo` counters (replicated, so every member shows them), keeping what else the
+/// info says (IKE addresses, capacity). Nothing while no cluster member runs.
+pub async fn share(s: &Services) {
+    let mut tick = tokio::time::interval(SHARE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(h) = s.cluster() else {
+            continue;
+        };
+        let Ok(members) = h.members().await else {
+            continue;
+        };
+        let mut info = members
+            .into_iter()
+            .find(|m| m.is_self)
+            .and_then(|m| m.info)
+            .unwrap_or_else(|| cluster::MemberInfo {
+                ike_addrs: s
+                    .daemon
+                    .ike_addrs
+                    .iter()
+                    .map(|a| a.ip())
+                    .filter(|ip| !ip.is_unspecified())
+                    .collect(),
+                ..Default::default()
+            });
+        info.counters = own_figures(s).await;
+        if let Err(e) = h.set_member_info(info).await {
+            tracing::debug!(error = %e, "cluster: sharing this member's figures failed");
+        }
+    }
 }
 
 /// Serves `GET /metrics` until the listener fails.
@@ -293,6 +512,54 @@ pub async fn serve(listener: TcpListener, s: &Services) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn figure_keys_round_trip_and_foreign_keys_are_refused() {
+        let k = figure_key("esp_packets_total", Some(("direction", "tx")));
+        let (f, v) = parse_figure_key(&k).unwrap();
+        assert_eq!((f.name, v), ("esp_packets_total", Some("tx")));
+        assert_eq!(parse_figure_key("tunnels_up").unwrap().1, None);
+        for bad in [
+            "nonsense_total",
+            "tunnels_up{member=x}",
+            "esp_packets_total",
+            "esp_packets_total{reason=tx}",
+            "esp_packets_total{direction=}",
+            "esp_packets_total{direction=tx",
+        ] {
+            assert!(parse_figure_key(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn cluster_figures_carry_the_member_label_and_escape_values() {
+        let mut a = BTreeMap::new();
+        a.insert("tunnels_up".to_string(), 3);
+        a.insert("dns_queries_total{rcode=nxdomain}".to_string(), 7);
+        a.insert("made_up_total".to_string(), 1);
+        let mut b = BTreeMap::new();
+        b.insert("esp_drops_total{reason=a\"b}".to_string(), 2);
+        let mut o = String::new();
+        render_cluster_figures(&mut o, &[("10.0.0.1".into(), a), ("10.0.0.2".into(), b)]);
+        assert!(
+            o.contains("\nheadend_cluster_tunnels_up{member=\"10.0.0.1\"} 3\n"),
+            "{o}"
+        );
+        assert!(
+            o.contains(
+                "headend_cluster_dns_queries_total{member=\"10.0.0.1\",rcode=\"nxdomain\"} 7\n"
+            ),
+            "{o}"
+        );
+        assert!(
+            o.contains(
+                "headend_cluster_esp_drops_total{member=\"10.0.0.2\",reason=\"a\\\"b\"} 2\n"
+            ),
+            "{o}"
+        );
+        assert!(!o.contains("made_up"), "{o}");
+        assert!(o.contains("# TYPE headend_cluster_tunnels_up gauge"), "{o}");
+    }
 
     #[test]
     fn label_values_are_escaped() {

@@ -209,7 +209,15 @@ listen = "192.0.2.1:9400"
         m.contains("headend_cluster_member_records{member=\"127.0.0.1\"} 1"),
         "{m}"
     );
-    assert!(m.contains("\nheadend_cluster_tunnels_up 1\n"), "{m}");
+    assert!(m.contains("\nheadend_cluster_names_up 1\n"), "{m}");
+    assert!(
+        m.contains("\nheadend_cluster_tunnels_up{member=\"127.0.0.1\"} 1\n"),
+        "{m}"
+    );
+    assert!(
+        m.contains("headend_cluster_dns_queries_total{member=\"127.0.0.1\",rcode=\"nxdomain\"}"),
+        "{m}"
+    );
     assert!(
         m.contains("headend_dns_queries_total{rcode=\"nxdomain\"}"),
         "{m}"
@@ -416,6 +424,70 @@ fn commit_starts_joins_and_refuses_the_cluster_in_a_running_daemon() {
         assert!(Instant::now() < end, "no SN-77 on member 2:\n{rec}");
         std::thread::sleep(Duration::from_millis(100));
     }
+
+    // The cluster-wide view: figures produced on member 1 (its router's tunnel and
+    // setup, a failed negotiation) are shown by member 2's CLI and metrics.
+    let rogue_conf = dir.join("rogue.toml");
+    std::fs::write(
+        &rogue_conf,
+        format!(
+            "[psk]\ndefault = \"not-the-psk\"\n[peer]\nlocal_id = \"ROGUE-1\"\nheadends = [{{ addr = \"127.0.0.1:{ike}\", natt_port = {natt} }}]\nbind = \"127.0.0.1:0\"\n"
+        ),
+    )
+    .unwrap();
+    let rogue = Proc::spawn(
+        &["peer", "--config", rogue_conf.to_str().unwrap()],
+        dir.join("rogue.log"),
+    );
+    let figure = |table: &str, row: &str, col: usize| -> Option<String> {
+        table
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(row))
+            .and_then(|l| l.split_whitespace().nth(col).map(str::to_owned))
+    };
+    let end = Instant::now() + Duration::from_secs(15);
+    loop {
+        let st = ok(&s2, "show cluster statistics");
+        let head: Vec<&str> = st.lines().next().unwrap().split_whitespace().collect();
+        let c1 = head.iter().position(|h| *h == "127.0.0.1").unwrap();
+        let failed = figure(&st, "ike_sa_failures_total", c1).and_then(|v| v.parse::<u64>().ok());
+        if figure(&st, "tunnels_up", c1).as_deref() == Some("1")
+            && figure(&st, "ike_sa_setups_total", c1).as_deref() == Some("1")
+            && failed.is_some_and(|n| n >= 1)
+        {
+            // Member 2 terminates nothing itself.
+            let c2 = head.iter().position(|h| *h == "127.0.0.2").unwrap();
+            assert_eq!(figure(&st, "tunnels_up", c2).as_deref(), Some("0"), "{st}");
+            assert_eq!(figure(&st, "state", c1).as_deref(), Some("up"), "{st}");
+            break;
+        }
+        assert!(
+            Instant::now() < end,
+            "member 1's figures not on member 2:\n{st}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    drop(rogue);
+    let shown = ok(&s2, "show cluster");
+    let row1 = shown.lines().find(|l| l.starts_with("127.0.0.1 ")).unwrap();
+    assert_eq!(
+        row1.split_whitespace().last(),
+        Some("1"),
+        "tunnels column: {shown}"
+    );
+    let m = http_get(&metrics(2), "/metrics");
+    assert!(
+        m.contains("\nheadend_cluster_tunnels_up{member=\"127.0.0.1\"} 1\n"),
+        "{m}"
+    );
+    assert!(
+        m.contains("\nheadend_cluster_ike_sa_setups_total{member=\"127.0.0.1\"} 1\n"),
+        "{m}"
+    );
+    assert!(
+        m.contains("\nheadend_cluster_tunnels_up{member=\"127.0.0.2\"} 0\n"),
+        "{m}"
+    );
 
     // Third member with a wrong secret: refused, nothing saved, nothing running.
     let (_m3, s3, c3, _) = member(&dir, 3, "a-wrong-secret", "", ports);
