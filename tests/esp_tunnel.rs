@@ -64,10 +64,20 @@ fn child_pair(gen: u32) -> (ChildSa, ChildSa) {
 }
 
 fn child_pair_encap(gen: u32, udp_encap: bool) -> (ChildSa, ChildSa) {
-    let a_in = keys(0xa000_0000 + gen, gen as u8 * 2 + 1);
-    let b_in = keys(0xb000_0000 + gen, gen as u8 * 2 + 2);
     let a_addr: SocketAddr = format!("{A_OUTER}:4500").parse().unwrap();
     let b_addr: SocketAddr = format!("{B_OUTER}:4500").parse().unwrap();
+    child_pair_at(gen, udp_encap, a_addr, b_addr)
+}
+
+/// A CHILD SA pair between the outer addresses `a_addr` and `b_addr`.
+fn child_pair_at(
+    gen: u32,
+    udp_encap: bool,
+    a_addr: SocketAddr,
+    b_addr: SocketAddr,
+) -> (ChildSa, ChildSa) {
+    let a_in = keys(0xa000_0000 + gen, gen as u8 * 2 + 1);
+    let b_in = keys(0xb000_0000 + gen, gen as u8 * 2 + 2);
     let vip = ts(A_VIP, A_VIP);
     let inside = ts("10.200.0.0", "10.200.255.255");
     let a = ChildSa {
@@ -689,4 +699,113 @@ fn esp_no_tunnel_destination_gets_icmp_unreachable_from_headend() {
     );
     // The tunnel that does exist still works beside it.
     assert!(ping(&p.a_ns, 2));
+}
+
+const A_OUTER6: &str = "fd00:e5::2";
+const B_OUTER6: &str = "fd00:e5::1";
+
+/// The pair of [`pair_with`] over IPv6 outer addresses (the inner traffic stays IPv4).
+fn pair_v6(name: &str, udp_encap: bool) -> Pair {
+    require_tool("ip", "iproute2");
+    let ctx = TestCtx::new(name);
+    let a_ns = Netns::new(&ctx, "a");
+    let b_ns = Netns::new(&ctx, "b");
+    a_ns.ip(&[
+        "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", &b_ns.name,
+    ]);
+    // No duplicate address detection: the addresses are usable at once.
+    a_ns.ip(&[
+        "-6",
+        "addr",
+        "add",
+        &format!("{A_OUTER6}/64"),
+        "dev",
+        "eth0",
+        "nodad",
+    ]);
+    b_ns.ip(&[
+        "-6",
+        "addr",
+        "add",
+        &format!("{B_OUTER6}/64"),
+        "dev",
+        "eth0",
+        "nodad",
+    ]);
+    a_ns.ip(&["link", "set", "eth0", "up"]);
+    b_ns.ip(&["link", "set", "eth0", "up"]);
+    b_ns.add_lo_addr(&format!("{INSIDE}/16"));
+    let v6cfg = DataplaneConfig {
+        natt_bind: "[::]:4500".parse().unwrap(),
+        ..cfg()
+    };
+    let a = start_in(&a_ns, v6cfg.clone());
+    let b = start_in(&b_ns, v6cfg);
+    a_ns.ip(&["addr", "add", &format!("{A_VIP}/32"), "dev", "esp0"]);
+    let a_addr: SocketAddr = format!("[{A_OUTER6}]:4500").parse().unwrap();
+    let b_addr: SocketAddr = format!("[{B_OUTER6}]:4500").parse().unwrap();
+    let (ca, cb) = child_pair_at(1, udp_encap, a_addr, b_addr);
+    b.install(&cb).unwrap();
+    a.install(&ca).unwrap();
+    Pair {
+        _ctx: ctx,
+        a_ns,
+        b_ns,
+        a,
+        b,
+    }
+}
+
+/// Ping from b's inside address to a's virtual IP (the head-end side starts).
+fn ping_back(p: &Pair, count: u32) -> bool {
+    let o = p.b_ns.exec_timeout(
+        &[
+            "ping",
+            "-c",
+            &count.to_string(),
+            "-i",
+            "0.2",
+            "-W",
+            "2",
+            "-I",
+            INSIDE,
+            A_VIP,
+        ],
+        Duration::from_secs(30),
+    );
+    if !o.ok() {
+        eprintln!("ping back failed:\n{}", o.all());
+    }
+    o.ok()
+}
+
+/// Issue 3: ESP over IPv6 outer addresses, plain (IPv6 raw socket for protocol 50, which
+/// delivers no IP header) and UDP-encapsulated (NAT-T socket bound to `[::]:4500`): ping
+/// both ways and a TCP stream through each.
+#[test]
+fn esp_over_ipv6_outer_addresses_plain_and_udp_encapsulated() {
+    for udp_encap in [false, true] {
+        let name = if udp_encap {
+            "esp-v6-udp"
+        } else {
+            "esp-v6-raw"
+        };
+        let p = pair_v6(name, udp_encap);
+        assert!(ping(&p.a_ns, 3), "{name}: router -> inside");
+        assert!(ping_back(&p, 3), "{name}: inside -> router");
+        let (json, ok) = iperf3(&p, 2, || {});
+        assert!(ok, "{name}: iperf3 through the tunnel failed:\n{json}");
+        assert!(received_bps(&json) > 1e6, "{name}: {}", received_bps(&json));
+        let (ca, cb) = (p.a.counters(), p.b.counters());
+        assert!(
+            cb.rx_packets >= 6 && ca.rx_packets >= 6,
+            "{name}: {ca:?} {cb:?}"
+        );
+        // Nothing was lost to a socket of the wrong family.
+        assert_eq!(ca.drops["io"] + cb.drops["io"], 0, "{name}: {ca:?} {cb:?}");
+        if !udp_encap {
+            // Plain ESP: nothing went through the NAT-T sockets.
+            assert_eq!(ca.tx_sends + cb.tx_sends, 0, "{name}: {ca:?} {cb:?}");
+        }
+    }
 }

@@ -3,7 +3,8 @@
 //! # Shape
 //! One TUN device (IFF_VNET_HDR offloads and multi-queue via tun-rs), one UDP socket per
 //! worker on the NAT-T port (SO_REUSEPORT, recvmmsg/sendmmsg, UDP GSO/GRO where the
-//! kernel has them), and one raw IP-protocol-50 socket for ESP without UDP encapsulation.
+//! kernel has them), and a raw IP-protocol-50 socket per address family for ESP without
+//! UDP encapsulation.
 //! Per queue, one thread encrypts (TUN -> ESP -> socket) and one decrypts (socket -> ESP
 //! -> TUN). SAs live in an [`arc_swap`] snapshot ([`table::Tables`]): lookups by SPI
 //! and by destination are hash lookups with no lock; installs clone and swap the table.
@@ -45,7 +46,9 @@
 //! for a catch-all /0 selector.
 //!
 //! # Limits
-//! The raw ESP socket is IPv4 only; the NAT-T socket speaks the family of `natt_bind`.
+//! Plain ESP works over IPv4 and IPv6 outer addresses (one raw socket each); the NAT-T
+//! socket speaks the family of `natt_bind` (an IPv6 `natt_bind` for IPv6 peers: by
+//! default the first `[ike] listen` address).
 //! A kernel XFRM back end could sit beside this one behind the same handle methods.
 mod icmp;
 pub mod sys;
@@ -239,6 +242,7 @@ pub(crate) struct Shared {
     natt: Arc<std::net::UdpSocket>,
     natt_local: SocketAddr,
     raw: Option<Arc<std::net::UdpSocket>>,
+    raw6: Option<Arc<std::net::UdpSocket>>,
 }
 
 impl Shared {
@@ -300,17 +304,25 @@ impl Dataplane {
             socks.push(Arc::new(s));
         }
         let natt_local = socks[0].local_addr()?;
-        let raw = if cfg.raw_esp {
-            match sys::raw_esp_socket(200) {
+        // Plain ESP, one raw socket per family (an IPv6 raw socket delivers the ESP
+        // header first, an IPv4 one the IP header first).
+        let raw_socket = |v6: bool| {
+            if !cfg.raw_esp {
+                return None;
+            }
+            match sys::raw_esp_socket(v6, 200) {
                 Ok(s) => Some(Arc::new(s)),
                 Err(e) => {
-                    tracing::warn!("raw ESP socket unavailable, UDP-encapsulated ESP only: {e}");
+                    let fam = if v6 { "IPv6" } else { "IPv4" };
+                    tracing::warn!(
+                        "{fam} raw ESP socket unavailable, UDP-encapsulated ESP only: {e}"
+                    );
                     None
                 }
             }
-        } else {
-            None
         };
+        let raw = raw_socket(false);
+        let raw6 = raw_socket(true);
         let gso = cfg.udp_gso && sys::probe_udp_gso(&socks[0]);
         let mut gro = false;
         if cfg.udp_gso {
@@ -322,7 +334,7 @@ impl Dataplane {
 
         let (rekey_tx, rekey_rx) = mpsc::unbounded_channel();
         let (ike_tx, ike_rx) = mpsc::channel(4096);
-        let counters: Vec<Arc<WorkerCounters>> = (0..queues * 2 + 2)
+        let counters: Vec<Arc<WorkerCounters>> = (0..queues * 2 + 3)
             .map(|_| Arc::new(WorkerCounters::default()))
             .collect();
         let shared = Arc::new(Shared {
@@ -336,6 +348,7 @@ impl Dataplane {
             natt: socks[0].clone(),
             natt_local,
             raw: raw.clone(),
+            raw6: raw6.clone(),
         });
 
         let tuns: Vec<Arc<tun_rs::SyncDevice>> = tuns.into_iter().map(Arc::new).collect();
@@ -360,16 +373,19 @@ impl Dataplane {
             };
             threads.push(spawn(format!("esp-rx{q}"), move || w.run_decrypt())?);
         }
-        if let Some(raw) = raw {
+        for (i, raw) in [raw, raw6].into_iter().enumerate() {
+            let Some(raw) = raw else { continue };
             let w = worker::Worker {
                 shared: shared.clone(),
                 tun: tuns[0].clone(),
                 sock: raw,
-                counters: shared.counters[queues * 2].clone(),
+                counters: shared.counters[queues * 2 + i].clone(),
                 gso: false,
                 icmp: icmp_worker(&cfg, 0),
             };
-            threads.push(spawn("esp-raw".into(), move || w.run_raw_decrypt())?);
+            let v6 = i == 1;
+            let name = if v6 { "esp-raw6" } else { "esp-raw" };
+            threads.push(spawn(name.into(), move || w.run_raw_decrypt(v6))?);
         }
         // Housekeeping: kernel routes and NAT keepalives, from a thread in this namespace.
         let (control, control_rx) = std_mpsc::channel();
@@ -377,7 +393,7 @@ impl Dataplane {
             shared: shared.clone(),
             tun_name: tun_name.clone(),
             installed: BTreeSet::new(),
-            counters: shared.counters[queues * 2 + 1].clone(),
+            counters: shared.counters[queues * 2 + 2].clone(),
         };
         threads.push(spawn("esp-hk".into(), move || hk.run(control_rx))?);
 

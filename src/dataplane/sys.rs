@@ -138,12 +138,15 @@ pub fn probe_udp_gso(sock: &UdpSocket) -> bool {
     setsockopt_int(sock.as_raw_fd(), libc::SOL_UDP, libc::UDP_SEGMENT, 0).is_ok()
 }
 
-/// A raw IPv4 socket for IP protocol 50 (RFC 4303 without UDP encapsulation).
-pub fn raw_esp_socket(timeout_ms: u64) -> io::Result<UdpSocket> {
+/// A raw socket for IP protocol 50 (RFC 4303 without UDP encapsulation), IPv4 or IPv6.
+/// Received IPv4 datagrams start with the IP header; IPv6 ones with the ESP header
+/// (RFC 3542 3: raw IPv6 sockets never pass the IPv6 header up).
+pub fn raw_esp_socket(v6: bool, timeout_ms: u64) -> io::Result<UdpSocket> {
+    let domain = if v6 { libc::AF_INET6 } else { libc::AF_INET };
     // SAFETY: plain socket(2); the fd is owned right away.
     let fd = cvt(unsafe {
         libc::socket(
-            libc::AF_INET,
+            domain,
             libc::SOCK_RAW | libc::SOCK_CLOEXEC,
             libc::IPPROTO_ESP,
         )

@@ -251,12 +251,17 @@ impl Worker {
             });
             self.send_list(batch, dgrams);
         }
-        if let Some(raw) = &self.shared.raw {
-            for p in pending.iter().filter(|p| !p.udp) {
-                let to = SocketAddr::new(p.to.ip(), 0);
-                if raw.send_to(&bufs[p.buf][p.start..p.end], to).is_err() {
-                    self.counters.count_drop(DROP_IO);
-                }
+        for p in pending.iter().filter(|p| !p.udp) {
+            let raw = match p.to {
+                SocketAddr::V4(_) => &self.shared.raw,
+                SocketAddr::V6(_) => &self.shared.raw6,
+            };
+            let to = SocketAddr::new(p.to.ip(), 0);
+            let sent = raw
+                .as_ref()
+                .map(|r| r.send_to(&bufs[p.buf][p.start..p.end], to));
+            if !matches!(sent, Some(Ok(_))) {
+                self.counters.count_drop(DROP_IO);
             }
         }
     }
@@ -392,8 +397,9 @@ impl Worker {
         }
     }
 
-    /// Plain ESP (IP protocol 50) from the raw socket: IPv4 header first.
-    pub fn run_raw_decrypt(self) {
+    /// Plain ESP (IP protocol 50) from a raw socket: IPv4 header first, or (`v6`) the ESP
+    /// header right away.
+    pub fn run_raw_decrypt(self, v6: bool) {
         let mut buf = vec![0u8; 65536];
         let mut out = OutQueue::new(self.shared.cfg.mtu as usize);
         while !self.stopped() {
@@ -412,8 +418,12 @@ impl Worker {
                     continue;
                 }
             };
-            let ihl = buf.first().map(|b| ((b & 0x0f) as usize) * 4).unwrap_or(0);
-            if ihl < 20 || n <= ihl {
+            let ihl = if v6 {
+                0
+            } else {
+                buf.first().map(|b| ((b & 0x0f) as usize) * 4).unwrap_or(0)
+            };
+            if (!v6 && ihl < 20) || n <= ihl {
                 self.counters.esp_drop(ike::esp::EspDrop::Truncated);
                 continue;
             }
