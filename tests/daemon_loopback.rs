@@ -143,6 +143,20 @@ fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     p
 }
 
+/// `headend run` with `conf` in `<dir>/<name>.toml` (log `<dir>/<name>.log`), returned
+/// once its log says `ready` (e.g. "headend responder listening").
+fn run_headend(dir: &Path, name: &str, conf: &str, ready: &str) -> Proc {
+    let c = write(dir, &format!("{name}.toml"), conf);
+    let p = Proc::spawn(
+        &["run", "--config", c.to_str().unwrap()],
+        dir.join(format!("{name}.log")),
+    );
+    p.wait_log(Duration::from_secs(10), |l| l.contains(ready));
+    p
+}
+
+const LISTENING: &str = "headend responder listening";
+
 fn headend_conf(ike: u16, natt: u16, pool: &str) -> String {
     format!(
         r#"[ike]
@@ -207,18 +221,12 @@ fn in_net(a: Ipv4Addr, net: Ipv4Addr, len: u32) -> bool {
 fn peer_gets_vip_from_pool_and_headend_reports_gateway_id() {
     let dir = scratch("single");
     let (ike, natt) = free_ports();
-    let hc = write(
+    let he = run_headend(
         &dir,
-        "headend.toml",
+        "headend",
         &headend_conf(ike, natt, "10.77.0.0/24"),
+        LISTENING,
     );
-    let he = Proc::spawn(
-        &["run", "--config", hc.to_str().unwrap()],
-        dir.join("headend.log"),
-    );
-    he.wait_log(Duration::from_secs(10), |l| {
-        l.contains("headend responder listening")
-    });
 
     // An identity that needs sanitizing: the gateway ID is "MG90-Site-12".
     let pc = write(
@@ -273,22 +281,18 @@ fn peer_fails_over_to_second_headend_when_first_is_killed() {
     let dir = scratch("failover");
     let (ike_a, natt_a) = free_ports();
     let (ike_b, natt_b) = free_ports();
-    let ca = write(&dir, "a.toml", &headend_conf(ike_a, natt_a, "10.77.1.0/24"));
-    let cb = write(&dir, "b.toml", &headend_conf(ike_b, natt_b, "10.77.2.0/24"));
-    let a = Proc::spawn(
-        &["run", "--config", ca.to_str().unwrap()],
-        dir.join("a.log"),
+    let a = run_headend(
+        &dir,
+        "a",
+        &headend_conf(ike_a, natt_a, "10.77.1.0/24"),
+        LISTENING,
     );
-    let b = Proc::spawn(
-        &["run", "--config", cb.to_str().unwrap()],
-        dir.join("b.log"),
+    let b = run_headend(
+        &dir,
+        "b",
+        &headend_conf(ike_b, natt_b, "10.77.2.0/24"),
+        LISTENING,
     );
-    a.wait_log(Duration::from_secs(10), |l| {
-        l.contains("headend responder listening")
-    });
-    b.wait_log(Duration::from_secs(10), |l| {
-        l.contains("headend responder listening")
-    });
 
     let pc = write(
         &dir,
@@ -336,26 +340,18 @@ fn refused_peer_moves_on_to_the_next_headend() {
     let dir = scratch("refused");
     let (ike_a, natt_a) = free_ports();
     let (ike_b, natt_b) = free_ports();
-    let ca = write(
+    let a = run_headend(
         &dir,
-        "a.toml",
+        "a",
         &headend_conf(ike_a, natt_a, "10.77.3.0/24").replace("loopback-test-psk", "another-psk"),
+        LISTENING,
     );
-    let cb = write(&dir, "b.toml", &headend_conf(ike_b, natt_b, "10.77.4.0/24"));
-    let a = Proc::spawn(
-        &["run", "--config", ca.to_str().unwrap()],
-        dir.join("a.log"),
+    let _b = run_headend(
+        &dir,
+        "b",
+        &headend_conf(ike_b, natt_b, "10.77.4.0/24"),
+        LISTENING,
     );
-    let b = Proc::spawn(
-        &["run", "--config", cb.to_str().unwrap()],
-        dir.join("b.log"),
-    );
-    a.wait_log(Duration::from_secs(10), |l| {
-        l.contains("headend responder listening")
-    });
-    b.wait_log(Duration::from_secs(10), |l| {
-        l.contains("headend responder listening")
-    });
     let pc = write(
         &dir,
         "peer.toml",
@@ -382,18 +378,12 @@ fn refused_peer_moves_on_to_the_next_headend() {
 fn simulated_fleet_gets_distinct_vips() {
     let dir = scratch("fleet");
     let (ike, natt) = free_ports();
-    let hc = write(
+    let _he = run_headend(
         &dir,
-        "headend.toml",
+        "headend",
         &headend_conf(ike, natt, "10.77.5.0/24"),
+        LISTENING,
     );
-    let he = Proc::spawn(
-        &["run", "--config", hc.to_str().unwrap()],
-        dir.join("headend.log"),
-    );
-    he.wait_log(Duration::from_secs(10), |l| {
-        l.contains("headend responder listening")
-    });
     let pc = write(&dir, "peer.toml", &peer_conf(&[(ike, natt)], "unused"));
     let peer = Proc::spawn(
         &[
@@ -484,14 +474,7 @@ fn gateway_name_is_answered_by_the_embedded_dns_while_the_tunnel_is_up() {
         "{}\n[dns]\nlisten = [\"127.0.0.1\"]\nport = {dns_port}\ndomain = \"vpn.test\"\nnegative_ttl = 1\n[[dns.ns]]\nname = \"ns1\"\naddrs = [\"127.0.0.1\"]\n",
         headend_conf(ike, natt, "10.77.6.0/24")
     );
-    let hc = write(&dir, "headend.toml", &conf);
-    let he = Proc::spawn(
-        &["run", "--config", hc.to_str().unwrap()],
-        dir.join("headend.log"),
-    );
-    he.wait_log(Duration::from_secs(10), |l| {
-        l.contains("authoritative DNS server listening")
-    });
+    let he = run_headend(&dir, "headend", &conf, "authoritative DNS server listening");
     let server: std::net::SocketAddr = format!("127.0.0.1:{dns_port}").parse().unwrap();
     assert_eq!(
         dns_a(server, "SN-0099.vpn.test").0,

@@ -45,8 +45,8 @@
 //!   cluster's pool name does, within `dead_after_ms` (the second test).
 //! - `ip netns exec` bind-mounts /etc/netns/<ns>/resolv.conf (and `hosts`) over /etc, so a
 //!   charon started in a namespace resolves through that namespace's own resolver
-//!   ([`Netns::etc_file`]); glibc re-reads a changed resolv.conf or hosts on the next
-//!   lookup, charon caches nothing.
+//!   ([`Netns::etc_file`]). Charon keeps no cache of its own: the rewritten /etc/hosts
+//!   above was used on the very next keying try.
 //!
 //! Topology, all in namespaces this test creates:
 //!
