@@ -415,8 +415,8 @@ impl World {
     /// The whole check with the routers up: every router resolvable and reachable, kill
     /// the member serving router 0, wait until its name resolves to a NEW VIP that answers
     /// pings (calling [`Router::connect_one`] while waiting), then check where every
-    /// router ended up. Returns the kill-to-resolvable-and-reachable time.
-    fn kill_and_follow(&mut self, routers: &mut [Router], how: &str) -> Duration {
+    /// router ended up. Returns the killed member.
+    fn kill_and_follow(&mut self, routers: &mut [Router], how: &str) -> usize {
         // --- Before the failure.
         let mut vip_before = vec![];
         let mut served_by = vec![];
@@ -542,7 +542,7 @@ impl World {
                 he.as_mut().unwrap().assert_running();
             }
         }
-        elapsed
+        victim
     }
 }
 
@@ -640,7 +640,30 @@ fn e2e_pool_name_in_remote_addrs_router_fails_over_by_itself_and_inside_host_res
             cur: 0,
         });
     }
-    w.kill_and_follow(&mut routers, "pool name");
+    let victim = w.kill_and_follow(&mut routers, "pool name");
+    // What the routers now resolve: the pool name answers (from every surviving member)
+    // only the outside addresses of members that are up, never the killed one.
+    for m in (0..MEMBERS).filter(|&m| m != victim) {
+        let o = w.peers[0].exec(&[
+            "dig",
+            &format!("@{}", member_out(m)),
+            "+time=2",
+            "+tries=1",
+            "+short",
+            &pool_name,
+            "A",
+        ]);
+        let answers: Vec<String> = o.stdout.lines().map(|l| l.trim().to_string()).collect();
+        let live: Vec<String> = (0..MEMBERS)
+            .filter(|&j| j != victim)
+            .map(member_out)
+            .collect();
+        assert!(
+            !answers.is_empty() && answers.iter().all(|a| live.contains(a)),
+            "member {m} answers {pool_name} with {answers:?}; want a non-empty subset of \
+             the live members' outside addresses {live:?}"
+        );
+    }
     // Charon did it alone: router 0 restarted its one connection after the DPD.
     assert!(
         routers[0].c.log_text().contains("restarting CHILD_SA vpn"),
