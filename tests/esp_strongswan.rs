@@ -126,3 +126,103 @@ fn esp_strongswan_peer_pings_and_iperf3s_through_headend_run() {
         bps / 1e9
     );
 }
+
+/// Issue 3: the same with IPv6 outer addresses. charon (kernel-libipsec, which always
+/// UDP-encapsulates) reaches `headend run` on fd00:e7::1; its IPv4 virtual IP pings the
+/// inside address through ESP in UDP over IPv6, and the head-end pings it back.
+#[test]
+fn esp_strongswan_peer_over_ipv6_outer_addresses_pings_both_ways() {
+    use support::netns::Netns;
+    let ping = require_tool("ping", "iputils-ping");
+    let ping = ping.to_str().unwrap();
+    let ctx = TestCtx::new("esp-strongswan-v6");
+    let he_ns = Netns::new(&ctx, "h");
+    let pr_ns = Netns::new(&ctx, "p");
+    let (he_addr, peer_addr) = ("fd00:e7::1", "fd00:e7::2");
+    he_ns.ip(&[
+        "link",
+        "add",
+        "eth0",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        &pr_ns.name,
+    ]);
+    he_ns.ip(&["-6", "addr", "add", "fd00:e7::1/64", "dev", "eth0", "nodad"]);
+    pr_ns.ip(&["-6", "addr", "add", "fd00:e7::2/64", "dev", "eth0", "nodad"]);
+    he_ns.ip(&["link", "set", "eth0", "up"]);
+    pr_ns.ip(&["link", "set", "eth0", "up"]);
+    he_ns.add_lo_addr(&format!("{INSIDE_ADDR}/16"));
+
+    let mut hc = HeadendConf::responder(he_addr, PSK, POOL);
+    hc.local_id = "headend.test".into();
+    hc.esp_proposals = vec!["aes256gcm16".into()];
+    hc.extra = "[dataplane]\ntun_name = \"he0\"\nqueues = 1\n".into();
+    let he = Headend::run(&ctx, Some(&he_ns), "headend", &hc);
+
+    let charon = Charon::start(&ctx, &pr_ns, "peer");
+    let mut conn = Conn::initiator("net", peer_addr, he_addr, "router-6.example");
+    conn.remote_id = Some("headend.test".into());
+    charon.load(
+        &ctx,
+        &SwanctlConf {
+            conns: vec![conn],
+            pools: vec![],
+            secrets: vec![(vec![], PSK.into())],
+        },
+    );
+    charon.initiate_ok("net");
+    let sa = charon.wait_established("net", Duration::from_secs(10));
+    let vip = sa
+        .local_vips
+        .first()
+        .cloned()
+        .expect("charon got a virtual IP");
+
+    let mut ok = false;
+    for _ in 0..10 {
+        let o = pr_ns.exec(&[
+            ping,
+            "-c",
+            "3",
+            "-i",
+            "0.2",
+            "-W",
+            "2",
+            "-I",
+            &vip,
+            INSIDE_ADDR,
+        ]);
+        if o.ok() {
+            ok = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(
+        ok,
+        "no ping from charon's VIP {vip} to {INSIDE_ADDR} over IPv6 outer:\n{}\n{}",
+        he.log_text(),
+        charon.log_text()
+    );
+    let back = he_ns.exec(&[
+        ping,
+        "-c",
+        "3",
+        "-i",
+        "0.2",
+        "-W",
+        "2",
+        "-I",
+        INSIDE_ADDR,
+        &vip,
+    ]);
+    assert!(
+        back.ok(),
+        "no ping from {INSIDE_ADDR} back to charon's VIP {vip}:\n{}",
+        back.all()
+    );
+}
