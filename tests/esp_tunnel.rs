@@ -809,3 +809,82 @@ fn esp_over_ipv6_outer_addresses_plain_and_udp_encapsulated() {
         }
     }
 }
+
+fn ts_port(start: &str, end: &str, protocol: u8, p0: u16, p1: u16) -> TrafficSelector {
+    TrafficSelector {
+        protocol,
+        start_port: p0,
+        end_port: p1,
+        ..ts(start, end)
+    }
+}
+
+/// Issue 3: selector ports end to end. The head-end's CHILD SA admits ICMP, and TCP to
+/// inside port 5201 only (RFC 4301 4.4.1.1). iperf3 to port 5201 and ping work; a TCP
+/// connection to port 9 is decrypted and then refused by the inbound check; the
+/// head-end's own TCP from another port is refused by the outbound check before
+/// encryption. Both count as `esp_ts_mismatch`.
+#[test]
+fn esp_selector_ports_admit_the_named_port_only_in_and_out() {
+    let p = pair("esp-ts-ports");
+    let a_addr: SocketAddr = format!("{A_OUTER}:4500").parse().unwrap();
+    let b_addr: SocketAddr = format!("{B_OUTER}:4500").parse().unwrap();
+    let (ca, mut cb) = child_pair_at(2, true, a_addr, b_addr);
+    cb.remote_ts = vec![
+        ts_port(A_VIP, A_VIP, 1, 0, 65535),
+        ts_port(A_VIP, A_VIP, 6, 0, 65535),
+    ];
+    cb.local_ts = vec![
+        ts_port("10.200.0.0", "10.200.255.255", 1, 0, 65535),
+        ts_port("10.200.0.0", "10.200.255.255", 6, 5201, 5201),
+    ];
+    // The new SA pair takes over the routes of the first one.
+    p.b.install(&cb).unwrap();
+    p.a.install(&ca).unwrap();
+
+    assert!(ping(&p.a_ns, 2), "ICMP is in the selectors");
+    let (json, ok) = iperf3(&p, 1, || {});
+    assert!(ok, "TCP to port 5201 is in the selectors: {json}");
+
+    // Router -> inside port 9: encrypted by a, refused by b after decryption.
+    let (a0, b0) = (p.a.counters(), p.b.counters());
+    let o = p.a_ns.exec_timeout(
+        &[
+            "timeout",
+            "3",
+            "bash",
+            "-c",
+            &format!("echo x > /dev/tcp/{INSIDE}/9"),
+        ],
+        Duration::from_secs(10),
+    );
+    assert!(!o.ok(), "port 9 must not be reachable: {}", o.all());
+    let (a1, b1) = (p.a.counters(), p.b.counters());
+    assert!(a1.tx_packets > a0.tx_packets, "{a0:?} -> {a1:?}");
+    assert!(
+        b1.dropped(EspDrop::TsMismatch) > b0.dropped(EspDrop::TsMismatch),
+        "inbound port check: {b0:?} -> {b1:?}"
+    );
+
+    // Head-end -> router from a port other than 5201: refused before encryption.
+    let o = p.b_ns.exec_timeout(
+        &[
+            "timeout",
+            "3",
+            "bash",
+            "-c",
+            &format!("echo x > /dev/tcp/{A_VIP}/9"),
+        ],
+        Duration::from_secs(10),
+    );
+    assert!(!o.ok(), "{}", o.all());
+    let b2 = p.b.counters();
+    assert!(
+        b2.dropped(EspDrop::TsMismatch) > b1.dropped(EspDrop::TsMismatch),
+        "outbound port check: {b1:?} -> {b2:?}"
+    );
+    assert_eq!(
+        b2.tx_packets, b1.tx_packets,
+        "nothing encrypted: {b1:?} -> {b2:?}"
+    );
+}
