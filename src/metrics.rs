@@ -303,6 +303,17 @@ pub async fn render(s: &Services) -> String {
                 label(reason)
             );
         }
+        family(
+            &mut o,
+            "headend_esp_icmp_unreachable_total",
+            "counter",
+            "ICMP destination unreachable sent back into the TUN device for packets no SA covers.",
+        );
+        let _ = writeln!(
+            o,
+            "headend_esp_icmp_unreachable_total {}",
+            c.icmp_unreachable
+        );
     }
     if let Some(d) = &s.dns {
         let v = d.server.counters().values();
