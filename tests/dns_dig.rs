@@ -260,6 +260,72 @@ async fn hostile_datagrams_get_formerr_or_nothing_and_the_server_keeps_answering
     s.shutdown().await;
 }
 
+/// One length-prefixed message over TCP (RFC 1035 section 4.2.2); the response, if any
+/// comes within 500 ms.
+fn tcp_ask(c: &mut std::net::TcpStream, q: &[u8]) -> Option<Vec<u8>> {
+    use std::io::{Read, Write};
+    c.write_all(&(q.len() as u16).to_be_bytes()).unwrap();
+    c.write_all(q).unwrap();
+    let mut len = [0u8; 2];
+    c.read_exact(&mut len).ok()?;
+    let mut r = vec![0u8; u16::from_be_bytes(len) as usize];
+    c.read_exact(&mut r).ok()?;
+    Some(r)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_tcp_messages_are_counted_like_udp_and_the_connection_keeps_answering() {
+    let s = server().await;
+    let tcp = s.tcp_addrs()[0];
+    let before = s.counters().values();
+    let mut c = std::net::TcpStream::connect(tcp).unwrap();
+    c.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    // shorter than a header: dropped, counted
+    assert!(tcp_ask(&mut c, &[1, 2, 3]).is_none());
+    // a response (QR=1): dropped, counted
+    let mut resp = raw_query("router-one.vpn.example.com", 1, 5);
+    resp[2] |= 0x80;
+    assert!(tcp_ask(&mut c, &resp).is_none());
+    // truncated question, compression loop, label overflow: FORMERR, counted
+    let q = raw_query("router-one.vpn.example.com", 1, 7);
+    let r = tcp_ask(&mut c, &q[..q.len() - 2]).unwrap();
+    assert_eq!((r[0], r[1], rcode(&r)), (0, 7, 1));
+    let lp = [
+        0xab, 0xcd, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0, 0xc0, 12, 0, 1, 0, 1,
+    ];
+    assert_eq!(rcode(&tcp_ask(&mut c, &lp).unwrap()), 1);
+    let mut long = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0, 64];
+    long.extend_from_slice(&[b'a'; 64]);
+    long.extend_from_slice(&[0, 0, 1, 0, 1]);
+    assert_eq!(rcode(&tcp_ask(&mut c, &long).unwrap()), 1);
+    // garbage with a header that claims records it does not carry
+    let mut g = vec![0x77, 0x01, 0x01, 0x00, 0, 1, 0, 9, 0, 9, 0, 9];
+    g.extend_from_slice(&[0xff; 40]);
+    assert_eq!(rcode(&tcp_ask(&mut c, &g).unwrap()), 1);
+    // the same connection still answers
+    let r = tcp_ask(&mut c, &raw_query("router-one.vpn.example.com", 1, 99)).unwrap();
+    assert_eq!((rcode(&r), ancount(&r)), (0, 1));
+    let after = s.counters().values();
+    let grew = |o: Outcome| after.get(o) - before.get(o);
+    assert_eq!(grew(Outcome::DropShort), 1, "{:?}", after.by_label());
+    assert_eq!(grew(Outcome::DropResponse), 1, "{:?}", after.by_label());
+    assert_eq!(grew(Outcome::FormErr), 4, "{:?}", after.by_label());
+    assert_eq!(grew(Outcome::Answer), 1, "{:?}", after.by_label());
+    assert_eq!(after.tcp - before.tcp, 7);
+    // a zone transfer still works over the new framing (REFUSED: no secondary allowed)
+    let axfr = raw_query("vpn.example.com", 252, 11);
+    let r = tcp_ask(&mut c, &axfr).unwrap();
+    assert_eq!((r[0], r[1], rcode(&r)), (0, 11, 5));
+    // a fresh connection answers too
+    let mut c2 = std::net::TcpStream::connect(tcp).unwrap();
+    c2.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let r = tcp_ask(&mut c2, &raw_query("v4only.vpn.example.com", 1, 3)).unwrap();
+    assert_eq!((rcode(&r), ancount(&r)), (0, 1));
+    s.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tunnel_is_answered_within_10ms_of_coming_up_and_not_at_all_once_down() {
     let s = server().await;

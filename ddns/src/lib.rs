@@ -3,7 +3,7 @@
 //! * [`GatewayId`]: the DNS label of a peer router, from its identity.
 //! * [`Zone`]: the zone `<domain>`, written by the daemon and the cluster, read by
 //!   queries from an immutable [`Snapshot`] swapped atomically.
-//! * [`DnsServer`]: UDP (SO_REUSEPORT, one loop per socket) and TCP (hickory-server)
+//! * [`DnsServer`]: UDP (SO_REUSEPORT, one loop per socket) and TCP (own framing, [`tcp`])
 //!   listeners answering from the zone through [`DnsHandler`].
 //! * [`Transfer`]: AXFR/IXFR to configured secondaries and NOTIFY, TSIG-signed.
 #![forbid(unsafe_code)]
@@ -16,6 +16,7 @@ pub mod gateway_id;
 pub mod handler;
 pub mod metrics;
 pub mod server;
+pub mod tcp;
 pub mod tsig;
 pub mod xfr;
 pub mod zone;

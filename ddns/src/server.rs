@@ -4,7 +4,8 @@
 //! UDP: several SO_REUSEPORT sockets per address, one receive loop (an OS thread) per
 //! socket; the kernel spreads queries across them. Each loop answers in place with
 //! [`DnsHandler::handle_bytes`] and counts into its own counter shard.
-//! TCP: hickory-server's [`Server`] (framing, idle timeout) over the same handler.
+//! TCP: [`crate::tcp`] (framing, idle timeout, connection limit) over the same
+//! [`DnsHandler::handle_bytes`], so every rejection is counted like over UDP.
 
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,7 +13,6 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use hickory_server::Server;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::config::DnsConfig;
@@ -31,7 +31,7 @@ pub struct DnsServer {
     tcp_addrs: Vec<SocketAddr>,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
-    tcp: Server<DnsHandler>,
+    tcp: Vec<tokio::task::JoinHandle<()>>,
     notifier: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -127,7 +127,7 @@ impl DnsServer {
             }
         }
         let stop = Arc::new(AtomicBool::new(false));
-        let mut tcp = Server::new(handler.clone());
+        let mut tcp = Vec::new();
         let mut udp_addrs = Vec::new();
         let mut tcp_addrs = Vec::new();
         let mut threads = Vec::new();
@@ -146,11 +146,11 @@ impl DnsServer {
             }
             tcp_addrs.push(listener.local_addr()?);
             let listener = tokio::net::TcpListener::from_std(listener)?;
-            tcp.register_listener(
+            tcp.push(crate::tcp::serve(
                 listener,
+                handler.clone(),
                 Duration::from_secs(cfg.tcp_timeout_secs.max(1)),
-                64 * 1024,
-            );
+            ));
         }
         tracing::info!(udp = ?udp_addrs, tcp = ?tcp_addrs, sockets_per_addr = n,
             zone = %handler.zone().origin(), "authoritative DNS server listening");
@@ -197,8 +197,9 @@ impl DnsServer {
         for t in &self.notifier {
             t.abort();
         }
-        if let Err(error) = self.tcp.shutdown_gracefully().await {
-            tracing::debug!(%error, "DNS TCP server shutdown");
+        for t in self.tcp.drain(..) {
+            t.abort();
+            let _ = t.await;
         }
         let threads = std::mem::take(&mut self.threads);
         let _ = tokio::task::spawn_blocking(move || {
@@ -213,6 +214,9 @@ impl DnsServer {
 impl Drop for DnsServer {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        for t in &self.tcp {
+            t.abort();
+        }
         for t in &self.notifier {
             t.abort();
         }
