@@ -433,7 +433,19 @@ pub async fn run(
     let bind_ip = peer.bind.ip();
     // With [dataplane] the data plane owns the NAT-T socket and carries the CHILD SAs.
     let dp = match &cfg.dataplane {
-        Some(d) => Some(crate::services::start_dataplane(d.clone())?),
+        Some(d) => {
+            let mut d = d.clone();
+            // NAT-T in the family of `[peer] bind` unless `natt_bind` names one.
+            if bind_ip.is_ipv6()
+                && d.natt_bind == crate::dataplane::DataplaneConfig::default().natt_bind
+            {
+                d.natt_bind = std::net::SocketAddr::new(
+                    std::net::Ipv6Addr::UNSPECIFIED.into(),
+                    d.natt_bind.port(),
+                );
+            }
+            Some(crate::services::start_dataplane(d)?)
+        }
         None => None,
     };
     let natt = if dp.is_some() { None } else { Some(0) };

@@ -72,7 +72,7 @@ fn esp_peer_and_headend_over_ipv6_outer_addresses_ping_both_ways() {
         &format!(
             "[ike]\ndpd_delay = \"1s\"\n[psk]\ndefault = \"v6-psk-1234\"\n[peer]\nlocal_id = \"router-v6\"\n\
              headends = [\"[{HE}]:500\"]\nremote_ts = [\"10.241.0.0/16\"]\nbind = \"[{PR}]:0\"\n\
-             [dataplane]\ntun_name = \"pr0\"\nnatt_bind = \"[::]:4500\"\n"
+             [dataplane]\ntun_name = \"pr0\"\n"
         ),
     );
     let bin = support::headend::bin().display().to_string();
