@@ -77,7 +77,8 @@ use table::{InboundEntry, OutboundEntry, Tables};
 pub struct DataplaneConfig {
     /// TUN device name.
     pub tun_name: String,
-    /// TUN MTU (inner packets); outer packets add up to 73 octets (IPv4, UDP, ESP).
+    /// TUN MTU (inner packets); outer packets add up to 73 octets (IPv4, UDP, ESP), 93
+    /// over IPv6.
     pub mtu: u16,
     /// Anti-replay window in packets (RFC 4303 3.4.3).
     pub replay_window: u32,
