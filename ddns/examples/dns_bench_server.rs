@@ -8,6 +8,9 @@
 //!     --zone-file /tmp/bench.zone --query-file /tmp/bench.queries
 //! ```
 //! Runs until killed (or `--seconds N`). Prints `listening <addr>` when ready.
+//! `--xfr-secret <base64>`: TSIG key `bench-key` (hmac-sha256) and `--listen` as a
+//! secondary, so `dig -y hmac-sha256:bench-key:<base64> AXFR` transfers the zone
+//! (`ddns/benches/axfr_compare.sh`).
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -38,6 +41,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let seconds: u64 = arg(&args, "--seconds", 0);
     let zone_file: String = arg(&args, "--zone-file", String::new());
     let query_file: String = arg(&args, "--query-file", String::new());
+    let xfr_secret: String = arg(&args, "--xfr-secret", String::new());
 
     let cfg = DnsConfig {
         listen: vec![listen],
@@ -50,6 +54,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         udp_sockets: sockets,
         ..DnsConfig::default()
     };
+    let mut cfg = cfg;
+    if !xfr_secret.is_empty() {
+        cfg.tsig_key.push(ddns::TsigKeyConfig {
+            name: "bench-key".into(),
+            algorithm: ddns::TsigAlgorithmName::HmacSha256,
+            secret: ddns::TsigSecret(data_encoding::BASE64.decode(xfr_secret.as_bytes())?),
+        });
+        cfg.secondary.push(ddns::SecondaryConfig {
+            address: ddns::SecondaryAddr((listen, 53).into()),
+            tsig_key: "bench-key".into(),
+            notify: false,
+        });
+    }
     let zone = Zone::new(ZoneConfig::new(&cfg, DOMAIN)?);
     let base_stamp: u64 = 1_790_000_000_000 << 16;
     zone.apply((0..records).map(|i| ddns::Change::Upsert {
