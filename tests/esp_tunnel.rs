@@ -806,6 +806,38 @@ fn esp_over_ipv6_outer_addresses_plain_and_udp_encapsulated() {
         if !udp_encap {
             // Plain ESP: nothing went through the NAT-T sockets.
             assert_eq!(ca.tx_sends + cb.tx_sends, 0, "{name}: {ca:?} {cb:?}");
+            // Hostile plain ESP over IPv6: the SPI is read at offset 0 (no IP header on
+            // an IPv6 raw socket), so b's own SPI with a forged body fails the ICV, an
+            // unknown SPI is unknown and a runt is truncated; nothing is delivered.
+            let b_spi = 0xb000_0001u32.to_be_bytes();
+            let mut forged = b_spi.to_vec();
+            forged.extend_from_slice(&[0, 0, 0, 99]);
+            forged.extend_from_slice(&[0x5a; 48]);
+            let mut unknown = vec![0xde, 0xad, 0xbe, 0xef, 0, 0, 0, 1];
+            unknown.extend_from_slice(&[0x5a; 48]);
+            let path = format!("/run/netns/{}", p.a_ns.name);
+            std::thread::spawn(move || {
+                sys::enter_netns(&path).unwrap();
+                let raw = sys::raw_esp_socket(true, 200).unwrap();
+                let to: SocketAddr = format!("[{B_OUTER6}]:0").parse().unwrap();
+                for d in [forged, unknown, vec![1, 2, 3]] {
+                    raw.send_to(&d, to).unwrap();
+                }
+            })
+            .join()
+            .unwrap();
+            let c = support::wait_for(
+                "hostile ESP over IPv6 counted",
+                Duration::from_secs(5),
+                || {
+                    let c = p.b.counters();
+                    (c.dropped(EspDrop::Integrity) > cb.dropped(EspDrop::Integrity)
+                        && c.dropped(EspDrop::UnknownSpi) > cb.dropped(EspDrop::UnknownSpi)
+                        && c.dropped(EspDrop::Truncated) > cb.dropped(EspDrop::Truncated))
+                    .then_some(c)
+                },
+            );
+            assert_eq!(c.rx_packets, cb.rx_packets, "{cb:?} -> {c:?}");
         }
     }
 }
