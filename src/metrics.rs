@@ -444,9 +444,10 @@ pub async fn render(s: &Services) -> String {
 /// change of counters alone at most every 2 s).
 pub const SHARE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Runs for ever: every [`SHARE_EVERY`], this member's own figures into its
-/// `MemberInfo` counters (replicated, so every member shows them), keeping what else the
-/// info says (IKE addresses, capacity). Nothing while no cluster member runs.
+/// Runs for ever: every [`SHARE_EVERY`], this member's own figures into the counters of
+/// its `MemberInfo` (replicated, so every member shows them; the IKE addresses and
+/// capacity of the info belong to the pool and are left alone). Nothing while no
+/// cluster member runs.
 pub async fn share(s: &Services) {
     let mut tick = tokio::time::interval(SHARE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -455,25 +456,7 @@ pub async fn share(s: &Services) {
         let Some(h) = s.cluster() else {
             continue;
         };
-        let Ok(members) = h.members().await else {
-            continue;
-        };
-        let mut info = members
-            .into_iter()
-            .find(|m| m.is_self)
-            .and_then(|m| m.info)
-            .unwrap_or_else(|| cluster::MemberInfo {
-                ike_addrs: s
-                    .daemon
-                    .ike_addrs
-                    .iter()
-                    .map(|a| a.ip())
-                    .filter(|ip| !ip.is_unspecified())
-                    .collect(),
-                ..Default::default()
-            });
-        info.counters = own_figures(s).await;
-        if let Err(e) = h.set_member_info(info).await {
+        if let Err(e) = h.set_member_counters(own_figures(s).await).await {
             tracing::debug!(error = %e, "cluster: sharing this member's figures failed");
         }
     }
