@@ -1,6 +1,6 @@
 //! Zone transfer and NOTIFY (issue 4, optional part) against real tools on 127.0.0.1:
 //! Knot DNS (knotd) as a secondary of headend with a TSIG key transfers the 10 000-record
-//! zone, follows changes through NOTIFY + IXFR/AXFR, and `dig` checks who may transfer:
+//! zone, follows changes through NOTIFY + IXFR differences, and `dig` checks who may transfer:
 //! no key REFUSED, wrong key NOTAUTH (BADSIG/BADKEY), other source address REFUSED.
 //! Missing knotd or dig makes the tests FAIL.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -315,9 +315,36 @@ async fn knot_secondary_transfers_the_zone_and_follows_changes_through_notify() 
     .await;
     assert_eq!(r.status, "NXDOMAIN", "{}\n{}", r.raw, knot.log());
 
+    // Knot's copy is the zone: same serial, untouched names still there
+    let r = dig_async(knot.addr, &["vpn.example.com", "SOA"]).await;
+    let serial: u32 = r.answer[0]
+        .data
+        .split_whitespace()
+        .nth(2)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(serial, server.zone().serial());
+    let r = dig_async(knot.addr, &["gw-00042.vpn.example.com", "A"]).await;
+    assert_eq!(r.answer_data("A"), vec!["10.2.0.42"]);
+    let r = dig_async(knot.addr, &["router-one.vpn.example.com", "AAAA"]).await;
+    assert_eq!(r.status, "NXDOMAIN", "both addresses of router-one left");
+
     let st = server.transfer_stats().by_label();
     let get = |k: &str| st.iter().find(|(l, _)| *l == k).unwrap().1;
-    assert!(get("full") >= 3, "{st:?}");
+    // the bootstrap is a full transfer; the two changes travel as IXFR differences
+    assert!(get("full") >= 1, "{st:?}");
+    assert!(get("incremental") >= 2, "{st:?}");
+    let log = knot.log();
+    assert!(!log.contains("AXFR-style"), "{log}");
+    assert!(log.contains("IXFR, incoming"), "{log}");
+    let ixfr_lines: Vec<&str> = log.lines().filter(|l| l.contains("IXFR")).collect();
+    assert!(
+        ixfr_lines
+            .iter()
+            .all(|l| !l.contains("fail") && !l.contains("fallback")),
+        "{log}"
+    );
     assert!(get("notify_acked") >= 2, "{st:?}");
     assert_eq!(get("notauth"), 0, "{st:?}");
     assert!(server.counters().values().get(Outcome::Transfer) >= 3);

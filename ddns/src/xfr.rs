@@ -4,8 +4,10 @@
 //!   glue, pool and every gateway name, [`RECORDS_PER_MESSAGE`] records per message.
 //!   Over UDP: REFUSED (RFC 5936 section 4.2 leaves AXFR over UDP undefined).
 //! * IXFR (RFC 1995): a client that already has the current serial gets the single SOA
-//!   (section 4); otherwise a full AXFR-style answer (section 4 allows it). Over UDP
-//!   always the single SOA (section 2: "does not fit"), which sends the client to TCP.
+//!   (section 4); one whose serial is a snapshot we transferred to it (remembered per
+//!   secondary IP) gets the difference, one condensed sequence (section 4); any other a
+//!   full AXFR-style answer (section 4 allows it). Over UDP always the single SOA
+//!   (section 2: "does not fit"), which sends the client to TCP.
 //! * Access: the request's source IP must be a `[[dns.secondary]]` address and the
 //!   request signed with that secondary's key (RFC 8945). Unsigned or from elsewhere:
 //!   REFUSED. A bad signature: NOTAUTH with the TSIG error BADKEY / BADSIG (unsigned) or
@@ -17,9 +19,11 @@
 //!   ([`NOTIFY_TRIES`]) until a signed answer arrives; changes in the meantime are
 //!   coalesced into the next NOTIFY, so at most one is in flight per secondary.
 
+use std::borrow::Cow;
+use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hickory_proto::op::{Edns, Message, MessageType, Metadata, OpCode, Query, ResponseCode};
@@ -61,6 +65,8 @@ pub struct Secondary {
 pub struct XfrStats {
     /// Full transfers sent (AXFR, and IXFR answered AXFR-style).
     pub full: AtomicU64,
+    /// IXFR answered with the difference from the client's serial (RFC 1995 section 4).
+    pub incremental: AtomicU64,
     /// IXFR answered with the single current SOA (client up to date, or UDP).
     pub up_to_date: AtomicU64,
     /// Transfers refused (not a secondary, unsigned, AXFR over UDP, not our zone).
@@ -88,6 +94,7 @@ impl XfrStats {
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
         vec![
             ("full", l(&self.full)),
+            ("incremental", l(&self.incremental)),
             ("up_to_date", l(&self.up_to_date)),
             ("refused", l(&self.refused)),
             ("notauth", l(&self.notauth)),
@@ -105,7 +112,14 @@ pub struct Transfer {
     keys: Vec<Arc<TsigKey>>,
     secondaries: Vec<Secondary>,
     stats: XfrStats,
+    /// Snapshots transferred, by the secondary's IP: the bases IXFR deltas start from.
+    /// Only what this member sent to that secondary: another member's snapshot with the
+    /// same serial may hold other data while the cluster converges.
+    history: Mutex<VecDeque<(IpAddr, Arc<Snapshot>)>>,
 }
+
+/// Snapshots remembered for IXFR (all secondaries together); they share structure.
+const HISTORY: usize = 64;
 
 fn now_secs() -> u64 {
     SystemTime::now()
@@ -134,7 +148,7 @@ pub(crate) fn wants(req: &MessageRequest) -> bool {
 /// One response message of a transfer (or the single response to anything else).
 pub(crate) struct Msg<'s> {
     pub(crate) metadata: Metadata,
-    pub(crate) answers: Vec<&'s Record>,
+    pub(crate) answers: Vec<Cow<'s, Record>>,
     pub(crate) authority: Vec<&'s Record>,
     pub(crate) additional: Vec<&'s Record>,
     pub(crate) tsig: Option<TsigRecord>,
@@ -202,6 +216,7 @@ impl Transfer {
             keys,
             secondaries,
             stats: XfrStats::default(),
+            history: Mutex::default(),
         })
     }
 
@@ -225,7 +240,7 @@ impl Transfer {
     /// EDNS(0) payload size.
     pub(crate) fn answer<'s>(
         &self,
-        snap: &'s Snapshot,
+        snap: &'s Arc<Snapshot>,
         req: &MessageRequest,
         raw: &[u8],
         src: SocketAddr,
@@ -303,7 +318,7 @@ impl Transfer {
     #[allow(clippy::too_many_arguments)]
     fn decide<'s>(
         &self,
-        snap: &'s Snapshot,
+        snap: &'s Arc<Snapshot>,
         req: &MessageRequest,
         src: SocketAddr,
         tcp: bool,
@@ -315,7 +330,7 @@ impl Transfer {
         let one = |metadata: Metadata, answers: Vec<&'s Record>, authority, outcome| Answer {
             msgs: vec![Msg {
                 metadata,
-                answers,
+                answers: answers.into_iter().map(Cow::Borrowed).collect(),
                 authority,
                 additional: Vec::new(),
                 tsig: None,
@@ -334,7 +349,11 @@ impl Transfer {
             return Answer {
                 msgs: vec![Msg {
                     metadata: r.metadata,
-                    answers: r.answers[0].iter().chain(r.answers[1].iter()).collect(),
+                    answers: r.answers[0]
+                        .iter()
+                        .chain(r.answers[1].iter())
+                        .map(Cow::Borrowed)
+                        .collect(),
                     authority: r.authority.iter().collect(),
                     additional: r.additional.iter().collect(),
                     tsig: None,
@@ -392,26 +411,44 @@ impl Transfer {
                 self.stats.up_to_date.fetch_add(1, Ordering::Relaxed);
                 return one(metadata, vec![soa], Vec::new(), Outcome::Transfer);
             }
+            // A snapshot this secondary got from us: send the difference.
+            if let Some(old) = self.served(src.ip(), theirs) {
+                if let Some(records) = delta(&old, snap) {
+                    self.stats.incremental.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(%src, key = %key.name(), from = theirs, to = snap.serial(),
+                        changes = records.len().saturating_sub(4), "DNS: zone transfer (IXFR)");
+                    self.remember(src.ip(), snap);
+                    return chunked(metadata, records, edns);
+                }
+            }
         }
         self.stats.full.fetch_add(1, Ordering::Relaxed);
         tracing::info!(%src, key = %key.name(), serial = snap.serial(),
             kind = if ixfr { "IXFR (full)" } else { "AXFR" }, "DNS: zone transfer");
-        let records = zone_records(snap);
-        let msgs = records
-            .chunks(RECORDS_PER_MESSAGE)
-            .map(|c| Msg {
-                metadata,
-                answers: c.to_vec(),
-                authority: Vec::new(),
-                additional: Vec::new(),
-                tsig: None,
-            })
-            .collect();
-        Answer {
-            msgs,
-            edns,
-            outcome: Outcome::Transfer,
+        self.remember(src.ip(), snap);
+        let records = zone_records(snap).into_iter().map(Cow::Borrowed).collect();
+        chunked(metadata, records, edns)
+    }
+
+    /// The snapshot with `serial` that we transferred to `ip`, if still remembered.
+    fn served(&self, ip: IpAddr, serial: u32) -> Option<Arc<Snapshot>> {
+        let h = self.history.lock().unwrap_or_else(|p| p.into_inner());
+        h.iter()
+            .rev()
+            .find(|(i, s)| *i == ip && s.serial() == serial)
+            .map(|(_, s)| Arc::clone(s))
+    }
+
+    /// Remember that `ip` now holds `snap` (the base of its next IXFR).
+    fn remember(&self, ip: IpAddr, snap: &Arc<Snapshot>) {
+        let mut h = self.history.lock().unwrap_or_else(|p| p.into_inner());
+        if h.iter().any(|(i, s)| *i == ip && Arc::ptr_eq(s, snap)) {
+            return;
         }
+        if h.len() >= HISTORY {
+            h.pop_front();
+        }
+        h.push_back((ip, Arc::clone(snap)));
     }
 
     /// Attach TSIG RRs: the first message chains from the request MAC, later ones from
@@ -461,6 +498,82 @@ impl Transfer {
     }
 }
 
+/// Split `records` into messages of [`RECORDS_PER_MESSAGE`].
+fn chunked<'s>(
+    metadata: Metadata,
+    records: Vec<Cow<'s, Record>>,
+    edns: Option<Edns>,
+) -> Answer<'s> {
+    let msgs = records
+        .chunks(RECORDS_PER_MESSAGE)
+        .map(|c| Msg {
+            metadata,
+            answers: c.to_vec(),
+            authority: Vec::new(),
+            additional: Vec::new(),
+            tsig: None,
+        })
+        .collect();
+    Answer {
+        msgs,
+        edns,
+        outcome: Outcome::Transfer,
+    }
+}
+
+/// The records of one name (or the pool) in `old` and not in `new`, appended to `out`.
+fn missing<'s>(
+    old: &'s crate::zone::NameRecords,
+    new: Option<&crate::zone::NameRecords>,
+    out: &mut Vec<Cow<'s, Record>>,
+) {
+    for r in old.a.iter().chain(old.aaaa.iter()) {
+        let kept = new.is_some_and(|n| n.a.iter().chain(n.aaaa.iter()).any(|x| x == r));
+        if !kept {
+            out.push(Cow::Borrowed(r));
+        }
+    }
+}
+
+/// The IXFR answer from `old` to `new` (RFC 1995 section 4, one condensed difference
+/// sequence): new SOA, old SOA, deleted records, new SOA, added records, new SOA.
+/// None when the zone's fixed part changed (configuration): send it all.
+fn delta<'s>(old: &Snapshot, new: &'s Snapshot) -> Option<Vec<Cow<'s, Record>>> {
+    if !Arc::ptr_eq(&old.statics, &new.statics) {
+        return None;
+    }
+    let mut deleted: Vec<Cow<'s, Record>> = Vec::new();
+    let mut added: Vec<Cow<'s, Record>> = Vec::new();
+    // owned copies of what left (borrowed from `old`, which the caller drops)
+    let mut gone: Vec<Cow<'_, Record>> = Vec::new();
+    if !Arc::ptr_eq(&old.pool, &new.pool) {
+        missing(&old.pool, Some(&new.pool), &mut gone);
+        missing(&new.pool, Some(&old.pool), &mut added);
+    }
+    for (k, o) in old.names.iter() {
+        match new.names.get(k) {
+            Some(n) if Arc::ptr_eq(o, n) => {}
+            n => missing(o, n.map(|n| n.as_ref()), &mut gone),
+        }
+    }
+    for (k, n) in new.names.iter() {
+        match old.names.get(k) {
+            Some(o) if Arc::ptr_eq(o, n) => {}
+            o => missing(n, o.map(|o| o.as_ref()), &mut added),
+        }
+    }
+    deleted.extend(gone.into_iter().map(|r| Cow::Owned(r.into_owned())));
+    let soa = &new.soa[0];
+    let mut v = Vec::with_capacity(deleted.len() + added.len() + 4);
+    v.push(Cow::Borrowed(soa));
+    v.push(Cow::Owned(old.soa[0].clone()));
+    v.extend(deleted);
+    v.push(Cow::Borrowed(soa));
+    v.extend(added);
+    v.push(Cow::Borrowed(soa));
+    Some(v)
+}
+
 /// Every record of the zone in transfer order: SOA, NS, glue, pool, gateway names, SOA.
 pub(crate) fn zone_records(snap: &Snapshot) -> Vec<&Record> {
     let st = &snap.statics;
@@ -489,7 +602,7 @@ pub(crate) fn encode(
     enc.set_max_size(max_size);
     let mut msg = MessageResponseBuilder::new(&req.queries, edns).build(
         m.metadata,
-        m.answers.iter().copied(),
+        m.answers.iter().map(|r| r.as_ref()),
         m.authority.iter().copied(),
         std::iter::empty(),
         m.additional.iter().copied(),
@@ -509,7 +622,7 @@ pub(crate) async fn send<R: ResponseHandler>(
     for m in &a.msgs {
         let mut msg = MessageResponseBuilder::new(&req.queries, a.edns.as_ref()).build(
             m.metadata,
-            m.answers.iter().copied(),
+            m.answers.iter().map(|r| r.as_ref()),
             m.authority.iter().copied(),
             std::iter::empty(),
             m.additional.iter().copied(),
@@ -671,11 +784,18 @@ mod tests {
                 algorithm: Default::default(),
                 secret: TsigSecret(SECRET.to_vec()),
             }],
-            secondary: vec![SecondaryConfig {
-                address: SecondaryAddr(secondary),
-                tsig_key: "k".into(),
-                notify: true,
-            }],
+            secondary: vec![
+                SecondaryConfig {
+                    address: SecondaryAddr(secondary),
+                    tsig_key: "k".into(),
+                    notify: true,
+                },
+                SecondaryConfig {
+                    address: SecondaryAddr("127.0.0.3:53".parse().unwrap()),
+                    tsig_key: "k".into(),
+                    notify: false,
+                },
+            ],
             ..DnsConfig::default()
         }
     }
@@ -892,6 +1012,111 @@ mod tests {
             Message::from_vec(&m[0]).unwrap().metadata.response_code,
             ResponseCode::FormErr
         );
+    }
+
+    fn rrs(msgs: &[Vec<u8>]) -> Vec<Record> {
+        msgs.iter()
+            .flat_map(|m| Message::from_vec(m).unwrap().answers)
+            .collect()
+    }
+
+    fn serial_of(r: &Record) -> Option<u32> {
+        match &r.data {
+            RData::SOA(s) => Some(s.serial),
+            _ => None,
+        }
+    }
+
+    /// What a secondary does with an IXFR answer (RFC 1995 section 4): apply each
+    /// difference sequence to the records it holds.
+    fn apply(held: &mut Vec<Record>, ixfr: &[Record]) {
+        let new = serial_of(&ixfr[0]).unwrap();
+        assert_eq!(serial_of(ixfr.last().unwrap()), Some(new));
+        let body = &ixfr[1..ixfr.len() - 1];
+        let mut deleting = true;
+        let mut seen_old_soa = false;
+        for r in body {
+            if let Some(s) = serial_of(r) {
+                if !seen_old_soa {
+                    seen_old_soa = true;
+                    assert_ne!(s, new);
+                    deleting = true;
+                } else {
+                    assert_eq!(s, new);
+                    deleting = false;
+                }
+                continue;
+            }
+            if deleting {
+                let at = held
+                    .iter()
+                    .position(|h| h == r)
+                    .expect("deleted record was held");
+                held.remove(at);
+            } else {
+                assert!(!held.contains(r), "added record was not held");
+                held.push(r.clone());
+            }
+        }
+    }
+
+    #[test]
+    fn ixfr_sends_the_difference_from_what_this_secondary_got() {
+        let h = handler(50);
+        let k = key(SECRET);
+        let now = now_secs();
+        let (q, _) = request(RecordType::AXFR, None, Some((&k, now)));
+        let (m, _) = transfer(&h, &q, src(), true);
+        let mut held: Vec<Record> = rrs(&m);
+        held.pop();
+        held.remove(0); // the SOAs
+        let base = h.zone().serial();
+        // one added, one removed, one moved, one re-upserted unchanged
+        let stamp = 1u64 << 40;
+        h.zone().upsert(
+            TunnelKey::new("m", "new"),
+            GatewayId::from_identity("brand-new").0,
+            vec!["10.7.0.1".parse().unwrap(), "fd00::7".parse().unwrap()],
+            stamp,
+        );
+        h.zone().remove(&TunnelKey::new("m", "3"), stamp + 1);
+        h.zone().upsert(
+            TunnelKey::new("m", "4"),
+            GatewayId::from_identity("gw-4").0,
+            vec!["10.7.0.4".parse().unwrap()],
+            stamp + 2,
+        );
+        h.zone().upsert(
+            TunnelKey::new("m", "5"),
+            GatewayId::from_identity("gw-5").0,
+            vec![IpAddr::from([10, 0, 0, 5])],
+            stamp + 3,
+        );
+        let (q, _) = request(RecordType::IXFR, Some(base), Some((&k, now)));
+        let (m, o) = transfer(&h, &q, src(), true);
+        assert_eq!(o, Outcome::Transfer);
+        let ixfr = rrs(&m);
+        // SOA new, SOA old, 2 deleted (gw-3, gw-4's old A), SOA new, 3 added, SOA new
+        assert_eq!(ixfr.len(), 4 + 2 + 3, "{ixfr:#?}");
+        assert_eq!(serial_of(&ixfr[1]), Some(base));
+        apply(&mut held, &ixfr);
+        let (q, _) = request(RecordType::AXFR, None, Some((&k, now)));
+        let (m, _) = transfer(&h, &q, "127.0.0.3:40000".parse().unwrap(), true);
+        let mut want = rrs(&m);
+        want.pop();
+        want.remove(0);
+        let key_of = |r: &Record| format!("{r}");
+        held.sort_by_key(key_of);
+        want.sort_by_key(key_of);
+        assert_eq!(held, want, "the secondary holds the new zone");
+        let st = h.transfer().stats();
+        assert_eq!(st.incremental.load(Ordering::Relaxed), 1);
+        // A secondary that never got `base` from us gets everything.
+        let (q, _) = request(RecordType::IXFR, Some(base), Some((&k, now)));
+        let before = st.full.load(Ordering::Relaxed);
+        let (m, _) = transfer(&h, &q, "127.0.0.3:40000".parse().unwrap(), true);
+        assert!(rrs(&m).len() > 50);
+        assert_eq!(st.full.load(Ordering::Relaxed), before + 1);
     }
 
     #[test]
