@@ -299,14 +299,14 @@ fn cli_without_a_daemon_says_so() {
 }
 
 /// A daemon on 127.0.0.`m` whose `[service.ipsec-ddns]` is configured but not enabled,
-/// serving metrics on 127.0.0.`m`:`metrics`; returns (process, its socket, its
-/// configuration file, its IKE and NAT-T ports).
+/// serving DNS on 127.0.0.`m`:`dns` and metrics on 127.0.0.`m`:`metrics`; returns
+/// (process, its socket, its configuration file, its IKE and NAT-T ports).
 fn member(
     dir: &Path,
     m: u8,
     secret: &str,
     extra: &str,
-    (repl, memb, metrics): (u16, u16, u16),
+    (repl, memb, metrics, dns): (u16, u16, u16, u16),
 ) -> (Proc, PathBuf, PathBuf, (u16, u16)) {
     let (ike, natt) = (udp_port(), udp_port());
     let conf = dir.join(format!("m{m}.toml"));
@@ -321,6 +321,13 @@ natt_port = {natt}
 default = "cli-test-psk"
 [pool]
 v4 = "10.97.{m}.0/24"
+[dns]
+listen = ["127.0.0.{m}"]
+port = {dns}
+domain = "commit.test"
+[[dns.ns]]
+name = "ns{m}"
+addrs = ["127.0.0.{m}"]
 [service.ipsec-ddns]
 self = "127.0.0.{m}"
 secret = "{secret}"
@@ -360,7 +367,7 @@ fn commit_starts_joins_and_refuses_the_cluster_in_a_running_daemon() {
     let dir = std::env::temp_dir().join(format!("headend-commit-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let ports = (tcp_port(), tcp_port(), tcp_port());
+    let ports = (tcp_port(), tcp_port(), tcp_port(), udp_port());
     let metrics = |m: u8| format!("127.0.0.{m}:{}", ports.2);
     let secret = "commit-cluster-secret";
 
@@ -439,6 +446,12 @@ fn commit_starts_joins_and_refuses_the_cluster_in_a_running_daemon() {
         &["peer", "--config", rogue_conf.to_str().unwrap()],
         dir.join("rogue.log"),
     );
+    // A name member 1 does not know: NXDOMAIN, counted on member 1.
+    assert_eq!(
+        dns_rcode(&format!("127.0.0.1:{}", ports.3), "nobody.commit.test"),
+        3,
+        "NXDOMAIN from member 1"
+    );
     let figure = |table: &str, row: &str, col: usize| -> Option<String> {
         table
             .lines()
@@ -451,7 +464,10 @@ fn commit_starts_joins_and_refuses_the_cluster_in_a_running_daemon() {
         let head: Vec<&str> = st.lines().next().unwrap().split_whitespace().collect();
         let c1 = head.iter().position(|h| *h == "127.0.0.1").unwrap();
         let failed = figure(&st, "ike_sa_failures_total", c1).and_then(|v| v.parse::<u64>().ok());
+        let nx = figure(&st, "dns_queries_total{rcode=nxdomain}", c1)
+            .and_then(|v| v.parse::<u64>().ok());
         if figure(&st, "tunnels_up", c1).as_deref() == Some("1")
+            && nx.is_some_and(|n| n >= 1)
             && figure(&st, "ike_sa_setups_total", c1).as_deref() == Some("1")
             && failed.is_some_and(|n| n >= 1)
         {
@@ -488,6 +504,17 @@ fn commit_starts_joins_and_refuses_the_cluster_in_a_running_daemon() {
         m.contains("\nheadend_cluster_tunnels_up{member=\"127.0.0.2\"} 0\n"),
         "{m}"
     );
+    let nx: u64 = m
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(
+                "headend_cluster_dns_queries_total{member=\"127.0.0.1\",rcode=\"nxdomain\"} ",
+            )
+        })
+        .unwrap_or_else(|| panic!("{m}"))
+        .parse()
+        .unwrap();
+    assert!(nx >= 1, "{m}");
 
     // Third member with a wrong secret: refused, nothing saved, nothing running.
     let (_m3, s3, c3, _) = member(&dir, 3, "a-wrong-secret", "", ports);
@@ -693,4 +720,21 @@ fn json_logs_carry_peer_identity_and_gateway_id_on_tunnel_lines() {
     assert_eq!(down["peer"], up["peer"], "{down}");
     drop(he);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Sends one A query over UDP and returns the response code of the answer.
+fn dns_rcode(server: &str, name: &str) -> u8 {
+    let mut q = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    for l in name.split('.') {
+        q.push(l.len() as u8);
+        q.extend_from_slice(l.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.send_to(&q, server).unwrap();
+    let mut buf = [0u8; 1500];
+    let n = s.recv(&mut buf).unwrap();
+    assert!(n >= 12 && buf[..2] == [0x12, 0x34], "not our answer");
+    buf[3] & 0x0f
 }
