@@ -154,7 +154,7 @@ impl DnsServer {
         }
         tracing::info!(udp = ?udp_addrs, tcp = ?tcp_addrs, sockets_per_addr = n,
             zone = %handler.zone().origin(), "authoritative DNS server listening");
-        let notifier = crate::xfr::spawn_notifier(xfr, handler.zone().clone());
+        let notifier = crate::xfr::spawn_notifier(xfr, handler.zone().clone(), &cfg.listen);
         Ok(DnsServer {
             handler,
             udp_addrs,

@@ -638,7 +638,11 @@ pub(crate) async fn send<R: ResponseHandler>(
 /// The NOTIFY senders: one task per secondary with `notify`, fed by a watcher that
 /// polls the zone's serial. Aborted when the returned handles are dropped by
 /// [`crate::DnsServer`].
-pub fn spawn_notifier(transfer: Arc<Transfer>, zone: Zone) -> Vec<tokio::task::JoinHandle<()>> {
+pub fn spawn_notifier(
+    transfer: Arc<Transfer>,
+    zone: Zone,
+    listen: &[IpAddr],
+) -> Vec<tokio::task::JoinHandle<()>> {
     let targets: Vec<Secondary> = transfer
         .secondaries
         .iter()
@@ -648,34 +652,48 @@ pub fn spawn_notifier(transfer: Arc<Transfer>, zone: Zone) -> Vec<tokio::task::J
     if targets.is_empty() {
         return Vec::new();
     }
-    let first = zone.snapshot();
-    let (tx, rx) = tokio::sync::watch::channel(first.serial());
+    let mut base = zone.snapshot();
+    let (tx, rx) = tokio::sync::watch::channel(base.serial());
     let mut tasks = Vec::new();
     let watch_zone = zone.clone();
     tasks.push(tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         loop {
             tick.tick().await;
-            let snap = watch_zone.snapshot();
-            // a member not yet synced would SERVFAIL the transfer: wait
-            if snap.synced() {
-                tx.send_if_modified(|s| std::mem::replace(s, snap.serial()) != snap.serial());
-            }
             if tx.is_closed() {
                 break;
+            }
+            let snap = watch_zone.snapshot();
+            // a member not yet synced would SERVFAIL the transfer: wait
+            if !snap.synced() || snap.serial() == base.serial() {
+                continue;
+            }
+            // A new serial without a record changed (e.g. the pool refreshed with the
+            // same members) is not worth a NOTIFY: secondaries catch it at the next one.
+            let changed =
+                base.synced() != snap.synced() || delta(&base, &snap).is_none_or(|d| d.len() > 4);
+            if changed {
+                tx.send_replace(snap.serial());
+                base = snap;
             }
         }
     }));
     for sec in targets {
         let mut rx = rx.clone();
         let (transfer, zone) = (Arc::clone(&transfer), zone.clone());
+        // NOTIFY from our own listen address of that family, so the secondary's ACL
+        // (by address) sees the server it transfers from; else the routing's choice.
+        let source = listen
+            .iter()
+            .find(|ip| ip.is_ipv4() == sec.addr.is_ipv4() && !ip.is_unspecified())
+            .copied();
         tasks.push(tokio::spawn(async move {
             rx.borrow_and_update();
             while rx.changed().await.is_ok() {
                 // let the burst settle: everything changed until now goes in one NOTIFY
                 tokio::time::sleep(NOTIFY_DELAY).await;
                 let serial = *rx.borrow_and_update();
-                notify_one(&transfer, &zone, &sec, serial).await;
+                notify_one(&transfer, &zone, &sec, source, serial).await;
             }
         }));
     }
@@ -691,11 +709,17 @@ fn random_id() -> u16 {
 
 /// Send one NOTIFY (RFC 1996 section 3.7: QUERY for the apex SOA, opcode NOTIFY, AA,
 /// the SOA in the answer) and retry until a signed answer comes back.
-async fn notify_one(t: &Transfer, zone: &Zone, sec: &Secondary, serial: u32) {
-    let bind: SocketAddr = if sec.addr.is_ipv4() {
-        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
-    } else {
-        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+async fn notify_one(
+    t: &Transfer,
+    zone: &Zone,
+    sec: &Secondary,
+    source: Option<IpAddr>,
+    serial: u32,
+) {
+    let bind: SocketAddr = match source {
+        Some(ip) => (ip, 0).into(),
+        None if sec.addr.is_ipv4() => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
+        None => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
     };
     let sock = match tokio::net::UdpSocket::bind(bind).await {
         Ok(s) => s,
@@ -1152,7 +1176,11 @@ mod tests {
         let zone = Zone::new(ZoneConfig::new(&c, DOMAIN).unwrap());
         zone.set_synced(true);
         let t = Arc::new(Transfer::new(&c).unwrap());
-        let tasks = spawn_notifier(Arc::clone(&t), zone.clone());
+        let tasks = spawn_notifier(
+            Arc::clone(&t),
+            zone.clone(),
+            &["127.0.0.1".parse().unwrap()],
+        );
         tokio::time::sleep(Duration::from_millis(300)).await;
         // a burst of five changes
         for i in 0..5u64 {
@@ -1195,6 +1223,12 @@ mod tests {
             }
         }
         assert_eq!(got.len(), 2);
+        // new serials without a changed record (the pool refreshed with the same
+        // members): no NOTIFY
+        for _ in 0..5 {
+            zone.set_pool(Vec::new());
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
         // acknowledged: nothing more arrives
         let more = tokio::time::timeout(Duration::from_secs(3), sec.recv_from(&mut buf)).await;
         assert!(
@@ -1274,5 +1308,81 @@ mod seed_tests {
             seen += 1;
         }
         assert_eq!(seen, 6);
+    }
+
+    /// Deterministic smoke fuzz of the transfer path: mutations of the signed seeds never
+    /// panic, and every reply is a well-formed response with the query's ID.
+    #[test]
+    fn smoke_fuzz_signed_transfer_requests_never_panic() {
+        let cfg = DnsConfig {
+            ns: vec![NsConfig {
+                name: "ns1".into(),
+                addrs: vec!["192.0.2.1".parse().unwrap()],
+            }],
+            tsig_key: vec![TsigKeyConfig {
+                name: "k".into(),
+                algorithm: Default::default(),
+                secret: TsigSecret(b"fuzz-corpus-secret-32-octets!!!!".to_vec()),
+            }],
+            secondary: vec![SecondaryConfig {
+                address: SecondaryAddr("127.0.0.1:53".parse().unwrap()),
+                tsig_key: "k".into(),
+                notify: false,
+            }],
+            ..DnsConfig::default()
+        };
+        let zone = Zone::new(ZoneConfig::new(&cfg, "vpn.example.com").unwrap());
+        zone.set_synced(true);
+        let h = DnsHandler::new(zone, 1232).with_transfer(Arc::new(Transfer::new(&cfg).unwrap()));
+        let shard = h.counters().shard();
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/query");
+        let seeds: Vec<Vec<u8>> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| std::fs::read(e.unwrap().path()).unwrap())
+            .collect();
+        let mut state: u64 = 0x2545_F491_4F6C_DD1D;
+        let mut next = move || {
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            state.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        };
+        let mut out = Vec::new();
+        let mut answered = 0;
+        for i in 0..100_000u32 {
+            let mut msg = seeds[(next() % seeds.len() as u64) as usize].clone();
+            for _ in 0..1 + next() % 6 {
+                if msg.is_empty() {
+                    break;
+                }
+                let pos = (next() % msg.len() as u64) as usize;
+                match next() % 5 {
+                    0 => msg[pos] = next() as u8,
+                    1 => msg[pos] ^= 1 << (next() % 8),
+                    2 => msg.truncate(pos),
+                    3 => msg.insert(pos, 0xc0),
+                    _ => msg[pos] = 0xff,
+                }
+            }
+            let tcp = i % 2 == 0;
+            if h.handle_bytes(
+                &msg,
+                "127.0.0.1:5353".parse().unwrap(),
+                tcp,
+                &shard,
+                &mut out,
+            ) {
+                answered += 1;
+                assert_eq!(out[..2], msg[..2]);
+                assert!(out[2] & 0x80 != 0);
+                if !tcp {
+                    assert!(out.len() <= 1232);
+                }
+                if let Err(e) = Message::from_vec(&out) {
+                    panic!("{e}: query {msg:02x?} -> response {out:02x?}");
+                }
+            }
+        }
+        assert!(answered > 75_000, "{answered}");
     }
 }
