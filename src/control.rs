@@ -541,8 +541,10 @@ async fn show_cluster(
             (false, Some(ms)) => format!("{:.1}s ago", ms as f64 / 1000.0),
             (false, None) => "never".to_string(),
         };
+        // A member that is down has no tunnels here, whatever it said last.
         let tunnels = f
             .get("tunnels_up")
+            .filter(|_| m.state == cluster::MemberState::Up)
             .map_or_else(|| "-".to_string(), u64::to_string);
         let _ = writeln!(
             out,
@@ -559,7 +561,8 @@ async fn show_cluster(
 
 /// `show cluster statistics`: every member's figures side by side (tunnels up, IKE
 /// setups and failures, ESP packets, bytes and drops, DNS queries by response code),
-/// whichever member is asked. `-`: the member has not shared that figure.
+/// whichever member is asked. `-`: the member has not shared that figure. A member that
+/// is down shows the figures it shared last, except `tunnels_up` (`-`).
 async fn show_cluster_statistics(
     s: &Services,
     cluster: Option<cluster::ClusterHandle>,
@@ -597,8 +600,12 @@ async fn show_cluster_statistics(
     out.push('\n');
     for k in &rows {
         let _ = write!(out, "{k:<w$}");
-        for ((_, figs), cw) in members.iter().zip(&cols) {
-            let v = figs.get(k).map_or_else(|| "-".to_string(), u64::to_string);
+        for ((m, figs), cw) in members.iter().zip(&cols) {
+            let gone = m.state != cluster::MemberState::Up && k == "tunnels_up";
+            let v = figs
+                .get(k)
+                .filter(|_| !gone)
+                .map_or_else(|| "-".to_string(), u64::to_string);
             let _ = write!(out, "  {v:>cw$}");
         }
         out.push('\n');

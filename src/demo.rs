@@ -39,6 +39,48 @@ pub struct DemoOptions {
     pub phase_timeout: Duration,
 }
 
+/// The control socket of member `m` (1-based) in the scratch directory.
+fn control_socket(dir: &Path, m: u8) -> PathBuf {
+    dir.join(format!("member{m}.sock"))
+}
+
+/// `tunnels_up` summed over the members the table shows up.
+fn tunnels_up_of_live_members(table: &str) -> Option<u64> {
+    let row = |name: &str| -> Option<Vec<&str>> {
+        table
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .map(|l| l.split_whitespace().skip(1).collect())
+    };
+    let (state, tunnels) = (row("state")?, row("tunnels_up")?);
+    Some(
+        state
+            .iter()
+            .zip(&tunnels)
+            .filter(|(s, _)| **s == "up")
+            .filter_map(|(_, t)| t.parse::<u64>().ok())
+            .sum(),
+    )
+}
+
+/// `show cluster statistics` from a member's control socket, once the figures every live
+/// member shares add up to the routers (they replicate every ~2 s; at most 10 s).
+async fn cluster_view(sock: &Path, routers: usize) -> String {
+    let words = ["show", "cluster", "statistics"].map(String::from);
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let table = match crate::control::request(sock, &words).await {
+            Ok((0, t)) => t,
+            Ok((_, t)) => t,
+            Err(e) => format!("  ({e})\n"),
+        };
+        if tunnels_up_of_live_members(&table) == Some(routers as u64) || Instant::now() > end {
+            return table;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 /// The result the demo prints last.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Summary {
@@ -467,7 +509,8 @@ pub async fn run(opts: &DemoOptions) -> Result<Summary, Error> {
             .arg("run")
             .arg("--config")
             .arg(&conf)
-            .arg("--no-control")
+            .arg("--control")
+            .arg(control_socket(&opts.dir, m))
             .stdin(Stdio::null())
             .stdout(f.try_clone()?)
             .stderr(f)
@@ -648,6 +691,15 @@ pub async fn run(opts: &DemoOptions) -> Result<Summary, Error> {
         answered_at_end += usize::from(all);
     }
     peers.abort();
+    // The cluster-wide view, from one survivor: every member's figures.
+    if let Some((i, m)) = members.0.iter().enumerate().find(|(_, m)| m.alive()) {
+        let sock = control_socket(&opts.dir, i as u8 + 1);
+        println!(
+            "\nThe cluster-wide view from member {} (`headend show cluster statistics`):",
+            m.ip
+        );
+        print!("{}", cluster_view(&sock, opts.routers).await);
+    }
     drop(members);
     let mut times: Vec<Duration> = times.into_values().collect();
     times.sort();

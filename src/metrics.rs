@@ -414,9 +414,13 @@ pub async fn render(s: &Services) -> String {
                     );
                 }
             }
-            // Every member's own figures, as it shared them (ours: fresh).
+            // Every member's own figures, as it shared them (ours: fresh). A member that
+            // is down has none: its last figures are no longer true.
             let mut figures = Vec::with_capacity(members.len());
-            for m in &members {
+            for m in members
+                .iter()
+                .filter(|m| m.state == cluster::MemberState::Up)
+            {
                 let f = if m.is_self {
                     own_figures(s).await
                 } else {

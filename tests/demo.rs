@@ -61,6 +61,32 @@ fn demo_fails_over_every_router_of_the_killed_member_within_bounds() {
         "{text}"
     );
 
+    // The cluster-wide view from a survivor: all three members, the killed one down, and
+    // the survivors' shared tunnel counts add up to every router.
+    let view = text
+        .split("The cluster-wide view from member")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no cluster-wide view:\n{text}"));
+    let row = |name: &str| -> Vec<&str> {
+        view.lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .unwrap_or_else(|| panic!("no {name} row:\n{view}"))
+            .split_whitespace()
+            .skip(1)
+            .collect()
+    };
+    let (state, tunnels) = (row("state"), row("tunnels_up"));
+    assert_eq!(state.len(), 3, "{view}");
+    assert_eq!(state.iter().filter(|s| **s == "down").count(), 1, "{view}");
+    let sum: u64 = state
+        .iter()
+        .zip(&tunnels)
+        .filter(|(s, _)| **s == "up")
+        .map(|(_, t)| t.parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(sum, 30, "{view}");
+    assert!(row("ike_sa_setups_total").len() == 3, "{view}");
+
     // "failover time (...): p50 2.92s p99 2.94s max 2.94s"
     let ft = field(&text, "failover time");
     let words: Vec<&str> = ft.split_whitespace().collect();
