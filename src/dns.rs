@@ -22,6 +22,9 @@ pub struct DnsService {
     pub zone: Zone,
     /// The listeners (addresses, counters).
     pub server: DnsServer,
+    /// This member's pool addresses and capacity (set by the daemon from `[dns]`,
+    /// `[ike]` and `[pool]`).
+    pub reach: crate::pool_dns::Reach,
     events: JoinHandle<()>,
 }
 
@@ -61,6 +64,7 @@ pub async fn spawn(
     Ok(DnsService {
         zone,
         server,
+        reach: crate::pool_dns::Reach::default(),
         events,
     })
 }

@@ -113,7 +113,8 @@ impl Services {
                 if started == cluster::Started::Created {
                     d.zone.set_synced(true);
                 }
-                let ev = crate::pool_dns::follow_cluster(d.zone.clone(), h.clone(), ev);
+                let ev =
+                    crate::pool_dns::follow_cluster(d.zone.clone(), h.clone(), d.reach.clone(), ev);
                 tasks.push(tokio::spawn(cluster_to_zone(
                     d.zone.clone(),
                     h.id().to_string(),
@@ -165,8 +166,7 @@ impl Services {
             for m in &others {
                 d.zone.remove_member(m);
             }
-            let ips: Vec<IpAddr> = self.daemon.ike_addrs.iter().map(|a| a.ip()).collect();
-            d.zone.set_pool(crate::pool_dns::standalone(&ips));
+            d.zone.set_pool(crate::pool_dns::standalone(&d.reach));
         }
         tracing::info!(member = %h.id(), "left the ipsec-ddns cluster");
         Ok(())
@@ -347,21 +347,32 @@ pub async fn start(cfg: &Config) -> Result<Services, Error> {
                 Error::Config("dns.domain: needed (or service.ipsec-ddns.domain)".into())
             })?;
         let member = cc.map_or_else(|| "local".to_string(), |c| c.self_addr.clone());
-        let svc = crate::dns::spawn(dc, &domain, &member, cc.is_none(), daemon.subscribe())
+        let mut svc = crate::dns::spawn(dc, &domain, &member, cc.is_none(), daemon.subscribe())
             .await
             .map_err(|e| Error::Other(format!("dns: {e}")))?;
+        svc.reach = crate::pool_dns::Reach::new(
+            &dc.pool_address,
+            &cfg.ike.listen,
+            dc.pool_capacity,
+            cfg.pool.v4.as_ref().map(|c| c.0.prefix_len()),
+            cfg.pool.v6.as_ref().map(|c| c.0.prefix_len()),
+        );
         if let Some(ev) = cluster_events.take() {
             if created {
                 svc.zone.set_synced(true);
             }
             let ev = match &cluster_handle {
-                Some(h) => crate::pool_dns::follow_cluster(svc.zone.clone(), h.clone(), ev),
+                Some(h) => crate::pool_dns::follow_cluster(
+                    svc.zone.clone(),
+                    h.clone(),
+                    svc.reach.clone(),
+                    ev,
+                ),
                 None => ev,
             };
             member_tasks.push(tokio::spawn(cluster_to_zone(svc.zone.clone(), member, ev)));
         } else {
-            svc.zone
-                .set_pool(crate::pool_dns::standalone(&cfg.ike.listen));
+            svc.zone.set_pool(crate::pool_dns::standalone(&svc.reach));
         }
         dns = Some(svc);
     }
@@ -514,6 +525,9 @@ async fn cluster_to_zone(
                 zone.set_synced(true);
             }
             cluster::Event::MemberUp(m) => tracing::info!(member = %m, "cluster member up"),
+            // The serial follows the cluster's newest stamp (records, tombstones and the
+            // withdrawal of a dead member), the same on every member holding the same data.
+            cluster::Event::Stamp(s) => zone.note_stamp(s),
         }
     }
 }

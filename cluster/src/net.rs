@@ -1057,7 +1057,7 @@ impl Driver {
                 _ = tokio::time::sleep_until(deadline.into()) => None,
             };
             let now = self.now_ms();
-            self.node.tick(now);
+            self.node.tick(now, wall_ms());
             let mut acks = Vec::new();
             let mut stop = None;
             if let Some(c) = first {

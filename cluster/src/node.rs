@@ -139,6 +139,9 @@ pub struct DigestEntry {
     /// Milliseconds since the sender saw this heartbeat grow (`u64::MAX`: never).
     pub silent_ms: u64,
     pub max_version: u64,
+    /// HLC stamp of the member's newest heartbeat known to the sender (0: none).
+    #[serde(default)]
+    pub stamp: u64,
 }
 
 /// The changes of one partition in the version range `(from_version, to_version]`.
@@ -183,6 +186,13 @@ pub enum Event {
     MemberLeft(MemberId),
     /// After this member came up we hold everything it knows.
     Synced(MemberId),
+    /// The newest stamp of the data answered grew to this value: the largest HLC stamp
+    /// of every record and tombstone held, and of every withdrawal of a member that went
+    /// down or left. A withdrawal's stamp is the member's last heartbeat stamp plus
+    /// `dead_after`, which every member that saw the same heartbeats computes alike, so
+    /// members holding the same data derive the same DNS serial from it. Sent after the
+    /// [`Event::RecordChanged`] events of the same change.
+    Stamp(u64),
 }
 
 /// A write the shell must make durable, in order.
@@ -254,6 +264,8 @@ struct Liveness {
     last_seen: Option<u64>,
     up: bool,
     synced: bool,
+    /// Stamp of its newest heartbeat known here.
+    hb_stamp: u64,
 }
 
 /// State loaded from the store at start.
@@ -286,6 +298,10 @@ pub struct Node {
     pending_info: Option<MemberInfo>,
     /// When own info was last replicated.
     info_sent_at: Option<u64>,
+    /// HLC stamp of this member's current heartbeat.
+    hb_stamp: u64,
+    /// See [`Event::Stamp`].
+    zone_stamp: u64,
 }
 
 impl Node {
@@ -328,6 +344,8 @@ impl Node {
             store_ops: Vec::new(),
             pending_info: None,
             info_sent_at: None,
+            hb_stamp: 0,
+            zone_stamp: 0,
         };
         node.store_ops.push(StoreOp::Meta {
             member: me.clone(),
@@ -353,7 +371,40 @@ impl Node {
         for k in keys {
             node.recompute(&k, false);
         }
+        node.raise_stamp(floor);
         node
+    }
+
+    /// See [`Event::Stamp`]: the newest stamp of the data answered.
+    pub fn zone_stamp(&self) -> u64 {
+        self.zone_stamp
+    }
+
+    fn raise_stamp(&mut self, stamp: u64) {
+        if stamp > self.zone_stamp {
+            self.zone_stamp = stamp;
+            self.events.push_back(Event::Stamp(stamp));
+        }
+    }
+
+    /// The stamp of withdrawing member `m`'s records: its last heartbeat stamp (or its
+    /// newest record, when no heartbeat stamp is known) plus `dead_after`.
+    fn withdrawal_stamp(&self, m: &str) -> u64 {
+        let hb = self.live.get(m).map_or(0, |l| l.hb_stamp);
+        let rec = self
+            .parts
+            .get(m)
+            .and_then(|p| p.entries.values().map(|e| e.record.stamp).max())
+            .unwrap_or(0);
+        hb.max(rec)
+            .saturating_add(self.cfg.dead_after_ms << crate::hlc::LOGICAL_BITS)
+    }
+
+    /// Member `m`'s records are withdrawn (down or left): later local stamps are newer
+    /// than the withdrawal.
+    fn withdrawn(&mut self, stamp: u64) {
+        self.hlc.observe(stamp, 0);
+        self.raise_stamp(stamp);
     }
 
     /// This member's ID.
@@ -457,6 +508,7 @@ impl Node {
             max_version: part.to_version,
         });
         self.recompute(gateway_id, true);
+        self.raise_stamp(stamp);
         for m in self.live.keys() {
             self.sent.insert(
                 (m.clone(), self.me.clone()),
@@ -589,8 +641,10 @@ impl Node {
             Message::Digest(d) => self.on_digest(from, d, now_ms),
             Message::Delta(parts) => self.on_delta(from, parts, now_ms, wall_ms),
             Message::Leave => {
+                let stamp = self.withdrawal_stamp(from);
                 self.remove_member(from);
                 self.events.push_back(Event::MemberLeft(from.to_owned()));
+                self.withdrawn(stamp);
                 Ok(())
             }
         }
@@ -640,6 +694,22 @@ impl Node {
         }
     }
 
+    /// A heartbeat stamp of `m`, first-hand or relayed. While `m` is down a newer one
+    /// moves its withdrawal stamp, so members converge on the same one.
+    fn saw_stamp(&mut self, m: &str, stamp: u64) {
+        let Some(l) = self.live.get_mut(m) else {
+            return;
+        };
+        if stamp <= l.hb_stamp {
+            return;
+        }
+        l.hb_stamp = stamp;
+        if !l.up && l.last_seen.is_some() {
+            let w = self.withdrawal_stamp(m);
+            self.withdrawn(w);
+        }
+    }
+
     fn on_digest(&mut self, from: &str, d: Vec<DigestEntry>, now_ms: u64) -> Result<(), Error> {
         if d.len() > MAX_MEMBERS * 4 {
             return Err(Error::Malformed("digest too long"));
@@ -658,6 +728,7 @@ impl Node {
             }
             let age = (e.member != from).then_some(e.silent_ms);
             self.saw(&e.member, e.incarnation, e.heartbeat, age, now_ms);
+            self.saw_stamp(&e.member, e.stamp);
             if let Some(p) = self.parts.get(&e.member) {
                 if (e.incarnation, e.max_version) > (p.incarnation, p.max_version) {
                     we_lack = true;
@@ -806,6 +877,7 @@ impl Node {
                 continue;
             };
             let mut touched: BTreeSet<String> = BTreeSet::new();
+            let mut newest = 0;
             if pd.incarnation > p.incarnation {
                 if pd.from_version != 0 {
                     continue; // need the whole partition of the new incarnation
@@ -817,6 +889,7 @@ impl Node {
                 p.info = pd.info;
                 for e in pd.entries {
                     self.hlc.observe(e.record.stamp, wall_ms);
+                    newest = newest.max(e.record.stamp);
                     touched.insert(e.record.gateway_id.clone());
                     p.entries.insert(e.record.gateway_id.clone(), e);
                 }
@@ -834,6 +907,7 @@ impl Node {
                         continue;
                     }
                     self.hlc.observe(e.record.stamp, wall_ms);
+                    newest = newest.max(e.record.stamp);
                     touched.insert(e.record.gateway_id.clone());
                     self.store_ops.push(StoreOp::Put {
                         member: pd.member.clone(),
@@ -860,6 +934,7 @@ impl Node {
             for k in touched {
                 self.recompute(&k, true);
             }
+            self.raise_stamp(newest);
         }
         Ok(())
     }
@@ -884,6 +959,11 @@ impl Node {
                         .map_or(u64::MAX, |t| self.now.saturating_sub(t))
                 },
                 max_version: p.max_version,
+                stamp: if *m == self.me {
+                    self.hb_stamp
+                } else {
+                    self.live.get(m).map_or(0, |l| l.hb_stamp)
+                },
             })
             .collect()
     }
@@ -928,7 +1008,8 @@ impl Node {
     }
 
     /// Heartbeat, digest exchange and failure detection; call at [`Node::next_deadline`].
-    pub fn tick(&mut self, now_ms: u64) {
+    /// `wall_ms` (unix) stamps the heartbeat.
+    pub fn tick(&mut self, now_ms: u64, wall_ms: u64) {
         self.now = self.now.max(now_ms);
         if self.pending_info.is_some() && self.info_due(now_ms) {
             if let Some(info) = self.pending_info.take() {
@@ -937,6 +1018,7 @@ impl Node {
         }
         if now_ms >= self.next_gossip {
             self.heartbeat += 1;
+            self.hb_stamp = self.hlc.now(wall_ms);
             for (m, p) in &self.parts {
                 let s = self
                     .settled
@@ -979,6 +1061,8 @@ impl Node {
             for k in keys {
                 self.recompute(&k, true);
             }
+            let w = self.withdrawal_stamp(&m);
+            self.withdrawn(w);
         }
     }
 
@@ -1116,7 +1200,7 @@ mod tests {
     fn a_pushed_change_is_answered_everywhere() {
         let mut n = three();
         for x in n.iter_mut() {
-            x.tick(0);
+            x.tick(0, 0);
         }
         pump(&mut n, 0);
         n[0].publish("r1", vec![ip("10.0.0.1")], true, 1000)
@@ -1131,7 +1215,7 @@ mod tests {
     fn the_newest_connection_wins_whatever_the_arrival_order() {
         let mut n = three();
         for x in n.iter_mut() {
-            x.tick(0);
+            x.tick(0, 0);
         }
         pump(&mut n, 0);
         n[0].publish("r1", vec![ip("10.0.0.1")], true, 5000)
@@ -1155,7 +1239,7 @@ mod tests {
     fn a_silent_member_goes_down_and_its_records_are_not_answered() {
         let mut n = three();
         for x in n.iter_mut() {
-            x.tick(0);
+            x.tick(0, 0);
         }
         pump(&mut n, 0);
         n[2].publish("r9", vec![ip("10.0.0.9")], true, 1).unwrap();
@@ -1166,7 +1250,7 @@ mod tests {
         while t < 3500 {
             t += 250;
             for x in n.iter_mut().take(2) {
-                x.tick(t);
+                x.tick(t, t);
             }
             for x in n.iter_mut().take(2) {
                 while let Some((to, m)) = x.poll_transmit() {
@@ -1205,7 +1289,7 @@ mod tests {
     fn member_info_replicates_and_counters_are_coalesced() {
         let mut n = three();
         for x in n.iter_mut() {
-            x.tick(0);
+            x.tick(0, 0);
         }
         pump(&mut n, 0);
         n[0].set_info(info(10, 1), 0).unwrap();
@@ -1227,7 +1311,7 @@ mod tests {
         assert_eq!(info_of(&n[2], "a"), Some(info(20, 4)));
         n[0].set_info(info(20, 5), 400).unwrap();
         assert!(n[0].next_deadline() <= 300 + INFO_COUNTERS_INTERVAL_MS);
-        n[0].tick(300 + INFO_COUNTERS_INTERVAL_MS);
+        n[0].tick(300 + INFO_COUNTERS_INTERVAL_MS, 0);
         pump(&mut n, 300 + INFO_COUNTERS_INTERVAL_MS);
         assert_eq!(info_of(&n[1], "a"), Some(info(20, 5)));
         // The same info again sends nothing.

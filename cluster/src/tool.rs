@@ -101,6 +101,7 @@ pub async fn run_member(cfg: ClusterConfig) -> Result<(), Error> {
                 Event::MemberDown(m) => format!("ev down {m} {t}\n"),
                 Event::MemberLeft(m) => format!("ev left {m} {t}\n"),
                 Event::Synced(m) => format!("ev synced {m} {t}\n"),
+                Event::Stamp(_) => continue,
             };
             if ev_tx.send(l).is_err() {
                 break;

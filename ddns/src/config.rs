@@ -62,6 +62,12 @@ pub struct DnsConfig {
     pub pool: String,
     /// At most this many pool addresses per answer (0 = all members that are up).
     pub pool_max_answers: usize,
+    /// This member's addresses in the pool answer: where routers reach its IKE (outside).
+    /// Empty: its specified (not wildcard) `ike.listen` addresses.
+    pub pool_address: Vec<IpAddr>,
+    /// Most tunnels this member takes, for the pool's weighting (load / capacity). Unset:
+    /// the number of addresses in its `pool.v4` (else `pool.v6`).
+    pub pool_capacity: Option<u32>,
     /// SO_REUSEPORT UDP sockets per listen address, one receive loop each (0 = one per CPU).
     pub udp_sockets: usize,
     /// Largest UDP response we send to an EDNS client (RFC 6891 section 6.2.5); 1232
@@ -203,6 +209,8 @@ impl Default for DnsConfig {
             soa: SoaConfig::default(),
             pool: "pool".to_owned(),
             pool_max_answers: 0,
+            pool_address: Vec::new(),
+            pool_capacity: None,
             udp_sockets: 0,
             edns_udp_size: 1232,
             tcp_timeout_secs: 10,

@@ -13,9 +13,14 @@
 //!
 //! SOA serial (RFC 1035 section 3.3.13, compared per RFC 1982): derived from the data,
 //! the newest stamp in centiseconds (wrapping u32), so members that hold the same data
-//! agree. If a change would not advance it (two changes within 10 ms, or
-//! `remove_member`, which has no stamp), the serial is the previous one plus one: it
-//! increases with every published change.
+//! agree. The newest stamp counts records, removals and [`Zone::note_stamp`] (the
+//! cluster's newest stamp, which includes the withdrawal of a member that went down,
+//! stamped alike on every member: `cluster::Event::Stamp`). If a change a resolver can
+//! see would not advance it (two changes within 10 ms, or `remove_member` before its
+//! stamp arrives), the serial is the previous one plus one, so it increases with every
+//! visible change; the next stamp re-aligns members that took different steps. The pool
+//! name is a load-balancing answer, not zone data: it never moves the serial, nor does
+//! the synced flag.
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
@@ -482,9 +487,10 @@ impl Zone {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn publish(&self, w: &mut Writer) {
+    /// `visible`: records a resolver can see changed (the serial must increase).
+    fn publish(&self, w: &mut Writer, visible: bool) {
         // In u64 centiseconds, so no RFC 1982 ambiguity between far-apart values.
-        w.serial = ((w.newest_stamp >> 16) / 10).max(w.serial + 1);
+        w.serial = ((w.newest_stamp >> 16) / 10).max(w.serial + u64::from(visible));
         let snap = build_snapshot(&self.inner.statics, w);
         self.inner.current.store(Arc::new(snap));
     }
@@ -532,10 +538,24 @@ impl Zone {
             }
         }
         let statics = Arc::clone(&self.inner.statics);
+        let visible = !touched.is_empty();
         for id in touched {
             w.refresh_name(&statics, &id);
         }
-        self.publish(&mut w);
+        self.publish(&mut w, visible);
+    }
+
+    /// The newest stamp of the data (the cluster's, `cluster::Event::Stamp`) grew: the
+    /// serial follows it. Nothing a resolver sees changes otherwise.
+    pub fn note_stamp(&self, stamp: u64) {
+        let mut w = self.writer();
+        if stamp > w.newest_stamp {
+            w.newest_stamp = stamp;
+            let serial = w.serial;
+            if (stamp >> 16) / 10 > serial {
+                self.publish(&mut w, false);
+            }
+        }
     }
 
     /// Mark the member synced with the cluster (answers) or not (SERVFAIL in the zone).
@@ -543,7 +563,7 @@ impl Zone {
         let mut w = self.writer();
         if w.synced != synced {
             w.synced = synced;
-            self.publish(&mut w);
+            self.publish(&mut w, false);
         }
     }
 
@@ -571,8 +591,11 @@ impl Zone {
             None => NameRecords::default(),
         };
         let mut w = self.writer();
+        if w.pool.a == recs.a && w.pool.aaaa == recs.aaaa {
+            return;
+        }
         w.pool = Arc::new(recs);
-        self.publish(&mut w);
+        self.publish(&mut w, false);
     }
 }
 
@@ -898,6 +921,80 @@ mod tests {
             ((t0 + 500) << 16) + 1,
         );
         assert!(serial_gt(a.serial(), before));
+    }
+
+    #[test]
+    fn members_fed_the_same_events_in_different_orders_agree_on_the_serial() {
+        // What every survivor gets when member "x" dies: its records' removal (at its own
+        // moment) and the cluster's withdrawal stamp (x's last heartbeat + dead_after),
+        // before or after other members' changes, one by one or in one batch.
+        let t0: u64 = 1_790_000_000_000;
+        let base = |z: &Zone| {
+            z.apply([
+                Change::Upsert {
+                    key: TunnelKey::new("x", "1"),
+                    gateway_id: gid("r1"),
+                    addrs: vec![ip("10.0.0.1")],
+                    stamp: t0 << 16,
+                },
+                Change::Upsert {
+                    key: TunnelKey::new("y", "2"),
+                    gateway_id: gid("r2"),
+                    addrs: vec![ip("10.0.0.2")],
+                    stamp: (t0 + 40) << 16,
+                },
+            ]);
+            z.note_stamp((t0 + 40) << 16);
+        };
+        let withdrawal = (t0 + 1_000 + 3_000) << 16;
+        let a = zone();
+        let b = zone();
+        let c = zone();
+        for z in [&a, &b, &c] {
+            base(z);
+        }
+        let agreed = a.serial();
+        assert_eq!(b.serial(), agreed);
+        // a: removal, then the stamp
+        a.remove_member("x");
+        assert!(
+            serial_gt(a.serial(), agreed),
+            "the removal is visible at once"
+        );
+        a.remove(&TunnelKey::new("x", "1"), t0 << 16);
+        a.note_stamp(withdrawal);
+        // b: the stamp first (relayed heartbeat), later the removal
+        b.note_stamp(withdrawal - (500 << 16));
+        b.note_stamp(withdrawal);
+        b.remove_member("x");
+        // c: the removal without the per-record events, then the stamp
+        c.remove_member("x");
+        c.note_stamp(withdrawal);
+        assert_eq!(a.serial(), ((t0 + 4_000) / 10) as u32);
+        assert_eq!(c.serial(), a.serial());
+        // b bumped once for its late removal; the next change re-aligns everybody.
+        for z in [&a, &b, &c] {
+            z.upsert(
+                TunnelKey::new("y", "3"),
+                gid("r3"),
+                vec![ip("10.0.0.3")],
+                (t0 + 9_000) << 16,
+            );
+            z.note_stamp((t0 + 9_000) << 16);
+        }
+        assert_eq!(a.serial(), b.serial());
+        assert_eq!(b.serial(), c.serial());
+        // The pool and the synced flag are not zone data: the serial stays.
+        let s = a.serial();
+        a.set_pool(vec![PoolMember {
+            addr: ip("198.51.100.1"),
+            up: true,
+            load: 0,
+            capacity: 0,
+        }]);
+        a.set_synced(false);
+        a.set_synced(true);
+        assert_eq!(a.serial(), s);
     }
 
     #[test]

@@ -1,0 +1,254 @@
+//! The pool name and the SOA serial with three real `headend run` members in a network
+//! namespace (issue 4, seed 003 ch. 3 "DNS keeps giving out the failed server"):
+//!
+//! - `pool.<domain>` answers the members' OUTSIDE addresses (their IKE listen address, or
+//!   `dns.pool_address`), never their cluster (inside) addresses;
+//! - least loaded relative to capacity first (`dns.pool_capacity`, load = tunnels up,
+//!   brought up by `headend peer` routers);
+//! - after one member is killed it is gone from every survivor's answer within
+//!   dead_after (3 s) + TTL (1 s);
+//! - and once converged every survivor answers `dig SOA` with the same serial, newer than
+//!   before the death.
+//!
+//! Needs root, iproute2 and dig; a missing tool FAILS.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+mod dns_support;
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::headend::{Headend, HeadendConf};
+use support::netns::Netns;
+use support::{require_tool, try_wait_for, TestCtx};
+
+const PSK: &str = "dns-pool-psk-7e21";
+const SECRET: &str = "dns-pool-cluster-secret-40aa";
+const DOMAIN: &str = "vpn.pool.example";
+const MEMBERS: usize = 3;
+
+/// Cluster and DNS address (inside).
+fn member_self(i: usize) -> String {
+    format!("10.70.0.{}", 11 + i)
+}
+/// IKE listen address (outside).
+fn member_ike(i: usize) -> String {
+    format!("10.80.0.{}", 11 + i)
+}
+/// What member `i` hands out in the pool: member 1 sets `dns.pool_address` (say, a
+/// NAT in front of it), the others default to their IKE listen address.
+fn member_pool_addr(i: usize) -> String {
+    if i == 1 {
+        "10.81.0.12".into()
+    } else {
+        member_ike(i)
+    }
+}
+fn member_pool_v4(i: usize) -> String {
+    format!("10.100.{i}.0/24")
+}
+
+fn member_conf(ctx: &TestCtx, i: usize) -> HeadendConf {
+    let mut hc = HeadendConf::responder(&member_ike(i), PSK, &member_pool_v4(i));
+    hc.local_id = format!("m{i}.{DOMAIN}");
+    hc.log_level = "info".into();
+    let peers: Vec<String> = (0..MEMBERS)
+        .filter(|&j| j != i)
+        .map(|j| format!("\"{}\"", member_self(j)))
+        .collect();
+    let mut s = format!(
+        "[dns]\nlisten = [\"{}\"]\nport = 53\nttl = 1\nnegative_ttl = 1\n",
+        member_self(i)
+    );
+    match i {
+        0 => s.push_str("pool_capacity = 10\n"),
+        1 => s.push_str("pool_capacity = 100\npool_address = [\"10.81.0.12\"]\n"),
+        _ => {} // capacity from its /24 pool: 254
+    }
+    for j in 0..MEMBERS {
+        s.push_str(&format!(
+            "[[dns.ns]]\nname = \"ns{}\"\naddrs = [\"{}\"]\n",
+            j + 1,
+            member_self(j)
+        ));
+    }
+    s.push_str(&format!(
+        "\n[service.ipsec-ddns]\nself = \"{}\"\npeer = [{}]\nsecret = \"{SECRET}\"\n\
+         domain = \"{DOMAIN}\"\nenable = true\ndata_dir = \"{}\"\n",
+        member_self(i),
+        peers.join(", "),
+        ctx.path(&format!("m{i}-data")).display()
+    ));
+    hc.extra = s;
+    hc
+}
+
+fn wait_log(he: &Headend, needle: &str, timeout: Duration) {
+    let found = try_wait_for(timeout, || he.log_text().contains(needle).then_some(()));
+    assert!(
+        found.is_some(),
+        "{}: no {needle:?} in its log within {timeout:?}:\n{}",
+        he.proc.name,
+        he.log_text()
+    );
+}
+
+/// `dig` at member `i` from inside the namespace.
+fn dig(ns: &Netns, i: usize, name: &str, rtype: &str) -> dns_support::DigResult {
+    let at = format!("@{}", member_self(i));
+    let o = ns.exec(&["dig", &at, "+time=1", "+tries=1", "+norecurse", name, rtype]);
+    dns_support::parse_dig(&o.stdout)
+}
+
+fn pool_answer(ns: &Netns, i: usize) -> Vec<String> {
+    let r = dig(ns, i, &format!("pool.{DOMAIN}"), "A");
+    if r.status != "NOERROR" {
+        return vec![format!("status {}", r.status)];
+    }
+    r.answer_data("A")
+}
+
+fn serial(ns: &Netns, i: usize) -> Option<u32> {
+    let r = dig(ns, i, DOMAIN, "SOA");
+    let soa = r.answer_data("SOA");
+    soa.first()?.split_whitespace().nth(2)?.parse().ok()
+}
+
+/// `count` routers (`headend peer --count`) on their own address, connected to member `i`.
+fn routers(ctx: &TestCtx, ns: &Netns, k: usize, i: usize, count: usize) -> Headend {
+    let local = format!("10.95.0.{}", 1 + k);
+    let mut pc = HeadendConf::peer("unused", PSK, &[(format!("{}:500", member_ike(i)), 4500)]);
+    pc.listen = vec![local.clone()];
+    pc.port = 5000 + 2 * k as u16;
+    pc.natt_port = 5001 + 2 * k as u16;
+    if let Some(p) = pc.peer.as_mut() {
+        p.bind = Some(format!("{local}:0"));
+        p.remote_ts = vec![support::netns::INSIDE_NET.into()];
+    }
+    let n = count.to_string();
+    let prefix = format!("router-{k}-");
+    Headend::peer(
+        ctx,
+        Some(ns),
+        &format!("routers{k}"),
+        &pc,
+        &["--count", &n, "--id-prefix", &prefix],
+    )
+}
+
+#[test]
+fn pool_answers_outside_addresses_by_free_capacity_and_survivors_agree_on_the_serial() {
+    require_tool("dig", "bind9-dnsutils");
+    let ctx = TestCtx::new("dns-pool");
+    let ns = Netns::new(&ctx, "pool");
+    for i in 0..MEMBERS {
+        ns.add_lo_addr(&format!("{}/32", member_self(i)));
+        ns.add_lo_addr(&format!("{}/32", member_ike(i)));
+    }
+    for k in 0..2 {
+        ns.add_lo_addr(&format!("10.95.0.{}/32", 1 + k));
+    }
+
+    let mut hes: Vec<Option<Headend>> = Vec::new();
+    for i in 0..MEMBERS {
+        let he = Headend::run(&ctx, Some(&ns), &format!("m{i}"), &member_conf(&ctx, i));
+        ctx.track_log(&he.proc.log);
+        if i == 0 {
+            wait_log(
+                &he,
+                "Creating new ipsec-ddns cluster",
+                Duration::from_secs(20),
+            );
+        } else {
+            wait_log(
+                &he,
+                "Joined existing ipsec-ddns cluster",
+                Duration::from_secs(20),
+            );
+            wait_log(&he, "synced with the cluster", Duration::from_secs(20));
+        }
+        hes.push(Some(he));
+    }
+
+    // Load: one router on m0 (capacity 10: 10 % used), two on m1 (capacity 100: 2 %),
+    // none on m2 (254). Least loaded relative to capacity first: m2, m1, m0. (By raw
+    // tunnel count it would be m2, m0, m1.)
+    let r0 = routers(&ctx, &ns, 0, 0, 1);
+    let r1 = routers(&ctx, &ns, 1, 1, 2);
+    ctx.track_log(&r0.proc.log);
+    ctx.track_log(&r1.proc.log);
+    let want: Vec<String> = [2, 1, 0].iter().map(|&i| member_pool_addr(i)).collect();
+    let got = try_wait_for(Duration::from_secs(30), || {
+        let all: Vec<Vec<String>> = (0..MEMBERS).map(|i| pool_answer(&ns, i)).collect();
+        all.iter().all(|a| *a == want).then_some(())
+    });
+    assert!(
+        got.is_some(),
+        "pool answers {:?}, want {want:?} (outside addresses, by free capacity)\nm0 log:\n{}",
+        (0..MEMBERS)
+            .map(|i| pool_answer(&ns, i))
+            .collect::<Vec<_>>(),
+        hes[0].as_ref().unwrap().log_text()
+    );
+    for i in 0..MEMBERS {
+        let a = pool_answer(&ns, i);
+        assert!(
+            !a.contains(&member_self(i)),
+            "the pool must not hand out cluster (inside) addresses: {a:?}"
+        );
+    }
+    let before = (0..MEMBERS)
+        .filter_map(|i| serial(&ns, i))
+        .max()
+        .expect("SOA answered");
+
+    // Kill m2 (the least loaded, first in the answer): gone from the survivors' pool
+    // within dead_after (3 s) + TTL (1 s), plus gossip and scheduling slack.
+    let killed_at = Instant::now();
+    hes[2].as_mut().unwrap().proc.kill();
+    let dead = member_pool_addr(2);
+    let gone = try_wait_for(Duration::from_secs(15), || {
+        (0..2)
+            .all(|i| {
+                let a = pool_answer(&ns, i);
+                !a.contains(&dead) && !a.is_empty() && !a[0].starts_with("status")
+            })
+            .then_some(())
+    });
+    let took = killed_at.elapsed();
+    assert!(gone.is_some(), "the dead member is still handed out");
+    assert!(
+        took < Duration::from_secs(3 + 1 + 3),
+        "the dead member left the pool only after {took:?}"
+    );
+    let survivors: Vec<String> = [1, 0].iter().map(|&i| member_pool_addr(i)).collect();
+    assert_eq!(pool_answer(&ns, 0), survivors);
+    assert_eq!(pool_answer(&ns, 1), survivors);
+
+    // Serial: the survivors converge on one value, newer than before the death, and it
+    // stays put (nothing changes any more; the pool refresh does not move it).
+    let agreed = try_wait_for(Duration::from_secs(10), || {
+        let s0 = serial(&ns, 0)?;
+        let s1 = serial(&ns, 1)?;
+        (s0 == s1 && s0 != before).then_some(s0)
+    });
+    let Some(agreed) = agreed else {
+        panic!(
+            "survivors disagree on the SOA serial: m0 {:?}, m1 {:?} (before {before})",
+            serial(&ns, 0),
+            serial(&ns, 1)
+        );
+    };
+    assert!(
+        agreed.wrapping_sub(before) < (1 << 31),
+        "serial went backwards: {before} -> {agreed} (RFC 1982)"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(serial(&ns, 0), Some(agreed));
+    assert_eq!(serial(&ns, 1), Some(agreed));
+
+    drop(r0);
+    drop(r1);
+    for he in hes.iter_mut().flatten() {
+        he.proc.kill();
+    }
+}
