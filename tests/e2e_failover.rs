@@ -87,10 +87,10 @@ fn member_out(i: usize) -> String {
 fn member_in(i: usize) -> String {
     format!("10.60.0.{}", 11 + i)
 }
-/// Member `i`'s cluster address (`self`). On the outside segment for now: the pool name
-/// answers the members' `self` addresses, and the routers must reach what it answers.
+/// Member `i`'s cluster address (`self`): its inside side. The routers never see it: the
+/// pool name answers the members' outside (IKE listen) addresses.
 fn member_self(i: usize) -> String {
-    member_out(i)
+    member_in(i)
 }
 fn peer_out(i: usize) -> String {
     format!("10.50.0.{}", 21 + i)
