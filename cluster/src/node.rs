@@ -142,6 +142,11 @@ pub struct DigestEntry {
     /// HLC stamp of the member's newest heartbeat known to the sender (0: none).
     #[serde(default)]
     pub stamp: u64,
+    /// On the sender's own line: its [`Event::Stamp`] value (0 elsewhere). Members take
+    /// the largest, so one that restarted, or withdrew a member a little differently,
+    /// converges on the same newest stamp (and DNS serial) as the others.
+    #[serde(default)]
+    pub zone_stamp: u64,
 }
 
 /// The changes of one partition in the version range `(from_version, to_version]`.
@@ -187,8 +192,8 @@ pub enum Event {
     /// After this member came up we hold everything it knows.
     Synced(MemberId),
     /// The newest stamp of the data answered grew to this value: the largest HLC stamp
-    /// of every record and tombstone held, and of every withdrawal of a member that went
-    /// down or left. A withdrawal's stamp is the member's last heartbeat stamp plus
+    /// of every record and tombstone held, of every withdrawal of a member that went
+    /// down or left, and of this value as other members gossip it. A withdrawal's stamp is the member's last heartbeat stamp plus
     /// `dead_after`, which every member that saw the same heartbeats computes alike, so
     /// members holding the same data derive the same DNS serial from it. Sent after the
     /// [`Event::RecordChanged`] events of the same change.
@@ -729,6 +734,10 @@ impl Node {
             let age = (e.member != from).then_some(e.silent_ms);
             self.saw(&e.member, e.incarnation, e.heartbeat, age, now_ms);
             self.saw_stamp(&e.member, e.stamp);
+            if e.member == from && e.zone_stamp > self.zone_stamp {
+                self.hlc.observe(e.zone_stamp, 0);
+                self.raise_stamp(e.zone_stamp);
+            }
             if let Some(p) = self.parts.get(&e.member) {
                 if (e.incarnation, e.max_version) > (p.incarnation, p.max_version) {
                     we_lack = true;
@@ -964,6 +973,7 @@ impl Node {
                 } else {
                     self.live.get(m).map_or(0, |l| l.hb_stamp)
                 },
+                zone_stamp: if *m == self.me { self.zone_stamp } else { 0 },
             })
             .collect()
     }

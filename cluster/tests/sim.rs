@@ -493,6 +493,18 @@ fn run(seed: u64) {
         "seed {seed}: convergence took {} ms",
         at - healed_at
     );
+    // Every member holds the same newest stamp (the DNS serial's source), restarted ones
+    // included.
+    let stamps: BTreeSet<u64> = sim
+        .members
+        .iter()
+        .map(|m| m.node.as_ref().expect("restarted").zone_stamp())
+        .collect();
+    assert_eq!(
+        stamps.len(),
+        1,
+        "seed {seed}: newest stamps differ: {stamps:?}"
+    );
     // Every member is up in everyone's eyes, and every up record the owners hold is answered.
     for m in &sim.members {
         let node = m.node.as_ref().expect("restarted");
