@@ -17,7 +17,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::headend::{Headend, HeadendConf};
+use support::headend::{dns_ns_entries, ipsec_ddns_section, start_cluster, Headend, HeadendConf};
 use support::netns::Netns;
 use support::{require_tool, try_wait_for, TestCtx};
 
@@ -51,10 +51,7 @@ fn member_conf(ctx: &TestCtx, i: usize) -> HeadendConf {
     let mut hc = HeadendConf::responder(&member_ike(i), PSK, &member_pool_v4(i));
     hc.local_id = format!("m{i}.{DOMAIN}");
     hc.log_level = "info".into();
-    let peers: Vec<String> = (0..MEMBERS)
-        .filter(|&j| j != i)
-        .map(|j| format!("\"{}\"", member_self(j)))
-        .collect();
+    let peers: Vec<String> = (0..MEMBERS).filter(|&j| j != i).map(member_self).collect();
     let mut s = format!(
         "[dns]\nlisten = [\"{}\"]\nport = 53\nttl = 1\nnegative_ttl = 1\n",
         member_self(i)
@@ -64,32 +61,18 @@ fn member_conf(ctx: &TestCtx, i: usize) -> HeadendConf {
         1 => s.push_str("pool_capacity = 100\npool_address = [\"10.81.0.12\"]\n"),
         _ => {} // capacity from its /24 pool: 254
     }
-    for j in 0..MEMBERS {
-        s.push_str(&format!(
-            "[[dns.ns]]\nname = \"ns{}\"\naddrs = [\"{}\"]\n",
-            j + 1,
-            member_self(j)
-        ));
-    }
-    s.push_str(&format!(
-        "\n[service.ipsec-ddns]\nself = \"{}\"\npeer = [{}]\nsecret = \"{SECRET}\"\n\
-         domain = \"{DOMAIN}\"\nenable = true\ndata_dir = \"{}\"\n",
-        member_self(i),
-        peers.join(", "),
-        ctx.path(&format!("m{i}-data")).display()
+    s.push_str(&dns_ns_entries(
+        &(0..MEMBERS).map(member_self).collect::<Vec<_>>(),
+    ));
+    s.push_str(&ipsec_ddns_section(
+        &member_self(i),
+        &peers,
+        SECRET,
+        DOMAIN,
+        &ctx.path(&format!("m{i}-data")),
     ));
     hc.extra = s;
     hc
-}
-
-fn wait_log(he: &Headend, needle: &str, timeout: Duration) {
-    let found = try_wait_for(timeout, || he.log_text().contains(needle).then_some(()));
-    assert!(
-        found.is_some(),
-        "{}: no {needle:?} in its log within {timeout:?}:\n{}",
-        he.proc.name,
-        he.log_text()
-    );
 }
 
 /// `dig` at member `i` from inside the namespace.
@@ -148,26 +131,11 @@ fn pool_answers_outside_addresses_by_free_capacity_and_survivors_agree_on_the_se
         ns.add_lo_addr(&format!("10.95.0.{}/32", 1 + k));
     }
 
-    let mut hes: Vec<Option<Headend>> = Vec::new();
-    for i in 0..MEMBERS {
+    let mut hes = start_cluster(MEMBERS, Duration::from_secs(20), |i| {
         let he = Headend::run(&ctx, Some(&ns), &format!("m{i}"), &member_conf(&ctx, i));
         ctx.track_log(&he.proc.log);
-        if i == 0 {
-            wait_log(
-                &he,
-                "Creating new ipsec-ddns cluster",
-                Duration::from_secs(20),
-            );
-        } else {
-            wait_log(
-                &he,
-                "Joined existing ipsec-ddns cluster",
-                Duration::from_secs(20),
-            );
-            wait_log(&he, "synced with the cluster", Duration::from_secs(20));
-        }
-        hes.push(Some(he));
-    }
+        he
+    });
 
     // Load: one router on m0 (capacity 10: 10 % used), two on m1 (capacity 100: 2 %),
     // none on m2 (254). Least loaded relative to capacity first: m2, m1, m0. (By raw

@@ -68,7 +68,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use support::charon::{Charon, Conn, IkeSaState, SwanctlConf};
-use support::headend::{Headend, HeadendConf};
+use support::headend::{dns_ns_entries, ipsec_ddns_section, start_cluster, Headend, HeadendConf};
 use support::netns::Netns;
 use support::{require_tool, try_wait_for, TestCtx};
 
@@ -117,29 +117,22 @@ fn plug(lan: &Netns, br: &str, lan_if: &str, ns: &Netns, ns_if: &str, cidr: &str
 
 /// The `[dataplane]`, `[dns]` and `[service.ipsec-ddns]` sections of member `i`.
 fn member_sections(ctx: &TestCtx, i: usize) -> String {
-    let peers: Vec<String> = (0..MEMBERS)
-        .filter(|&j| j != i)
-        .map(|j| format!("\"{}\"", member_self(j)))
-        .collect();
+    let peers: Vec<String> = (0..MEMBERS).filter(|&j| j != i).map(member_self).collect();
     let mut s = format!(
         "[dataplane]\ntun_name = \"he0\"\nqueues = 1\n\n\
          [dns]\nlisten = [\"{}\", \"{}\"]\nport = 53\nttl = 1\nnegative_ttl = 1\n",
         member_in(i),
         member_out(i)
     );
-    for j in 0..MEMBERS {
-        s.push_str(&format!(
-            "[[dns.ns]]\nname = \"ns{}\"\naddrs = [\"{}\"]\n",
-            j + 1,
-            member_in(j)
-        ));
-    }
-    s.push_str(&format!(
-        "\n[service.ipsec-ddns]\nself = \"{}\"\npeer = [{}]\nsecret = \"{SECRET}\"\n\
-         domain = \"{DOMAIN}\"\nenable = true\ndata_dir = \"{}\"\n",
-        member_self(i),
-        peers.join(", "),
-        ctx.path(&format!("m{i}-data")).display()
+    s.push_str(&dns_ns_entries(
+        &(0..MEMBERS).map(member_in).collect::<Vec<_>>(),
+    ));
+    s.push_str(&ipsec_ddns_section(
+        &member_self(i),
+        &peers,
+        SECRET,
+        DOMAIN,
+        &ctx.path(&format!("m{i}-data")),
     ));
     s
 }
@@ -154,17 +147,6 @@ fn start_member(ctx: &TestCtx, ns: &Netns, i: usize) -> Headend {
     let he = Headend::run(ctx, Some(ns), &format!("m{i}"), &hc);
     ctx.track_log(&he.proc.log);
     he
-}
-
-/// Waits for a line containing `needle` in a member's log.
-fn wait_member_log(he: &Headend, needle: &str, timeout: Duration) {
-    let found = try_wait_for(timeout, || he.log_text().contains(needle).then_some(()));
-    assert!(
-        found.is_some(),
-        "{}: no {needle:?} in its log within {timeout:?}:\n{}",
-        he.proc.name,
-        he.log_text()
-    );
 }
 
 /// The established IKE SA (with an installed CHILD SA and a VIP) of a charon, if any.
@@ -348,25 +330,9 @@ impl World {
             inside.ip(&["route", "add", &pool(i), "via", &member_in(i)]);
         }
 
-        let mut hes: Vec<Option<Headend>> = vec![];
-        hes.push(Some(start_member(ctx, &members[0], 0)));
-        let m0 = hes[0].as_ref().unwrap();
-        wait_member_log(
-            m0,
-            "Creating new ipsec-ddns cluster",
-            Duration::from_secs(15),
-        );
-        for (i, ns) in members.iter().enumerate().skip(1) {
-            hes.push(Some(start_member(ctx, ns, i)));
-        }
-        for he in hes.iter().skip(1).flatten() {
-            wait_member_log(
-                he,
-                "Joined existing ipsec-ddns cluster",
-                Duration::from_secs(15),
-            );
-            wait_member_log(he, "synced with the cluster", Duration::from_secs(15));
-        }
+        let hes = start_cluster(MEMBERS, Duration::from_secs(15), |i| {
+            start_member(ctx, &members[i], i)
+        });
 
         // The dns_support helpers want their own Netns type; this one must not delete
         // the namespace (support's Netns does).

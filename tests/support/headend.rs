@@ -386,3 +386,57 @@ pub fn sa_count_at_shutdown(he: &Headend) -> Option<usize> {
         .and_then(|l| field(l, "ike_sas"))
         .and_then(|v| v.parse().ok())
 }
+
+/// `[[dns.ns]]` entries `ns1`, `ns2`, ...: one name server per cluster member, served with
+/// the glue address `addrs[i]` (the `[dns]` section must precede them).
+pub fn dns_ns_entries(addrs: &[String]) -> String {
+    addrs
+        .iter()
+        .enumerate()
+        .map(|(j, a)| format!("[[dns.ns]]\nname = \"ns{}\"\naddrs = [{}]\n", j + 1, q(a)))
+        .collect()
+}
+
+/// The `[service.ipsec-ddns]` section of one cluster member (seed 003 ch. 4): its `self`
+/// address, the other members' `peer` addresses, the shared secret and domain, its state in
+/// `data_dir`.
+pub fn ipsec_ddns_section(
+    self_addr: &str,
+    peers: &[String],
+    secret: &str,
+    domain: &str,
+    data_dir: &std::path::Path,
+) -> String {
+    format!(
+        "\n[service.ipsec-ddns]\nself = {}\npeer = {}\nsecret = {}\ndomain = {}\n\
+         enable = true\ndata_dir = {}\n",
+        q(self_addr),
+        qlist(peers),
+        q(secret),
+        q(domain),
+        q(&data_dir.display().to_string())
+    )
+}
+
+/// Starts an ipsec-ddns cluster member by member: `start(0)` must log that it created the
+/// cluster, every later member that it joined and synced (the seed's lines), each within
+/// `timeout`, before the next starts.
+pub fn start_cluster(
+    members: usize,
+    timeout: Duration,
+    mut start: impl FnMut(usize) -> Headend,
+) -> Vec<Option<Headend>> {
+    (0..members)
+        .map(|i| {
+            let he = start(i);
+            if i == 0 {
+                he.proc.wait_log("Creating new ipsec-ddns cluster", timeout);
+            } else {
+                he.proc
+                    .wait_log("Joined existing ipsec-ddns cluster", timeout);
+                he.proc.wait_log("synced with the cluster", timeout);
+            }
+            Some(he)
+        })
+        .collect()
+}
