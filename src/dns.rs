@@ -57,6 +57,10 @@ pub async fn spawn(
     let domain = cfg.domain.as_deref().unwrap_or(domain);
     let zone = Zone::new(ZoneConfig::new(cfg, domain)?);
     if standalone {
+        // The empty zone's serial is the start time (as a stamp), not 0: secondaries
+        // compare serials per RFC 1982, and a jump from 0 to a time-derived serial can
+        // exceed 2^31 and read as a decrease, after which they never transfer again.
+        zone.note_stamp(stamp(SystemTime::now(), &mut 0));
         zone.set_synced(true);
     }
     let server = DnsServer::start(cfg, zone.clone()).await?;

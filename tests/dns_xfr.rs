@@ -2,7 +2,8 @@
 //! Knot DNS (knotd) as a secondary of headend with a TSIG key transfers the 10 000-record
 //! zone, follows changes through NOTIFY + IXFR differences, and `dig` checks who may transfer:
 //! no key REFUSED, wrong key NOTAUTH (BADSIG/BADKEY), other source address REFUSED.
-//! Missing knotd or dig makes the tests FAIL.
+//! The daemon test runs `headend run` with the keys in its file and `headend peer` as the
+//! router. Missing knotd or dig makes the tests FAIL.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod dns_support;
@@ -109,7 +110,7 @@ struct Knot {
 }
 
 impl Knot {
-    fn start(port: u16, primary: SocketAddr) -> Knot {
+    fn start(port: u16, primary: SocketAddr, domain: &str) -> Knot {
         let knotd = need("knotd");
         let dir = std::env::temp_dir().join(format!("headend-knot-{}-{port}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -144,7 +145,7 @@ impl Knot {
              \x20 - id: default\n\
              \x20   storage: \"{dir}\"\n\
              zone:\n\
-             \x20 - domain: {DOMAIN}\n\
+             \x20 - domain: {domain}\n\
              \x20   master: headend\n\
              \x20   acl: notify-from-headend\n\
              \x20   zonefile-sync: -1\n",
@@ -239,7 +240,7 @@ async fn knot_secondary_transfers_the_zone_and_follows_changes_through_notify() 
     let knot_port = free_port();
     let server = headend(SocketAddr::from(([127, 0, 0, 1], knot_port))).await;
     let primary = server.tcp_addrs()[0];
-    let knot = Knot::start(knot_port, primary);
+    let knot = Knot::start(knot_port, primary, DOMAIN);
 
     // Knot bootstraps the zone with a transfer from headend (10 001 gateways: many
     // messages, each TSIG-signed, which Knot verifies).
@@ -436,4 +437,216 @@ async fn dig_axfr_needs_the_key_and_a_secondary_address() {
     assert!(c.get(Outcome::Refused) >= 2, "{:?}", c.by_label());
     assert!(c.get(Outcome::NotAuth) >= 2, "{:?}", c.by_label());
     assert!(c.get(Outcome::Transfer) >= 2, "{:?}", c.by_label());
+}
+
+// ---------------------------------------------------------------------------------------
+// The daemon: `headend run` with the transfer keys in its configuration file, a tunnel
+// from `headend peer`, and Knot as the secondary.
+
+const BIN: &str = env!("CARGO_BIN_EXE_headend");
+
+/// A child process whose stdout lines are collected; killed on drop.
+struct Proc {
+    child: Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn spawn(args: &[&str], log: PathBuf) -> Proc {
+        use std::io::BufRead;
+        let mut child = Command::new(BIN)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let out = child.stdout.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for l in std::io::BufReader::new(out).lines() {
+                let Ok(l) = l else { break };
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        Proc { child, lines, log }
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn wait_log(&self, within: Duration, what: &str) {
+        let t0 = Instant::now();
+        while t0.elapsed() < within {
+            if self.log_text().contains(what) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("no {what:?} in the log:\n{}", self.log_text());
+    }
+
+    fn wait_line(&self, within: Duration, prefix: &str) -> String {
+        let t0 = Instant::now();
+        while let Some(left) = within.checked_sub(t0.elapsed()) {
+            match self.lines.recv_timeout(left) {
+                Ok(l) if l.starts_with(prefix) => return l,
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        panic!("no line {prefix:?}; log:\n{}", self.log_text());
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Ask `server` until `check` holds or `within` passes.
+fn until_sync(
+    server: SocketAddr,
+    args: &[&str],
+    within: Duration,
+    check: impl Fn(&DigResult) -> bool,
+) -> DigResult {
+    let t0 = Instant::now();
+    loop {
+        let r = dig(server, args);
+        if check(&r) || t0.elapsed() > within {
+            return r;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn headend_run_publishes_a_new_tunnel_to_its_knot_secondary() {
+    let dir = std::env::temp_dir().join(format!("headend-xfr-daemon-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (ike, natt, dns_port, knot_port) =
+        (free_udp_port(), free_udp_port(), free_port(), free_port());
+    let conf = format!(
+        r#"[ike]
+listen = ["127.0.0.1"]
+port = {ike}
+natt_port = {natt}
+local_id = "headend-xfr"
+local_ts = ["10.1.0.0/16"]
+[psk]
+default = "xfr-test-psk"
+[pool]
+v4 = "10.77.9.0/24"
+[dns]
+listen = ["127.0.0.1"]
+port = {dns_port}
+domain = "vpn.test"
+negative_ttl = 1
+[[dns.ns]]
+name = "ns1"
+addrs = ["127.0.0.1"]
+[[dns.tsig_key]]
+name = "{KEY}"
+secret = "{SECRET}"
+[[dns.secondary]]
+address = "127.0.0.1:{knot_port}"
+tsig_key = "{KEY}"
+"#
+    );
+    let conf_path = dir.join("headend.toml");
+    std::fs::write(&conf_path, conf).unwrap();
+    let he = Proc::spawn(
+        &["run", "--config", conf_path.to_str().unwrap()],
+        dir.join("headend.log"),
+    );
+    he.wait_log(
+        Duration::from_secs(10),
+        "authoritative DNS server listening",
+    );
+    let primary = SocketAddr::from(([127, 0, 0, 1], dns_port));
+    let knot = Knot::start(knot_port, primary, "vpn.test");
+    let r = until_sync(
+        knot.addr,
+        &["vpn.test", "SOA"],
+        Duration::from_secs(15),
+        |r| r.status == "NOERROR" && !r.answer.is_empty(),
+    );
+    assert_eq!(r.status, "NOERROR", "{}\n{}", r.raw, knot.log());
+
+    // A router connects: its gateway name reaches Knot through NOTIFY and IXFR.
+    let peer_conf = format!(
+        r#"[ike]
+retransmit_timeout = "250ms"
+retransmit_tries = 2
+[psk]
+default = "xfr-test-psk"
+[peer]
+local_id = "SN/0100"
+headends = [{{ addr = "127.0.0.1:{ike}", natt_port = {natt} }}]
+connect_timeout = "3s"
+bind = "127.0.0.1:0"
+"#
+    );
+    let peer_path = dir.join("peer.toml");
+    std::fs::write(&peer_path, peer_conf).unwrap();
+    let mut peer = Proc::spawn(
+        &["peer", "--config", peer_path.to_str().unwrap()],
+        dir.join("peer.log"),
+    );
+    let up = peer.wait_line(Duration::from_secs(10), "up ");
+    let vip = up
+        .split(" vip ")
+        .nth(1)
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.split(',').next())
+        .unwrap()
+        .to_owned();
+    let t0 = Instant::now();
+    let r = until_sync(
+        knot.addr,
+        &["sn-0100.vpn.test", "A"],
+        Duration::from_secs(10),
+        |r| !r.answer.is_empty(),
+    );
+    assert_eq!(
+        r.answer_data("A"),
+        vec![vip.clone()],
+        "{}\n{}",
+        r.raw,
+        knot.log()
+    );
+    println!("tunnel up -> answered by Knot after {:?}", t0.elapsed());
+
+    // The router leaves: Knot stops answering it too.
+    let _ = Command::new("kill")
+        .args(["-TERM", &peer.child.id().to_string()])
+        .status();
+    let _ = peer.child.wait();
+    let r = until_sync(
+        knot.addr,
+        &["sn-0100.vpn.test", "A"],
+        Duration::from_secs(10),
+        |r| r.status == "NXDOMAIN",
+    );
+    assert_eq!(r.status, "NXDOMAIN", "{}\n{}", r.raw, knot.log());
+    let log = he.log_text();
+    assert!(log.contains("NOTIFY acknowledged"), "{log}");
+    assert!(log.contains("zone transfer (IXFR)"), "{log}");
+    let _ = std::fs::remove_dir_all(&dir);
 }
