@@ -1042,6 +1042,33 @@ mod tests {
     }
 
     #[test]
+    fn a_full_member_is_answered_after_every_member_with_room_never_dropped() {
+        let z = zone();
+        let m = |a: &str, load: u32, capacity: u32| PoolMember {
+            addr: ip(a),
+            up: true,
+            load,
+            capacity,
+        };
+        // 198.51.100.1 is full (10/10), .2 over capacity, .3 nearly full (99/100).
+        z.set_pool(vec![
+            m("198.51.100.1", 10, 10),
+            m("198.51.100.2", 12, 10),
+            m("198.51.100.3", 99, 100),
+        ]);
+        assert_eq!(
+            z.snapshot().pool(),
+            vec![ip("198.51.100.3"), ip("198.51.100.1"), ip("198.51.100.2")]
+        );
+        // Everybody full: still answered, least over first.
+        z.set_pool(vec![m("198.51.100.1", 10, 10), m("198.51.100.2", 12, 10)]);
+        assert_eq!(
+            z.snapshot().pool(),
+            vec![ip("198.51.100.1"), ip("198.51.100.2")]
+        );
+    }
+
+    #[test]
     fn config_errors_are_reported() {
         let mut c = test_config();
         c.ns.clear();
