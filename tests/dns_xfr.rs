@@ -277,6 +277,18 @@ async fn knot_secondary_transfers_the_zone_and_follows_changes_through_notify() 
         .unwrap();
     assert_eq!(serial, server.zone().serial(), "Knot has headend's serial");
 
+    // The pool name follows member health, so Knot refers resolvers to the head-ends
+    // for it instead of answering a copy that could hold a failed member.
+    let r = dig_async(knot.addr, &["pool.vpn.example.com", "A"]).await;
+    assert!(!r.has_flag("aa") && r.answer.is_empty(), "{}", r.raw);
+    assert!(
+        r.authority
+            .iter()
+            .any(|x| x.rtype == "NS" && x.data == "ns1.vpn.example.com."),
+        "{}",
+        r.raw
+    );
+
     // A new tunnel: headend NOTIFYs Knot, Knot asks for the SOA and transfers again.
     let t0 = Instant::now();
     server.zone().upsert(
@@ -381,7 +393,11 @@ async fn dig_axfr_needs_the_key_and_a_secondary_address() {
     let a = lines.iter().filter(|l| rtype(l) == "A").count();
     // RECORDS gateways + router-one + glue of ns1
     assert_eq!(a, RECORDS as usize + 2, "{}", &out[..out.len().min(2000)]);
-    assert_eq!(lines.iter().filter(|l| rtype(l) == "NS").count(), 1);
+    // the apex NS, and the pool name delegated to the same name server
+    assert_eq!(lines.iter().filter(|l| rtype(l) == "NS").count(), 2);
+    assert!(lines
+        .iter()
+        .any(|l| l.starts_with("pool.vpn.example.com.") && rtype(l) == "NS"));
     assert!(
         out.contains("XFR size:"),
         "{}",

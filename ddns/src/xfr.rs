@@ -1,7 +1,8 @@
 //! Zone transfer to configured secondaries and NOTIFY on change, both TSIG-signed.
 //!
 //! * AXFR (RFC 5936) over TCP from the current [`Snapshot`]: SOA first and last, then NS,
-//!   glue, pool and every gateway name, [`RECORDS_PER_MESSAGE`] records per message.
+//!   the pool name as a delegation to the head-ends ([`zone_records`]), glue and every
+//!   gateway name, [`RECORDS_PER_MESSAGE`] records per message.
 //!   Over UDP: REFUSED (RFC 5936 section 4.2 leaves AXFR over UDP undefined).
 //! * IXFR (RFC 1995): a client that already has the current serial gets the single SOA
 //!   (section 4); one whose serial is a snapshot we transferred to it (remembered per
@@ -426,8 +427,7 @@ impl Transfer {
         tracing::info!(%src, key = %key.name(), serial = snap.serial(),
             kind = if ixfr { "IXFR (full)" } else { "AXFR" }, "DNS: zone transfer");
         self.remember(src.ip(), snap);
-        let records = zone_records(snap).into_iter().map(Cow::Borrowed).collect();
-        chunked(metadata, records, edns)
+        chunked(metadata, zone_records(snap), edns)
     }
 
     /// The snapshot with `serial` that we transferred to `ip`, if still remembered.
@@ -521,7 +521,7 @@ fn chunked<'s>(
     }
 }
 
-/// The records of one name (or the pool) in `old` and not in `new`, appended to `out`.
+/// The records of one name in `old` and not in `new`, appended to `out`.
 fn missing<'s>(
     old: &'s crate::zone::NameRecords,
     new: Option<&crate::zone::NameRecords>,
@@ -546,10 +546,7 @@ fn delta<'s>(old: &Snapshot, new: &'s Snapshot) -> Option<Vec<Cow<'s, Record>>> 
     let mut added: Vec<Cow<'s, Record>> = Vec::new();
     // owned copies of what left (borrowed from `old`, which the caller drops)
     let mut gone: Vec<Cow<'_, Record>> = Vec::new();
-    if !Arc::ptr_eq(&old.pool, &new.pool) {
-        missing(&old.pool, Some(&new.pool), &mut gone);
-        missing(&new.pool, Some(&old.pool), &mut added);
-    }
+    // the pool is transferred as a delegation (see `zone_records`): static
     for (k, o) in old.names.iter() {
         match new.names.get(k) {
             Some(n) if Arc::ptr_eq(o, n) => {}
@@ -574,18 +571,39 @@ fn delta<'s>(old: &Snapshot, new: &'s Snapshot) -> Option<Vec<Cow<'s, Record>>> 
     Some(v)
 }
 
-/// Every record of the zone in transfer order: SOA, NS, glue, pool, gateway names, SOA.
-pub(crate) fn zone_records(snap: &Snapshot) -> Vec<&Record> {
+/// Every record of the zone in transfer order: SOA, NS, glue, gateway names, SOA.
+///
+/// The pool name is not transferred as addresses: its answer follows member health
+/// without a serial change (it is not zone data), and a secondary holding a copy would
+/// keep handing out a member that failed (seed 003 ch. 3, "DNS keeps giving out the
+/// failed server"). Secondaries get a delegation of the pool name to the zone's name
+/// servers instead, so a resolver asking them is referred to the head-ends for it.
+pub(crate) fn zone_records(snap: &Snapshot) -> Vec<Cow<'_, Record>> {
     let st = &snap.statics;
-    let mut v: Vec<&Record> = Vec::with_capacity(snap.names.len() + 16);
-    v.push(&snap.soa[0]);
-    v.extend(st.ns.iter());
-    v.extend(st.glue.iter());
-    v.extend(snap.pool.a.iter().chain(snap.pool.aaaa.iter()));
-    for n in snap.names.values() {
-        v.extend(n.a.iter().chain(n.aaaa.iter()));
+    let mut v: Vec<Cow<'_, Record>> = Vec::with_capacity(snap.names.len() + 16);
+    v.push(Cow::Borrowed(&snap.soa[0]));
+    v.extend(st.ns.iter().map(Cow::Borrowed));
+    for (rel, f) in &st.fixed {
+        if !matches!(f, crate::zone::Fixed::Pool) {
+            continue;
+        }
+        let Some(name) = hickory_proto::rr::Name::from_ascii(rel)
+            .ok()
+            .and_then(|n| n.append_domain(snap.origin()).ok())
+        else {
+            continue;
+        };
+        for ns in &st.ns {
+            let mut r = ns.clone();
+            r.name = name.clone();
+            v.push(Cow::Owned(r));
+        }
     }
-    v.push(&snap.soa[0]);
+    v.extend(st.glue.iter().map(Cow::Borrowed));
+    for n in snap.names.values() {
+        v.extend(n.a.iter().chain(n.aaaa.iter()).map(Cow::Borrowed));
+    }
+    v.push(Cow::Borrowed(&snap.soa[0]));
     v
 }
 
@@ -938,8 +956,16 @@ mod tests {
                 .count(),
             2
         );
-        // SOA, NS, glue, 1000 gateways, SOA
-        assert_eq!(records.len(), 1 + 1 + 1 + 1000 + 1);
+        // SOA, NS, pool delegation (NS), glue, 1000 gateways, SOA
+        assert_eq!(records.len(), 1 + 1 + 1 + 1 + 1000 + 1);
+        let pool_ns: Vec<&Record> = records
+            .iter()
+            .filter(|r| r.name.to_ascii() == "pool.vpn.example.com.")
+            .collect();
+        assert_eq!(pool_ns.len(), 1);
+        assert!(
+            matches!(&pool_ns[0].data, RData::NS(n) if n.0.to_ascii() == "ns1.vpn.example.com.")
+        );
         let names: std::collections::HashSet<String> =
             records.iter().map(|r| r.name.to_ascii()).collect();
         assert!(names.contains("gw-999.vpn.example.com."));
@@ -1024,7 +1050,7 @@ mod tests {
         );
         let (m, _) = transfer(&h, &q, src(), true);
         let a = answers(&m);
-        assert_eq!(a.len(), 1 + 1 + 1 + 5 + 1);
+        assert_eq!(a.len(), 1 + 1 + 1 + 1 + 5 + 1);
         // over UDP: the single SOA, whatever the client has
         let (m, _) = transfer(&h, &q, src(), false);
         assert_eq!(answers(&m).len(), 1);
