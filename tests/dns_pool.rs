@@ -7,8 +7,9 @@
 //!   brought up by `headend peer` routers);
 //! - after one member is killed it is gone from every survivor's answer within
 //!   dead_after (3 s) + TTL (1 s);
-//! - and once converged every survivor answers `dig SOA` with the same serial, newer than
-//!   before the death.
+//! - once converged every survivor answers `dig SOA` with the same serial, newer than
+//!   before the death;
+//! - the member restarted is back in the pool and all three agree on the serial again.
 //!
 //! Needs root, iproute2 and dig; a missing tool FAILS.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -213,6 +214,31 @@ fn pool_answers_outside_addresses_by_free_capacity_and_survivors_agree_on_the_se
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(serial(&ns, 0), Some(agreed));
     assert_eq!(serial(&ns, 1), Some(agreed));
+
+    // m2 comes back (same store): first in the pool again (least loaded), and all three
+    // members, the restarted one included, converge on one serial.
+    let he = Headend::run(&ctx, Some(&ns), "m2-again", &member_conf(&ctx, 2));
+    ctx.track_log(&he.proc.log);
+    hes[2] = Some(he);
+    let back = try_wait_for(Duration::from_secs(30), || {
+        let pools_ok = (0..MEMBERS).all(|i| pool_answer(&ns, i) == want);
+        let serials: Vec<Option<u32>> = (0..MEMBERS).map(|i| serial(&ns, i)).collect();
+        let same = serials[0].is_some() && serials.iter().all(|s| *s == serials[0]);
+        (pools_ok && same).then_some(serials[0])
+    });
+    let Some(Some(after_return)) = back else {
+        panic!(
+            "after m2's return: pools {:?}, serials {:?}, want pool {want:?}",
+            (0..MEMBERS)
+                .map(|i| pool_answer(&ns, i))
+                .collect::<Vec<_>>(),
+            (0..MEMBERS).map(|i| serial(&ns, i)).collect::<Vec<_>>()
+        );
+    };
+    assert!(
+        after_return.wrapping_sub(agreed) < (1 << 31),
+        "serial went backwards after the return: {agreed} -> {after_return}"
+    );
 
     drop(r0);
     drop(r1);

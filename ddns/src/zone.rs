@@ -18,7 +18,8 @@
 //! stamped alike on every member: `cluster::Event::Stamp`). If a change a resolver can
 //! see would not advance it (two changes within 10 ms, or `remove_member` before its
 //! stamp arrives), the serial is the previous one plus one, so it increases with every
-//! visible change; the next stamp re-aligns members that took different steps. The pool
+//! visible change; the next stamp re-aligns members that took different steps. Before
+//! the member is synced (SERVFAIL, nothing visible) only stamps move it. The pool
 //! name is a load-balancing answer, not zone data: it never moves the serial, nor does
 //! the synced flag.
 
@@ -490,7 +491,11 @@ impl Zone {
     /// `visible`: records a resolver can see changed (the serial must increase).
     fn publish(&self, w: &mut Writer, visible: bool) {
         // In u64 centiseconds, so no RFC 1982 ambiguity between far-apart values.
-        w.serial = ((w.newest_stamp >> 16) / 10).max(w.serial + u64::from(visible));
+        // Before it is synced nobody sees the zone (SERVFAIL): catching up moves the
+        // serial only through the stamps, so a restarted member lands on the serial of
+        // the others instead of theirs plus one per record it received.
+        let bump = visible && w.synced;
+        w.serial = ((w.newest_stamp >> 16) / 10).max(w.serial + u64::from(bump));
         let snap = build_snapshot(&self.inner.statics, w);
         self.inner.current.store(Arc::new(snap));
     }
@@ -995,6 +1000,38 @@ mod tests {
         a.set_synced(false);
         a.set_synced(true);
         assert_eq!(a.serial(), s);
+    }
+
+    #[test]
+    fn a_member_catching_up_lands_on_the_serial_of_the_others() {
+        let t0: u64 = 1_790_000_000_000;
+        let up = |z: &Zone, n: u64| {
+            z.upsert(
+                TunnelKey::new("m", n.to_string()),
+                gid(&format!("r{n}")),
+                vec![ip("10.0.0.1")],
+                (t0 + n) << 16, // all within one centisecond
+            );
+        };
+        let old = zone();
+        old.note_stamp(t0 << 16);
+        for n in 0..5 {
+            up(&old, n);
+        }
+        // A restarted member: the cluster's stamp first, then every record, then synced.
+        let fresh = Zone::new(ZoneConfig::new(&test_config(), "vpn.example.com").unwrap());
+        fresh.note_stamp(t0 << 16);
+        for n in 0..5 {
+            up(&fresh, n);
+        }
+        fresh.set_synced(true);
+        assert_eq!(fresh.serial(), (t0 / 10) as u32);
+        // The old member bumped once per record in that centisecond; the next change
+        // (a later stamp) re-aligns both.
+        for z in [&old, &fresh] {
+            up(z, 2_000);
+        }
+        assert_eq!(fresh.serial(), old.serial());
     }
 
     #[test]
