@@ -288,14 +288,15 @@ impl DnsHandler {
                 None => 512,
             }
         };
-        match a.msgs.first() {
-            Some(m)
-                if matches!(
-                    crate::xfr::encode(req, m, a.edns.as_ref(), max, out),
-                    Ok(false)
-                ) =>
-            {
-                shard.count(a.outcome, tcp, false);
+        // (the transfer code already fits UDP answers, setting TC itself when needed)
+        let encoded = a
+            .msgs
+            .first()
+            .map(|m| crate::xfr::encode(req, m, a.edns.as_ref(), max, out));
+        match encoded {
+            Some(Ok(_)) if out.len() <= usize::from(max) => {
+                let tc = out.get(2).is_some_and(|b| b & 0x02 != 0);
+                shard.count(a.outcome, tcp, tc);
             }
             _ => {
                 header_only_error(query, 2, out);

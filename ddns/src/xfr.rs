@@ -347,7 +347,7 @@ impl Transfer {
             // A signed ordinary query (e.g. a secondary's SOA check): the normal answer.
             self.stats.signed_queries.fetch_add(1, Ordering::Relaxed);
             let r = crate::handler::respond(snap, req, edns_size);
-            return Answer {
+            let mut a = Answer {
                 msgs: vec![Msg {
                     metadata: r.metadata,
                     answers: r.answers[0]
@@ -362,6 +362,29 @@ impl Transfer {
                 edns: r.edns,
                 outcome: r.outcome,
             };
+            if !tcp {
+                // Over UDP the signed answer must fit with its TSIG RR (key name, algorithm
+                // name and MAC: at most about 400 octets); else header and question only,
+                // TC set, still signed, and the client retries over TCP (RFC 2181 section 9).
+                let max = match &req.edns {
+                    Some(e) => e.max_payload().clamp(512, edns_size),
+                    None => 512,
+                };
+                let mut probe = Vec::new();
+                let fits = a.msgs.first().is_some_and(|m| {
+                    encode(req, m, a.edns.as_ref(), u16::MAX, &mut probe).is_ok()
+                        && probe.len() + 400 <= usize::from(max)
+                });
+                if !fits {
+                    if let Some(m) = a.msgs.first_mut() {
+                        m.metadata.truncation = true;
+                        m.answers.clear();
+                        m.authority.clear();
+                        m.additional.clear();
+                    }
+                }
+            }
+            return a;
         }
         let refuse = |metadata: Metadata, why: &str| {
             self.stats.refused.fetch_add(1, Ordering::Relaxed);
@@ -1182,6 +1205,32 @@ mod tests {
         assert!(h.handle_bytes(&q, src(), false, &shard, &mut out));
         let m = Message::from_vec(&out).unwrap();
         assert!(matches!(&m.answers[0].data, RData::SOA(s) if s.serial == h.zone().serial()));
+        tsig::verify_response(&kk, &out, &qmac, now).unwrap();
+        // a signed answer too big for UDP: TC, no records, still signed
+        h.zone().upsert(
+            TunnelKey::new("m", "big"),
+            GatewayId::from_identity("big").0,
+            (0..60u8).map(|i| IpAddr::from([10, 9, 0, i])).collect(),
+            1 << 40,
+        );
+        let mut m = Message::query();
+        m.metadata.id = 0x7777;
+        m.add_query(Query::query(
+            Name::from_ascii("big.vpn.example.com.").unwrap(),
+            RecordType::A,
+        ));
+        let mut q = m.to_vec().unwrap();
+        let (rr, qmac) = tsig::sign(&k, &q, None, false, now, None, Vec::new()).unwrap();
+        tsig::append(&mut q, &rr).unwrap();
+        assert!(h.handle_bytes(&q, src(), false, &shard, &mut out));
+        assert!(out.len() <= 512);
+        let m = Message::from_vec(&out).unwrap();
+        assert!(m.metadata.truncation && m.answers.is_empty(), "{m:?}");
+        tsig::verify_response(&kk, &out, &qmac, now).unwrap();
+        // over TCP: all 60, signed
+        assert!(h.handle_bytes(&q, src(), true, &shard, &mut out));
+        let m = Message::from_vec(&out).unwrap();
+        assert_eq!(m.answers.len(), 60);
         tsig::verify_response(&kk, &out, &qmac, now).unwrap();
         h.zone().set_synced(false);
         let (q, _) = request(RecordType::AXFR, None, Some((&k, now)));
