@@ -138,6 +138,11 @@ fn pool_answers_outside_addresses_by_free_capacity_and_survivors_agree_on_the_se
         he
     });
 
+    // A new cluster's serial starts at the time, not 0, so the first change is a small
+    // RFC 1982 step a secondary accepts.
+    let initial = try_wait_for(Duration::from_secs(10), || serial(&ns, 0)).expect("SOA at m0");
+    assert_ne!(initial, 0, "a new cluster's serial must not start at 0");
+
     // Load: one router on m0 (capacity 10: 10 % used), two on m1 (capacity 100: 2 %),
     // none on m2 (254). Least loaded relative to capacity first: m2, m1, m0. (By raw
     // tunnel count it would be m2, m0, m1.)
@@ -169,6 +174,11 @@ fn pool_answers_outside_addresses_by_free_capacity_and_survivors_agree_on_the_se
         .filter_map(|i| serial(&ns, i))
         .max()
         .expect("SOA answered");
+
+    assert!(
+        before != initial && before.wrapping_sub(initial) < (1 << 31),
+        "the first changes must be a forward RFC 1982 step: {initial} -> {before}"
+    );
 
     // Kill m2 (the least loaded, first in the answer): gone from the survivors' pool
     // within dead_after (3 s) + TTL (1 s), plus gossip and scheduling slack.

@@ -379,7 +379,7 @@ impl Cluster {
             }
         }
         let start = Instant::now();
-        let node = Node::new(
+        let mut node = Node::new(
             cfg.self_addr.clone(),
             incarnation,
             snapshot,
@@ -390,6 +390,7 @@ impl Cluster {
             },
             0,
         );
+        node.stamp_start(wall_ms());
         let (ev_tx, ev_rx) = mpsc::unbounded_channel();
         let repl_server = tls::replication_server(&creds)?;
         let repl_client = tls::replication_client(&creds)?;

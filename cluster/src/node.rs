@@ -380,6 +380,15 @@ impl Node {
         node
     }
 
+    /// Raise the newest stamp to this start (unix ms): a new cluster's DNS serial starts at
+    /// the time, not 0, so its first change is a small RFC 1982 step for secondaries (0 ->
+    /// a time-derived serial reads as a decrease). Members take the largest, so they still
+    /// agree.
+    pub fn stamp_start(&mut self, wall_ms: u64) {
+        let s = self.hlc.now(wall_ms);
+        self.raise_stamp(s);
+    }
+
     /// See [`Event::Stamp`]: the newest stamp of the data answered.
     pub fn zone_stamp(&self) -> u64 {
         self.zone_stamp

@@ -107,18 +107,20 @@ impl Sim {
         let ids: Vec<MemberId> = (0..n).map(|i| format!("10.1.65.{}", i + 1)).collect();
         let mut members = Vec::new();
         for id in &ids {
+            let skew: i64 = rng.gen_range(-20_000..20_000);
             let peers: Vec<MemberId> = ids.iter().filter(|p| *p != id).cloned().collect();
             let mut disk = Disk {
                 incarnation: 1,
                 ..Disk::default()
             };
             let mut node = Node::new(id.clone(), 1, Snapshot::default(), &peers, cfg, 0);
+            node.stamp_start((WALL_BASE + skew) as u64);
             disk.apply(node.take_store_ops());
             members.push(Member {
                 id: id.clone(),
                 node: Some(node),
                 disk,
-                skew_ms: rng.gen_range(-20_000..20_000),
+                skew_ms: skew,
                 shadow: BTreeMap::new(),
                 crashed_at: None,
                 info: None,
@@ -324,7 +326,7 @@ impl Sim {
         let snap = Snapshot {
             partitions: m.disk.parts.clone(),
         };
-        let node = Node::new(
+        let mut node = Node::new(
             m.id.clone(),
             m.disk.incarnation,
             snap,
@@ -332,6 +334,7 @@ impl Sim {
             self.cfg,
             self.now,
         );
+        node.stamp_start((WALL_BASE + self.now as i64 + m.skew_ms) as u64);
         m.shadow = node.view().clone();
         m.node = Some(node);
         m.crashed_at = None;
