@@ -7,6 +7,8 @@
 //!   brought up by `headend peer` routers);
 //! - after one member is killed it is gone from every survivor's answer within
 //!   dead_after (3 s) + TTL (1 s);
+//! - every member returns the same NS RRset, glue and SOA timers (mname, rname, refresh,
+//!   retry, expire, minimum), the configured ones;
 //! - once converged every survivor answers `dig SOA` with the same serial, newer than
 //!   before the death;
 //! - the member restarted is back in the pool and all three agree on the serial again.
@@ -97,6 +99,43 @@ fn serial(ns: &Netns, i: usize) -> Option<u32> {
     soa.first()?.split_whitespace().nth(2)?.parse().ok()
 }
 
+/// What a delegating admin compares across the members (Zonemaster-style): the NS RRset
+/// with TTLs, the glue of each name server, and the SOA without its serial (mname, rname,
+/// refresh, retry, expire, minimum) with its TTL.
+#[derive(Debug, PartialEq, Eq)]
+struct ZoneFace {
+    ns: Vec<String>,
+    glue: Vec<String>,
+    soa: Vec<String>,
+}
+
+fn zone_face(ns: &Netns, i: usize) -> ZoneFace {
+    let r = dig(ns, i, DOMAIN, "NS");
+    assert_eq!(r.status, "NOERROR", "NS at m{i}: {}", r.raw);
+    let mut nss: Vec<String> = r
+        .answer
+        .iter()
+        .filter(|a| a.rtype == "NS")
+        .map(|a| format!("{} {}", a.ttl, a.data))
+        .collect();
+    nss.sort();
+    let mut glue: Vec<String> = r
+        .additional
+        .iter()
+        .filter(|a| a.rtype == "A" || a.rtype == "AAAA")
+        .map(|a| format!("{} {} {} {}", a.name, a.ttl, a.rtype, a.data))
+        .collect();
+    glue.sort();
+    let r = dig(ns, i, DOMAIN, "SOA");
+    assert_eq!(r.status, "NOERROR", "SOA at m{i}: {}", r.raw);
+    assert_eq!(r.answer.len(), 1, "SOA at m{i}: {}", r.raw);
+    let f: Vec<&str> = r.answer[0].data.split_whitespace().collect();
+    assert_eq!(f.len(), 7, "SOA at m{i}: {}", r.raw);
+    let mut soa = vec![r.answer[0].ttl.to_string(), f[0].into(), f[1].into()];
+    soa.extend(f[3..].iter().map(|s| s.to_string()));
+    ZoneFace { ns: nss, glue, soa }
+}
+
 /// `count` routers (`headend peer --count`) on their own address, connected to member `i`.
 fn routers(ctx: &TestCtx, ns: &Netns, k: usize, i: usize, count: usize) -> Headend {
     let local = format!("10.95.0.{}", 1 + k);
@@ -142,6 +181,35 @@ fn pool_answers_outside_addresses_by_free_capacity_and_survivors_agree_on_the_se
     // RFC 1982 step a secondary accepts.
     let initial = try_wait_for(Duration::from_secs(10), || serial(&ns, 0)).expect("SOA at m0");
     assert_ne!(initial, 0, "a new cluster's serial must not start at 0");
+
+    // Every member returns the same NS set with glue and the same SOA timers (the serial
+    // is checked below, once converged), and they are the configured ones.
+    let faces: Vec<ZoneFace> = (0..MEMBERS).map(|i| zone_face(&ns, i)).collect();
+    for (i, f) in faces.iter().enumerate() {
+        assert_eq!(*f, faces[0], "m{i} differs from m0");
+    }
+    let want_ns: Vec<String> = (1..=MEMBERS)
+        .map(|j| format!("3600 ns{j}.{DOMAIN}."))
+        .collect();
+    assert_eq!(faces[0].ns, want_ns, "the NS RRset (ns_ttl 3600)");
+    let want_glue: Vec<String> = (0..MEMBERS)
+        .map(|j| format!("ns{}.{DOMAIN}. 3600 A {}", j + 1, member_self(j)))
+        .collect();
+    assert_eq!(faces[0].glue, want_glue, "glue: each member's DNS address");
+    let want_soa: Vec<String> = [
+        "1".to_string(),
+        format!("ns1.{DOMAIN}."),
+        format!("hostmaster.{DOMAIN}."),
+        "3600".into(),
+        "600".into(),
+        "86400".into(),
+        "1".into(),
+    ]
+    .to_vec();
+    assert_eq!(
+        faces[0].soa, want_soa,
+        "SOA: TTL, mname, rname, timers, minimum"
+    );
 
     // Load: one router on m0 (capacity 10: 10 % used), two on m1 (capacity 100: 2 %),
     // none on m2 (254). Least loaded relative to capacity first: m2, m1, m0. (By raw

@@ -129,9 +129,7 @@ impl Rig {
     /// Brings the tunnel up; returns charon's virtual IP.
     fn up(&self) -> String {
         self.charon.initiate_ok("net");
-        let sa = self
-            .charon
-            .wait_established("net", Duration::from_secs(15));
+        let sa = self.charon.wait_established("net", Duration::from_secs(15));
         wait_up(&self.he, &self.gw, Duration::from_secs(10));
         assert_eq!(sa.local_vips.len(), 1, "{sa:?}");
         sa.local_vips[0].clone()
@@ -276,7 +274,11 @@ fn dig_against_the_daemon_with_a_strongswan_tunnel_every_answer_type_and_reusepo
     .unwrap_or_else(|| panic!("{name} not answered:\n{}", rig.dig(&[&name, "A"]).raw));
     assert_eq!(r.answer_data("A"), vec![vip.clone()], "{}", r.raw);
     assert_eq!(r.answer[0].ttl, TTL, "{}", r.raw);
-    assert!(r.has_flag("aa") && !r.has_flag("ra"), "AA=1 RA=0: {}", r.raw);
+    assert!(
+        r.has_flag("aa") && !r.has_flag("ra"),
+        "AA=1 RA=0: {}",
+        r.raw
+    );
     // Names match case-insensitively (RFC 4343).
     let r = rig.dig(&[&name.to_uppercase(), "A"]);
     assert_eq!(r.answer_data("A"), vec![vip.clone()], "{}", r.raw);
@@ -292,7 +294,10 @@ fn dig_against_the_daemon_with_a_strongswan_tunnel_every_answer_type_and_reusepo
     assert_eq!(f[1], format!("hostmaster.{apex}"));
     let serial: u32 = f[2].parse().unwrap();
     assert_ne!(serial, 0);
-    assert_eq!(&f[3..], ["1200", "300", "604800", &NEGATIVE_TTL.to_string()]);
+    assert_eq!(
+        &f[3..],
+        ["1200", "300", "604800", &NEGATIVE_TTL.to_string()]
+    );
 
     // NS with glue, over TCP (the whole set does not fit UDP): every name server, each
     // with its address in the additional section.
@@ -312,16 +317,31 @@ fn dig_against_the_daemon_with_a_strongswan_tunnel_every_answer_type_and_reusepo
             .filter(|a| a.rtype == "A" && a.name == format!("ns{}.{apex}", j + 1))
             .map(|a| a.data.as_str())
             .collect();
-        assert_eq!(glue, vec![ns_addr(j).as_str()], "glue of ns{}: {}", j + 1, r.raw);
+        assert_eq!(
+            glue,
+            vec![ns_addr(j).as_str()],
+            "glue of ns{}: {}",
+            j + 1,
+            r.raw
+        );
     }
     // The same over UDP: TC set (dig told not to retry), and plain dig falls back to TCP.
     for edns in ["+noedns", "+edns=0"] {
         let r = rig.dig(&["+notcp", "+ignore", edns, DOMAIN, "NS"]);
         assert_eq!(r.status, "NOERROR", "{}", r.raw);
-        assert!(r.has_flag("tc"), "{edns}: no TC on a too-large answer: {}", r.raw);
+        assert!(
+            r.has_flag("tc"),
+            "{edns}: no TC on a too-large answer: {}",
+            r.raw
+        );
     }
     let r = rig.dig(&[DOMAIN, "NS"]);
-    assert_eq!(r.answer_data("NS").len(), NS_COUNT, "TCP fallback: {}", r.raw);
+    assert_eq!(
+        r.answer_data("NS").len(),
+        NS_COUNT,
+        "TCP fallback: {}",
+        r.raw
+    );
 
     // NODATA: the gateway exists but has no IPv6 address: NOERROR, no answer, SOA in
     // the authority section with the negative TTL.
