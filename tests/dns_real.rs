@@ -5,9 +5,10 @@
 //!   resolves `<gateway-id>.<domain>` to the tunnel's virtual IP for a client on that host
 //!   once charon has connected, and answers NXDOMAIN again within the TTL (+ a margin)
 //!   after `swanctl --terminate --ike`.
-//! - dig against the daemon for every answer type: SOA, NS with glue, A of a gateway,
-//!   NODATA (AAAA of a v4-only gateway), NXDOMAIN with the SOA, REFUSED outside the zone,
-//!   AA=1 and RA=0, EDNS(0) echoed only when asked, TC over UDP and the full answer over TCP.
+//! - dig against the daemon for every answer type: SOA, NS with glue, A and AAAA of a
+//!   dual-stack gateway (charon asks for both virtual IPs), NODATA (TXT of that gateway),
+//!   NXDOMAIN with the SOA, REFUSED outside the zone, AA=1 and RA=0, EDNS(0) echoed only
+//!   when asked, TC over UDP and the full answer over TCP.
 //! - `dns.udp_sockets = 4`: the daemon holds four SO_REUSEPORT UDP sockets on the DNS port
 //!   (`ss -uanp` in its namespace), and queries from many source ports (spread over the
 //!   sockets by the kernel's 4-tuple hash) are all answered.
@@ -37,6 +38,7 @@ use support::{require_tool, try_wait_for, TestCtx};
 
 const PSK: &str = "dns-real-psk-93be";
 const POOL: &str = "10.99.0.0/24";
+const POOL6: &str = "fd00:99::/112";
 const HE_ID: &str = "headend.test";
 /// Not under `test.`: Unbound serves that special-use TLD itself (RFC 6761).
 const DOMAIN: &str = "gw.corp.example";
@@ -63,7 +65,12 @@ struct Rig {
 impl Rig {
     /// `headend run` with `[dns]` = `dns_section` (on `HE_DNS`), charon with one connection
     /// `net` loaded (not initiated), the inside host linked to the head-end.
-    fn new(name: &str, dns_section: &str) -> Rig {
+    fn new(
+        name: &str,
+        dns_section: &str,
+        he_tweak: impl FnOnce(&mut HeadendConf),
+        conn_tweak: impl FnOnce(&mut Conn),
+    ) -> Rig {
         require_tool("dig", "dnsutils");
         let ctx = TestCtx::new(name);
         let net = Direct::new(&ctx);
@@ -81,11 +88,13 @@ impl Rig {
         hc.local_id = HE_ID.into();
         hc.log_level = "info".into();
         hc.extra = dns_section.to_owned();
+        he_tweak(&mut hc);
         let he = Headend::run(&ctx, Some(&net.he), "headend", &hc);
         ctx.track_log(&he.proc.log);
         let charon = Charon::start(&ctx, &net.peer, "router");
         let mut conn = Conn::initiator("net", &net.peer_addr.to_string(), &he_addr, PEER_ID);
         conn.remote_id = Some(HE_ID.into());
+        conn_tweak(&mut conn);
         charon.load(
             &ctx,
             &SwanctlConf {
@@ -126,13 +135,13 @@ impl Rig {
         parse_dig(&o.stdout)
     }
 
-    /// Brings the tunnel up; returns charon's virtual IP.
-    fn up(&self) -> String {
+    /// Brings the tunnel up; returns charon's virtual IPs.
+    fn up(&self) -> Vec<String> {
         self.charon.initiate_ok("net");
         let sa = self.charon.wait_established("net", Duration::from_secs(15));
         wait_up(&self.he, &self.gw, Duration::from_secs(10));
-        assert_eq!(sa.local_vips.len(), 1, "{sa:?}");
-        sa.local_vips[0].clone()
+        assert!(!sa.local_vips.is_empty(), "no virtual IP: {sa:?}");
+        sa.local_vips
     }
 }
 
@@ -170,7 +179,7 @@ fn unbound_stub_zone_resolves_a_strongswan_peer_while_connected_and_nxdomain_aft
          negative_ttl = {NEGATIVE_TTL}\nudp_sockets = 1\n\
          [[dns.ns]]\nname = \"ns1\"\naddrs = [\"{HE_DNS}\"]\n"
     );
-    let mut rig = Rig::new("dns-real-ub", &dns);
+    let mut rig = Rig::new("dns-real-ub", &dns, |_| {}, |_| {});
     rig.ub = Some(Unbound::start(
         &rig.dns_inside,
         format!("{INSIDE_HOST}:53").parse().unwrap(),
@@ -188,7 +197,9 @@ fn unbound_stub_zone_resolves_a_strongswan_peer_while_connected_and_nxdomain_aft
 
     // charon connects: the inside client resolves the name to charon's virtual IP once
     // the cached NXDOMAIN has expired (negative TTL, + margin).
-    let vip = rig.up();
+    let vips = rig.up();
+    assert_eq!(vips.len(), 1, "{vips:?}");
+    let vip = vips[0].clone();
     assert!(vip.starts_with("10.99.0."), "VIP {vip} not from {POOL}");
     let took = wait_resolver(
         &rig,
@@ -261,8 +272,27 @@ fn dig_against_the_daemon_with_a_strongswan_tunnel_every_answer_type_and_reusepo
             ns_addr(j)
         );
     }
-    let rig = Rig::new("dns-real-dig", &dns);
-    let vip = rig.up();
+    // A dual-stack router: charon asks for an IPv4 and an IPv6 virtual IP.
+    let rig = Rig::new(
+        "dns-real-dig",
+        &dns,
+        |hc| {
+            hc.pool_v4 = None;
+            hc.extra = format!("[pool]\nv4 = \"{POOL}\"\nv6 = \"{POOL6}\"\n\n{}", hc.extra);
+        },
+        |c| c.vips = Some("0.0.0.0, ::".into()),
+    );
+    let vips = rig.up();
+    let vip = vips
+        .iter()
+        .find(|v| v.starts_with("10.99.0."))
+        .unwrap_or_else(|| panic!("no IPv4 VIP from {POOL}: {vips:?}"))
+        .clone();
+    let vip6 = vips
+        .iter()
+        .find(|v| v.starts_with("fd00:99::"))
+        .unwrap_or_else(|| panic!("no IPv6 VIP from {POOL6}: {vips:?}"))
+        .clone();
     let name = rig.name();
     let apex = format!("{DOMAIN}.");
 
@@ -343,9 +373,15 @@ fn dig_against_the_daemon_with_a_strongswan_tunnel_every_answer_type_and_reusepo
         r.raw
     );
 
-    // NODATA: the gateway exists but has no IPv6 address: NOERROR, no answer, SOA in
-    // the authority section with the negative TTL.
+    // AAAA of the gateway: its IPv6 virtual IP.
     let r = rig.dig(&[&name, "AAAA"]);
+    assert_eq!(r.status, "NOERROR", "{}", r.raw);
+    assert_eq!(r.answer_data("AAAA"), vec![vip6.clone()], "{}", r.raw);
+    assert!(r.has_flag("aa") && !r.has_flag("ra"), "{}", r.raw);
+
+    // NODATA: the gateway exists but has no such type: NOERROR, no answer, the SOA in
+    // the authority section.
+    let r = rig.dig(&[&name, "TXT"]);
     assert_eq!(r.status, "NOERROR", "{}", r.raw);
     assert!(r.answer.is_empty(), "{}", r.raw);
     assert_eq!(r.authority.len(), 1, "{}", r.raw);
