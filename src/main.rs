@@ -317,10 +317,6 @@ fn main() -> ExitCode {
                         s.daemon.ike_addrs, s.daemon.natt_addrs
                     );
                 }
-                let notifier = headend::notify::Notifier::from_env();
-                if let Some(n) = &notifier {
-                    n.ready();
-                }
                 let ctl = headend::control::Control::new(config.clone());
                 let listener = if no_control {
                     None
@@ -344,6 +340,12 @@ fn main() -> ExitCode {
                     },
                     None => None,
                 };
+                // READY=1 once everything a client or the supervisor reaches is bound: IKE,
+                // DNS and the cluster (services::start), the control socket and /metrics.
+                let notifier = headend::notify::Notifier::from_env();
+                if let Some(n) = &notifier {
+                    n.ready();
+                }
                 let bound = listener.is_some();
                 let ctl_task = async {
                     match listener {

@@ -27,6 +27,7 @@ PKGS=(
   strongswan-charon strongswan-swanctl libcharon-extra-plugins libstrongswan-extra-plugins
   libstrongswan-standard-plugins charon-cmd strongswan-pki openssl
   knot nsd unbound dnsutils dnsperf iperf3 nftables iproute2 procps util-linux iputils-ping
+  systemd  # systemd-analyze verify of examples/headend.service (tests/daemon_ops.rs)
 )
 missing=()
 for p in "${PKGS[@]}"; do

@@ -1,0 +1,565 @@
+//! What an operator and the supervisor rely on (issue 6): the daemon under a systemd
+//! notify socket (READY=1 once it listens, WATCHDOG=1 pings, STOPPING=1 on SIGTERM) and
+//! the sample unit verified by `systemd-analyze`; `headend plan` printing the seed's
+//! chapter 3 figures; the columns of `show vpn ipsec sa` and `show cluster` with two
+//! members; IKE failures by reason over HTTP.
+#![allow(clippy::unwrap_used)]
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_headend");
+
+fn port(tcp: bool) -> u16 {
+    if tcp {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    } else {
+        std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("headend-ops-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+struct Proc(Child, PathBuf);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Proc {
+    fn spawn(args: &[&str], env: &[(&str, &str)], log: PathBuf) -> Proc {
+        let f = std::fs::File::create(&log).unwrap();
+        let c = Command::new(BIN)
+            .args(args)
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(f.try_clone().unwrap())
+            .stderr(f)
+            .spawn()
+            .unwrap();
+        Proc(c, log)
+    }
+    fn text(&self) -> String {
+        std::fs::read_to_string(&self.1).unwrap_or_default()
+    }
+    fn wait_for(&self, what: &str) {
+        let end = Instant::now() + Duration::from_secs(20);
+        while !self.text().contains(what) {
+            assert!(Instant::now() < end, "no \"{what}\" in:\n{}", self.text());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    fn sigterm_and_wait(&mut self) -> Option<i32> {
+        let st = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let end = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(st) = self.0.try_wait().unwrap() {
+                return st.code();
+            }
+            assert!(
+                Instant::now() < end,
+                "no exit after SIGTERM:\n{}",
+                self.text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+fn cli(sock: &Path, words: &str) -> String {
+    let mut w: Vec<&str> = words.split_whitespace().collect();
+    let verb = w.remove(0);
+    let o = Command::new(BIN)
+        .arg(verb)
+        .arg("--socket")
+        .arg(sock)
+        .args(&w)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "`{words}`: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into()
+}
+
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(c, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut s = String::new();
+    c.read_to_string(&mut s).unwrap();
+    s
+}
+
+/// A responder configuration on 127.0.0.`m` with its own ports; `extra` is appended.
+/// Returns (file, IKE port, NAT-T port, DNS port).
+fn config(dir: &Path, m: u8, extra: &str) -> (PathBuf, u16, u16, u16) {
+    let (ike, natt, dns) = (port(false), port(false), port(false));
+    let conf = dir.join(format!("m{m}.toml"));
+    std::fs::write(
+        &conf,
+        format!(
+            "[ike]\nlisten = [\"127.0.0.{m}\"]\nport = {ike}\nnatt_port = {natt}\n\
+             [psk]\ndefault = \"ops-test-psk\"\n[pool]\nv4 = \"10.96.{m}.0/24\"\n\
+             [dns]\nlisten = [\"127.0.0.{m}\"]\nport = {dns}\ndomain = \"ops.test\"\n[[dns.ns]]\nname = \"ns{m}\"\naddrs = [\"127.0.0.{m}\"]\n{extra}"
+        ),
+    )
+    .unwrap();
+    (conf, ike, natt, dns)
+}
+
+/// A `headend peer` router with identity `id` and key `psk` towards 127.0.0.1.
+fn router(dir: &Path, id: &str, psk: &str, ike: u16, natt: u16) -> Proc {
+    let pc = dir.join(format!("{}.toml", id.replace(['/', '.'], "_")));
+    std::fs::write(
+        &pc,
+        format!(
+            "[psk]\ndefault = \"{psk}\"\n[peer]\nlocal_id = \"{id}\"\nheadends = [{{ addr = \"127.0.0.1:{ike}\", natt_port = {natt} }}]\nbind = \"127.0.0.1:0\"\nbackoff = \"200ms\"\n"
+        ),
+    )
+    .unwrap();
+    Proc::spawn(
+        &["peer", "--config", pc.to_str().unwrap()],
+        &[],
+        pc.with_extension("log"),
+    )
+}
+
+/// The daemon under a notify socket as systemd runs it (`Type=notify`, `WatchdogSec=`):
+/// READY=1 when IKE, DNS, the control socket and /metrics are all bound, WATCHDOG=1 every
+/// half of WATCHDOG_USEC from the engine loop, STOPPING=1 on SIGTERM, then exit 0.
+#[test]
+fn daemon_notifies_ready_pings_the_watchdog_and_says_stopping() {
+    let dir = tmp("notify");
+    let notify = dir.join("notify.sock");
+    let server = UnixDatagram::bind(&notify).unwrap();
+    server
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let (conf, ike, _, dns) = config(&dir, 1, "");
+    let ctl = dir.join("control.sock");
+    let metrics = format!("127.0.0.1:{}", port(true));
+    let mut he = Proc::spawn(
+        &[
+            "run",
+            "--config",
+            conf.to_str().unwrap(),
+            "--control",
+            ctl.to_str().unwrap(),
+            "--metrics",
+            &metrics,
+        ],
+        &[
+            ("NOTIFY_SOCKET", notify.to_str().unwrap()),
+            ("WATCHDOG_USEC", "500000"),
+        ],
+        dir.join("run.log"),
+    );
+    // Every message, in order.
+    let recv_until = |end: Instant, stop: &dyn Fn(&[String]) -> bool| {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 256];
+        while Instant::now() < end && !stop(&got) {
+            if let Ok(n) = server.recv(&mut buf) {
+                got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+        }
+        got
+    };
+    // The engine loop may ping the watchdog before readiness (systemd ignores that);
+    // READY=1 comes once, and nothing else before it.
+    let first = recv_until(Instant::now() + Duration::from_secs(20), &|g| {
+        g.iter().any(|m| *m == "READY=1")
+    });
+    assert_eq!(
+        first.last().map(|m| m.as_str()),
+        Some("READY=1"),
+        "READY=1:\n{first:?}\n{}",
+        he.text()
+    );
+    assert!(
+        first[..first.len() - 1].iter().all(|m| *m == "WATCHDOG=1"),
+        "{first:?}"
+    );
+    // Ready means listening: the sockets are taken, the control socket and /metrics answer.
+    for (what, p) in [("IKE", ike), ("DNS", dns)] {
+        assert!(
+            std::net::UdpSocket::bind(("127.0.0.1", p)).is_err(),
+            "{what} port {p} not bound at READY=1"
+        );
+    }
+    assert!(cli(&ctl, "show vpn ipsec sa").contains("0 tunnel(s)"));
+    assert!(http_get(&metrics, "/metrics").starts_with("HTTP/1.1 200 OK"));
+
+    // WATCHDOG_USEC=0.5 s: a ping about every 250 ms; at least two within 3 s.
+    let start = Instant::now();
+    let pings = recv_until(start + Duration::from_secs(3), &|g| {
+        g.iter().filter(|m| *m == "WATCHDOG=1").count() >= 4
+    });
+    let n = pings.iter().filter(|m| *m == "WATCHDOG=1").count();
+    assert!(n >= 4, "{n} watchdog pings in 3 s: {pings:?}");
+    assert!(
+        pings.iter().all(|m| *m == "WATCHDOG=1"),
+        "only pings while running: {pings:?}"
+    );
+    // The pings keep coming (not a burst at start): the last one is recent.
+    let more = recv_until(Instant::now() + Duration::from_secs(2), &|g| {
+        g.iter().any(|m| *m == "WATCHDOG=1")
+    });
+    assert!(
+        more.iter().any(|m| *m == "WATCHDOG=1"),
+        "pings stopped: {more:?}"
+    );
+
+    // SIGTERM: STOPPING=1, then a clean exit.
+    let code = he.sigterm_and_wait();
+    assert_eq!(code, Some(0), "{}", he.text());
+    let rest = recv_until(Instant::now() + Duration::from_secs(1), &|g| {
+        g.iter().any(|m| *m == "STOPPING=1")
+    });
+    assert!(
+        rest.iter().any(|m| *m == "STOPPING=1"),
+        "no STOPPING=1: {rest:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The sample unit passes `systemd-analyze verify` (with ExecStart pointing at this
+/// build) and is the notify + watchdog unit the daemon is written for.
+#[test]
+fn sample_systemd_unit_verifies() {
+    let unit = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/headend.service"),
+    )
+    .unwrap();
+    assert!(unit.contains("\nType=notify\n"), "{unit}");
+    assert!(unit.contains("\nWatchdogSec="), "{unit}");
+    assert!(unit.contains("/usr/local/bin/headend run "), "{unit}");
+    let dir = tmp("unit");
+    let copy = dir.join("headend.service");
+    std::fs::write(&copy, unit.replace("/usr/local/bin/headend", BIN)).unwrap();
+    let o = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&copy)
+        .output()
+        .expect("systemd-analyze (package systemd) is needed by this test");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    // Warnings (an unknown key, a bad value) do not change the exit status.
+    assert!(
+        !err.contains("headend.service"),
+        "warnings about the unit: {err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `headend plan` prints ACM_peers = INT(ACM_thru_max / peer_thru_avg),
+/// ACM_min = ceil(num_peers / ACM_peers), ACM_total = ACM_min + ACM_protect (seed 003
+/// ch. 3), computed here from the formula for several input sets.
+#[test]
+fn plan_prints_the_seed_formula_figures() {
+    let figure = |out: &str, prefix: &str| -> u64 {
+        let l = out
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no {prefix} in {out}"));
+        l.rsplit(": ").next().unwrap().trim().parse().unwrap()
+    };
+    let plan = |args: &[String]| {
+        let o = Command::new(BIN).arg("plan").args(args).output().unwrap();
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    let check = |out: &str, peers: u64, peer: f64, member: f64, protect: u64| {
+        let per = (member / peer).floor() as u64;
+        let min = peers.div_ceil(per).max(1);
+        let total = min + protect;
+        assert_eq!(figure(out, "peers per member"), per, "{out}");
+        assert_eq!(figure(out, "minimum members"), min, "{out}");
+        assert_eq!(figure(out, "members in total"), total, "{out}");
+        // Tolerating K failures: the load over the survivors.
+        let after = peers.div_ceil(total - protect);
+        assert!(
+            out.contains(&format!(
+                "after {protect} failure(s): about {after} per member"
+            )),
+            "{out}"
+        );
+        assert!(after <= per, "survivors carry the load: {out}");
+    };
+    for (peers, peer, member, protect) in [
+        (800u64, 2.0f64, 898.0f64, 1u64),
+        (1000, 5.0, 538.0, 0),
+        (5000, 1.5, 2400.0, 3),
+        (900, 1.0, 450.0, 2),
+    ] {
+        let (code, out, err) = plan(&[
+            format!("--peers={peers}"),
+            format!("--peer-mbps={peer}"),
+            format!("--member-mbps={member}"),
+            format!("--protect={protect}"),
+        ]);
+        assert_eq!(code, Some(0), "{err}");
+        check(&out, peers, peer, member, protect);
+    }
+    // More than ten members: refused, naming the count.
+    let (code, out, err) = plan(&[
+        "--peers=1000".into(),
+        "--peer-mbps=5".into(),
+        "--member-mbps=538".into(),
+        "--protect=1".into(),
+    ]);
+    assert_ne!(code, Some(0), "{out}");
+    assert!(err.contains("11 members"), "{err}");
+    // Measured: the figures follow the printed measured throughput.
+    let (code, out, err) = plan(&[
+        "--peers=10".into(),
+        "--peer-mbps=1".into(),
+        "--measured".into(),
+        "--protect=2".into(),
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    let m: f64 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("measured member throughput"))
+        .and_then(|l| l.rsplit(": ").next())
+        .and_then(|l| l.strip_suffix(" Mbit/s"))
+        .unwrap_or_else(|| panic!("{out}"))
+        .parse()
+        .unwrap();
+    assert!(m >= 10.0, "{out}");
+    check(&out, 10, 1.0, m, 2);
+}
+
+/// The columns operators read: `show vpn ipsec sa` (peer, identity, gateway ID, virtual
+/// IP, member, a growing uptime, bytes and packets) and `show cluster` with two members
+/// (state, last seen, records = the member's tunnels), and IKE failures by reason on
+/// /metrics growing while a peer with the wrong PSK keeps trying.
+#[test]
+fn sa_and_cluster_columns_and_failures_by_reason() {
+    let dir = tmp("cols");
+    let (repl, memb) = (port(true), port(true));
+    let metrics = format!("127.0.0.1:{}", port(true));
+    let svc = |m: u8, peer: &str| {
+        format!(
+            "[service.ipsec-ddns]\nself = \"127.0.0.{m}\"\n{peer}secret = \"ops-cluster-secret\"\n\
+             domain = \"ops.test\"\nenable = true\ndata_dir = \"{}\"\n\
+             replication_port = {repl}\nmembership_port = {memb}\n",
+            dir.join(format!("data{m}")).display()
+        )
+    };
+    let start = |m: u8, extra: &str, args: &[&str]| {
+        let (conf, ike, natt, _) = config(&dir, m, extra);
+        let sock = dir.join(format!("m{m}.sock"));
+        let mut a = vec![
+            "run",
+            "--config",
+            conf.to_str().unwrap(),
+            "--control",
+            sock.to_str().unwrap(),
+        ];
+        a.extend_from_slice(args);
+        let a: Vec<String> = a.iter().map(|s| s.to_string()).collect();
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        let p = Proc::spawn(&a, &[], dir.join(format!("m{m}.log")));
+        let end = Instant::now() + Duration::from_secs(15);
+        while !sock.exists() {
+            assert!(Instant::now() < end, "no control socket:\n{}", p.text());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        (p, sock, ike, natt)
+    };
+    let (m1, s1, ike, natt) = start(1, &svc(1, ""), &["--metrics", &metrics]);
+    m1.wait_for("Creating new ipsec-ddns cluster");
+    let (m2, s2, _, _) = start(2, &svc(2, "peer = [\"127.0.0.1\"]\n"), &[]);
+    m2.wait_for("Joined existing ipsec-ddns cluster");
+
+    // Two routers on member 1; the identity and its gateway ID differ.
+    let ids = ["MG90/Site.7", "SN-8"];
+    let _r: Vec<Proc> = ids
+        .iter()
+        .map(|id| {
+            let r = router(&dir, id, "ops-test-psk", ike, natt);
+            r.wait_for(&format!("up {id}"));
+            r
+        })
+        .collect();
+    let rows = |out: &str| -> Vec<Vec<String>> {
+        out.lines()
+            .skip(1)
+            .filter(|l| !l.ends_with("tunnel(s)"))
+            .map(|l| l.split_whitespace().map(str::to_owned).collect())
+            .collect()
+    };
+    let secs = |up: &str| -> u64 {
+        // 1h02m03s
+        let (h, rest) = up.split_once('h').unwrap();
+        let (m, rest) = rest.split_once('m').unwrap();
+        let s = rest.strip_suffix('s').unwrap();
+        h.parse::<u64>().unwrap() * 3600
+            + m.parse::<u64>().unwrap() * 60
+            + s.parse::<u64>().unwrap()
+    };
+    let sa1 = cli(&s1, "show vpn ipsec sa");
+    let t0 = Instant::now();
+    assert!(sa1.contains("2 tunnel(s)"), "{sa1}");
+    let first = rows(&sa1);
+    assert_eq!(first.len(), 2, "{sa1}");
+    for id in ids {
+        let gw = String::from_utf8(
+            Command::new(BIN)
+                .args(["gateway-id", "--", id])
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .unwrap()
+        .trim()
+        .to_string();
+        let r = first
+            .iter()
+            .find(|r| r[1] == id)
+            .unwrap_or_else(|| panic!("identity column {id}: {sa1}"));
+        assert_eq!(r.len(), 8, "{sa1}");
+        assert!(r[0].starts_with("127.0.0.1:"), "peer address: {sa1}");
+        assert_eq!(r[2], gw, "gateway ID column: {sa1}");
+        let vip: std::net::Ipv4Addr = r[3].parse().unwrap();
+        assert_eq!(
+            vip.octets()[..3],
+            [10, 96, 1],
+            "virtual IP from member 1's pool: {sa1}"
+        );
+        assert_eq!(r[4], "127.0.0.1", "member column: {sa1}");
+        assert!(secs(&r[5]) < 30, "uptime of a fresh tunnel: {sa1}");
+        // No data plane here: the counters are in/out pairs, and nothing moved.
+        assert_eq!(r[6], "0/0", "bytes in/out: {sa1}");
+        assert_eq!(r[7], "0/0", "packets in/out: {sa1}");
+    }
+    let vips: std::collections::HashSet<&String> = first.iter().map(|r| &r[3]).collect();
+    assert_eq!(vips.len(), 2, "two virtual IPs: {sa1}");
+
+    // A router with the wrong PSK: failures counted by reason, growing while it retries.
+    let failures = || -> Vec<(String, u64)> {
+        let m = http_get(&metrics, "/metrics");
+        m.lines()
+            .filter_map(|l| l.strip_prefix("headend_ike_sa_failures_by_reason_total{reason=\""))
+            .map(|l| {
+                let (r, n) = l.split_once("\"} ").unwrap();
+                (r.to_string(), n.parse().unwrap())
+            })
+            .collect()
+    };
+    assert!(failures().is_empty(), "no failures yet: {:?}", failures());
+    let _rogue = router(&dir, "ROGUE-9", "not-the-psk", ike, natt);
+    let wait_failures = |more_than: u64| -> Vec<(String, u64)> {
+        let end = Instant::now() + Duration::from_secs(15);
+        loop {
+            let f = failures();
+            if f.iter().map(|x| x.1).sum::<u64>() > more_than {
+                return f;
+            }
+            assert!(Instant::now() < end, "failures stay at {f:?}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let f1 = wait_failures(0);
+    assert_eq!(f1.len(), 1, "one reason: {f1:?}");
+    let (reason, n1) = f1[0].clone();
+    assert!(
+        reason.contains("auth"),
+        "an authentication failure: {reason}"
+    );
+    let f2 = wait_failures(n1);
+    assert_eq!(f2.len(), 1, "{f2:?}");
+    assert_eq!(f2[0].0, reason);
+    assert!(f2[0].1 > n1, "{f2:?}");
+    let m = http_get(&metrics, "/metrics");
+    let total: u64 = m
+        .lines()
+        .find_map(|l| l.strip_prefix("headend_ike_sa_failures_total "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(total >= f2[0].1, "the total counts them too: {m}");
+    assert!(
+        m.contains("\nheadend_tunnels_up 2\n"),
+        "the rogue got none: {m}"
+    );
+
+    // Uptime grows between two calls (whole seconds).
+    std::thread::sleep(Duration::from_millis(2200).saturating_sub(t0.elapsed()));
+    let sa2 = cli(&s1, "show vpn ipsec sa");
+    let elapsed = t0.elapsed().as_secs();
+    for r in rows(&sa2) {
+        let before = first.iter().find(|f| f[1] == r[1]).unwrap();
+        let (a, b) = (secs(&before[5]), secs(&r[5]));
+        assert!(
+            b >= a + 2 && b <= a + elapsed + 1,
+            "uptime {a} -> {b} after {elapsed} s: {sa1}{sa2}"
+        );
+    }
+
+    // show cluster on either member: both up; member 1 holds the two records and
+    // tunnels; the other member was heard from well within dead_after_ms (3 s).
+    for (sock, me, other) in [
+        (&s1, "127.0.0.1", "127.0.0.2"),
+        (&s2, "127.0.0.2", "127.0.0.1"),
+    ] {
+        let end = Instant::now() + Duration::from_secs(10);
+        let cl = loop {
+            let cl = cli(sock, "show cluster");
+            let rs = rows(&cl);
+            // Records and Tunnels, the last two columns.
+            let ok = |m: &str, n: &str| {
+                rs.iter().any(|r| {
+                    r[0] == m && r[1] == "up" && r[r.len() - 2] == n && r[r.len() - 1] == n
+                })
+            };
+            if rs.len() == 2 && ok("127.0.0.1", "2") && ok("127.0.0.2", "0") {
+                break cl;
+            }
+            assert!(Instant::now() < end, "on {me}:\n{cl}");
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        let rs = rows(&cl);
+        let mine = rs.iter().find(|r| r[0] == me).unwrap();
+        assert_eq!(mine[2], "self", "{cl}");
+        let theirs = rs.iter().find(|r| r[0] == other).unwrap();
+        // "0.4s ago": three columns before Records.
+        assert_eq!(theirs.len(), 6, "{cl}");
+        assert_eq!(theirs[3], "ago", "{cl}");
+        let ago: f64 = theirs[2].strip_suffix('s').unwrap().parse().unwrap();
+        assert!((0.0..3.0).contains(&ago), "last seen of an up member: {cl}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
