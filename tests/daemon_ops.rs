@@ -563,3 +563,72 @@ fn sa_and_cluster_columns_and_failures_by_reason() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Every key the README documents for `[peer]` is accepted by `check-config` (with
+/// values other than the defaults), and the README lists every key of this file.
+#[test]
+fn readme_peer_keys_are_the_accepted_ones() {
+    let peer = r#"[peer]
+local_id = "SN-1"
+remote_id = "headend.example"
+psk = "peer-psk"
+headends = ["192.0.2.1:500", { addr = "192.0.2.2:1500", natt_port = 14500 }]
+policy = "random"
+backoff = "250ms"
+connect_timeout = "3s"
+bind = "[::1]:0"
+request_vip4 = false
+request_vip6 = true
+local_ts = ["10.1.0.0/16"]
+remote_ts = ["10.0.0.0/8", "192.168.0.0/16"]
+"#;
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let section = readme
+        .split("### `[peer]`")
+        .nth(1)
+        .and_then(|s| s.split("\n### ").next())
+        .expect("README has a [peer] section");
+    let mut documented = Vec::new();
+    for row in section.lines().filter(|l| l.starts_with("| `")) {
+        let cell = row.split(" | ").next().unwrap();
+        for k in cell.split('`').skip(1).step_by(2) {
+            documented.push(k.to_string());
+        }
+    }
+    let used: Vec<String> = peer
+        .lines()
+        .skip(1)
+        .map(|l| l.split(" = ").next().unwrap().to_string())
+        .collect();
+    let mut a = documented.clone();
+    let mut b = used.clone();
+    a.sort();
+    b.sort();
+    assert_eq!(a, b, "README [peer] keys vs the keys the config accepts");
+
+    let dir = tmp("peerkeys");
+    let f = dir.join("peer.toml");
+    std::fs::write(&f, peer).unwrap();
+    let o = Command::new(BIN)
+        .arg("check-config")
+        .arg(&f)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(out.contains("peer SN-1 -> 2 head-ends (random)"), "{out}");
+    std::fs::write(&f, format!("{peer}colour = \"red\"\n")).unwrap();
+    let o = Command::new(BIN)
+        .arg("check-config")
+        .arg(&f)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains(":14: unknown key 'peer.colour'"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
