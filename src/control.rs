@@ -429,7 +429,7 @@ async fn show_sa(s: &Services) -> String {
         let (mut pk, mut by) = ((0u64, 0u64), (0u64, 0u64));
         if let Some(dp) = &s.dataplane {
             for (i, _) in &t.child_sas {
-                if let Some(((pi, bi), (po, bo))) = dp.usage(*i) {
+                if let Some(((bi, pi), (bo, po))) = dp.usage(*i) {
                     pk = (pk.0 + pi, pk.1 + po);
                     by = (by.0 + bi, by.1 + bo);
                 }
