@@ -147,9 +147,16 @@ fn peer_pings_inside_network_through_headend_userspace_esp() {
     )
     .unwrap();
     let he_log = dir.join("he.log");
+    let he_sock = dir.join("he.sock");
     let he = spawn_in(
         &net.he,
-        &["run", "--config", he_conf.to_str().unwrap()],
+        &[
+            "run",
+            "--config",
+            he_conf.to_str().unwrap(),
+            "--control",
+            he_sock.to_str().unwrap(),
+        ],
         &he_log,
     );
     let end = Instant::now() + Duration::from_secs(10);
@@ -227,6 +234,57 @@ fn peer_pings_inside_network_through_headend_userspace_esp() {
             "ping lost through an established tunnel"
         );
     }
+
+    // `show vpn ipsec sa` counts the tunnel's traffic: at least the 4 echo requests in
+    // and the 4 replies out (84 octets each, inner), and more after one more ping.
+    let usage = || -> ((u64, u64), (u64, u64)) {
+        let o = sh(&[
+            BIN,
+            "show",
+            "--socket",
+            he_sock.to_str().unwrap(),
+            "vpn",
+            "ipsec",
+            "sa",
+        ]);
+        let out = String::from_utf8_lossy(&o.stdout).to_string();
+        assert!(
+            o.status.success(),
+            "{out}{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let row: Vec<&str> = out
+            .lines()
+            .find(|l| l.contains("router-tunnel"))
+            .unwrap_or_else(|| panic!("{out}"))
+            .split_whitespace()
+            .collect();
+        let pair = |c: &str| {
+            let (a, b) = c.split_once('/').unwrap_or_else(|| panic!("{out}"));
+            (a.parse::<u64>().unwrap(), b.parse::<u64>().unwrap())
+        };
+        assert_eq!(row[3], vip, "virtual IP column: {out}");
+        (pair(row[6]), pair(row[7]))
+    };
+    let (bytes, packets) = usage();
+    assert!(
+        packets.0 >= 4 && packets.1 >= 4 && packets.0 < 1000 && packets.1 < 1000,
+        "packets in/out {packets:?}"
+    );
+    assert!(
+        bytes.0 >= 4 * 84 && bytes.1 >= 4 * 84 && bytes.0 < 1_000_000,
+        "bytes in/out {bytes:?}"
+    );
+    assert!(ping(&net.pr, "10.241.0.1"));
+    let (bytes2, packets2) = usage();
+    assert!(
+        packets2.0 > packets.0 && packets2.1 > packets.1,
+        "{packets:?} -> {packets2:?}"
+    );
+    assert!(
+        bytes2.0 >= bytes.0 + 84 && bytes2.1 >= bytes.1 + 84,
+        "{bytes:?} -> {bytes2:?}"
+    );
 
     // Stop the head-end: its Delete ends the tunnel, the route and the VIP go away.
     let mut he = he;
