@@ -401,7 +401,7 @@ fn sa_and_cluster_columns_and_failures_by_reason() {
     };
     let (m1, s1, ike, natt) = start(1, &svc(1, ""), &["--metrics", &metrics]);
     m1.wait_for("Creating new ipsec-ddns cluster");
-    let (m2, s2, _, _) = start(2, &svc(2, "peer = [\"127.0.0.1\"]\n"), &[]);
+    let (mut m2, s2, _, _) = start(2, &svc(2, "peer = [\"127.0.0.1\"]\n"), &[]);
     m2.wait_for("Joined existing ipsec-ddns cluster");
 
     // Two routers on member 1; the identity and its gateway ID differ.
@@ -561,6 +561,40 @@ fn sa_and_cluster_columns_and_failures_by_reason() {
         let ago: f64 = theirs[2].strip_suffix('s').unwrap().parse().unwrap();
         assert!((0.0..3.0).contains(&ago), "last seen of an up member: {cl}");
     }
+
+    // Member 2 stops: member 1 shows it down, its last seen past dead_after_ms (3 s) and
+    // growing, no tunnels; member 1's own row is unchanged.
+    assert_eq!(m2.sigterm_and_wait(), Some(0), "{}", m2.text());
+    let end = Instant::now() + Duration::from_secs(15);
+    let ago = |cl: &str| -> Option<f64> {
+        let rs = rows(cl);
+        let r = rs.iter().find(|r| r[0] == "127.0.0.2")?;
+        if r[1] != "down" {
+            return None;
+        }
+        assert_eq!(r[3], "ago", "{cl}");
+        assert_eq!(
+            r.last().map(String::as_str),
+            Some("-"),
+            "no tunnels when down: {cl}"
+        );
+        r[2].strip_suffix('s')?.parse().ok()
+    };
+    let (cl, a) = loop {
+        let cl = cli(&s1, "show cluster");
+        if let Some(a) = ago(&cl) {
+            break (cl, a);
+        }
+        assert!(Instant::now() < end, "member 2 not down on member 1:\n{cl}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(a >= 3.0, "declared down after dead_after_ms: {cl}");
+    let one = rows(&cl).into_iter().find(|r| r[0] == "127.0.0.1").unwrap();
+    assert_eq!(one[1..], ["up", "self", "2", "2"], "{cl}");
+    std::thread::sleep(Duration::from_millis(1200));
+    let cl2 = cli(&s1, "show cluster");
+    let b = ago(&cl2).unwrap_or_else(|| panic!("{cl2}"));
+    assert!(b >= a + 1.0, "last seen grows: {cl}{cl2}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -630,5 +664,46 @@ remote_ts = ["10.0.0.0/8", "192.168.0.0/16"]
         "{}",
         String::from_utf8_lossy(&o.stderr)
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The watchdog is another process's (WATCHDOG_PID names it, as systemd does for a
+/// `NotifyAccess=all` child): READY=1, but no WATCHDOG=1 from this one.
+#[test]
+fn no_watchdog_pings_for_another_pid() {
+    let dir = tmp("wdpid");
+    let notify = dir.join("notify.sock");
+    let server = UnixDatagram::bind(&notify).unwrap();
+    server
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let (conf, _, _, _) = config(&dir, 1, "");
+    let mut he = Proc::spawn(
+        &["run", "--config", conf.to_str().unwrap(), "--no-control"],
+        &[
+            ("NOTIFY_SOCKET", notify.to_str().unwrap()),
+            ("WATCHDOG_USEC", "200000"),
+            ("WATCHDOG_PID", "1"),
+        ],
+        dir.join("run.log"),
+    );
+    let mut got = Vec::new();
+    let mut buf = [0u8; 256];
+    let end = Instant::now() + Duration::from_secs(20);
+    let mut ready_at = None;
+    while Instant::now() < end {
+        if let Ok(n) = server.recv(&mut buf) {
+            got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+        match ready_at {
+            None if got.iter().any(|m| m == "READY=1") => ready_at = Some(Instant::now()),
+            // Ten ping intervals after READY=1.
+            Some(t) if t.elapsed() > Duration::from_millis(1000) => break,
+            _ => {}
+        }
+    }
+    assert!(ready_at.is_some(), "no READY=1: {got:?}\n{}", he.text());
+    assert_eq!(got, ["READY=1"], "{}", he.text());
+    assert_eq!(he.sigterm_and_wait(), Some(0));
     let _ = std::fs::remove_dir_all(&dir);
 }
