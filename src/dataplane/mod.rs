@@ -6,7 +6,11 @@
 //! kernel has them), and a raw IP-protocol-50 socket per address family for ESP without
 //! UDP encapsulation.
 //! Per queue, one thread encrypts (TUN -> ESP -> socket) and one decrypts (socket -> ESP
-//! -> TUN). SAs live in an [`arc_swap`] snapshot ([`table::Tables`]): lookups by SPI
+//! -> TUN). Neither copies a packet in user space: TSO super-packets from the TUN are split
+//! into per-segment buffers with room for the ESP header and trailer, sealed in place and
+//! handed to one UDP GSO sendmsg as a gather list; received (GRO) datagrams are opened in
+//! place and written to the TUN as gather lists, a flow's segments coalesced into one
+//! super-packet ([`gro`]). SAs live in an [`arc_swap`] snapshot ([`table::Tables`]): lookups by SPI
 //! and by destination are hash lookups with no lock; installs clone and swap the table.
 //! The ESP transforms themselves are `ike::esp` (sans-IO).
 //!
@@ -50,6 +54,7 @@
 //! socket speaks the family of `natt_bind` (an IPv6 `natt_bind` for IPv6 peers: by
 //! default the first `[ike] listen` address).
 //! A kernel XFRM back end could sit beside this one behind the same handle methods.
+mod gro;
 mod icmp;
 pub mod sys;
 pub mod table;
@@ -207,7 +212,8 @@ pub struct Counters {
     pub ike_datagrams: u64,
     pub keepalives: u64,
     /// Batching efficiency: UDP datagrams (GSO super-datagrams count once) sent,
-    /// datagrams read (a GRO read counts once), TUN reads and TUN write batches.
+    /// datagrams read (a GRO read counts once), TUN reads and TUN writes (a coalesced
+    /// super-packet counts once).
     pub tx_sends: u64,
     pub rx_reads: u64,
     pub tun_reads: u64,

@@ -179,6 +179,51 @@ pub fn poll_readable(fd: RawFd, timeout_ms: i32) -> io::Result<bool> {
     Ok(n > 0)
 }
 
+/// Reusable gather list for writev(2), e.g. one TUN write made of a virtio header and
+/// packets left where they were decrypted.
+pub struct Writev {
+    iovs: Vec<libc::iovec>,
+}
+
+// SAFETY: the pointers in iovs are rebuilt before every use and never read otherwise.
+unsafe impl Send for Writev {}
+
+impl Writev {
+    /// A gather list of at most `max_parts` parts (more are cut off).
+    pub fn new(max_parts: usize) -> Self {
+        Writev {
+            iovs: Vec::with_capacity(max_parts.clamp(1, 1024)),
+        }
+    }
+
+    /// One writev(2) of the parts, in order. Returns the octets written.
+    pub fn write<'a>(
+        &mut self,
+        fd: RawFd,
+        parts: &mut dyn Iterator<Item = &'a [u8]>,
+    ) -> io::Result<usize> {
+        self.iovs.clear();
+        let cap = self.iovs.capacity();
+        for p in parts.take(cap) {
+            self.iovs.push(libc::iovec {
+                iov_base: p.as_ptr() as *mut libc::c_void,
+                iov_len: p.len(),
+            });
+        }
+        loop {
+            // SAFETY: every iovec points at a slice borrowed for 'a, alive during the call.
+            let r = unsafe { libc::writev(fd, self.iovs.as_ptr(), self.iovs.len() as _) };
+            if r >= 0 {
+                return Ok(r as usize);
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+    }
+}
+
 /// Moves the calling thread into the network namespace at `path` (e.g.
 /// `/run/netns/NAME`). Sockets and TUN devices the thread opens afterwards belong there.
 pub fn enter_netns(path: &str) -> io::Result<()> {
@@ -294,6 +339,10 @@ fn gro_segment(h: &libc::msghdr) -> usize {
 /// Reusable sendmmsg state.
 pub struct SendBatch {
     names: Vec<libc::sockaddr_storage>,
+    /// Where each datagram's parts start in `iovs`, and how many there are.
+    spans: Vec<(usize, usize)>,
+    /// Gather lists of all datagrams of one call, back to back; never grows past its
+    /// capacity, so the kernel never sees a moved pointer.
     iovs: Vec<libc::iovec>,
     hdrs: Vec<libc::mmsghdr>,
     ctrl: Vec<[u64; 4]>,
@@ -309,17 +358,24 @@ pub struct Datagram<'a> {
     pub segment: u16,
 }
 
+/// One datagram given as parts that the kernel gathers (no copy into one buffer here):
+/// with a GSO segment size, each part is typically one segment.
+pub struct Gather<I> {
+    pub parts: I,
+    pub to: SocketAddr,
+    pub segment: u16,
+}
+
+/// Most parts one datagram may have (well under the kernel's UIO_MAXIOV of 1024).
+pub const MAX_PARTS: usize = 128;
+
 impl SendBatch {
     pub fn new(n: usize) -> Self {
         SendBatch {
             // SAFETY: zeroed C structs are valid values.
             names: (0..n).map(|_| unsafe { zeroed() }).collect(),
-            iovs: (0..n)
-                .map(|_| libc::iovec {
-                    iov_base: std::ptr::null_mut(),
-                    iov_len: 0,
-                })
-                .collect(),
+            spans: vec![(0, 0); n],
+            iovs: Vec::with_capacity(n * MAX_PARTS),
             // SAFETY: zeroed C structs are valid values.
             hdrs: (0..n).map(|_| unsafe { zeroed() }).collect(),
             ctrl: vec![[0u64; 4]; n],
@@ -333,20 +389,40 @@ impl SendBatch {
         sock: &UdpSocket,
         dgrams: impl IntoIterator<Item = Datagram<'a>>,
     ) -> io::Result<(usize, usize)> {
+        self.send_gather(
+            sock,
+            dgrams.into_iter().map(|d| Gather {
+                parts: std::iter::once(d.bytes),
+                to: d.to,
+                segment: d.segment,
+            }),
+        )
+    }
+
+    /// [`send`](Self::send) for datagrams made of parts (at most [`MAX_PARTS`] each; a
+    /// datagram with more is cut there).
+    pub fn send_gather<'a, I: Iterator<Item = &'a [u8]>>(
+        &mut self,
+        sock: &UdpSocket,
+        dgrams: impl IntoIterator<Item = Gather<I>>,
+    ) -> io::Result<(usize, usize)> {
         let mut n = 0;
+        self.iovs.clear();
         for d in dgrams.into_iter().take(self.hdrs.len()) {
             let i = n;
             n += 1;
+            let first = self.iovs.len();
+            for part in d.parts.take(MAX_PARTS) {
+                self.iovs.push(libc::iovec {
+                    iov_base: part.as_ptr() as *mut libc::c_void,
+                    iov_len: part.len(),
+                });
+            }
+            self.spans[i] = (first, self.iovs.len() - first);
             let len = to_sockaddr(&d.to, &mut self.names[i]);
-            self.iovs[i] = libc::iovec {
-                iov_base: d.bytes.as_ptr() as *mut libc::c_void,
-                iov_len: d.bytes.len(),
-            };
             let h = &mut self.hdrs[i].msg_hdr;
             h.msg_name = &mut self.names[i] as *mut _ as *mut libc::c_void;
             h.msg_namelen = len;
-            h.msg_iov = &mut self.iovs[i];
-            h.msg_iovlen = 1;
             h.msg_flags = 0;
             if d.segment > 0 {
                 // SAFETY: ctrl[i] is 32 bytes, enough for one cmsg carrying a u16.
@@ -364,11 +440,17 @@ impl SendBatch {
                 h.msg_controllen = 0;
             }
         }
+        // Every part is in place: iovs no longer moves, point the headers into it.
+        for i in 0..n {
+            let (first, count) = self.spans[i];
+            let h = &mut self.hdrs[i].msg_hdr;
+            h.msg_iov = self.iovs[first..].as_mut_ptr();
+            h.msg_iovlen = count as _;
+        }
         let mut done = 0;
         while done < n {
-            // SAFETY: headers done..n point at live buffers (the datagrams borrow 'a, which
-            // outlives this call)
-            // and at self's names/iovs/ctrl.
+            // SAFETY: headers done..n point at live buffers (the parts borrow 'a, which
+            // outlives this call) and at self's names/iovs/ctrl.
             let r = unsafe {
                 libc::sendmmsg(
                     sock.as_raw_fd(),

@@ -1,14 +1,16 @@
 //! The per-queue worker loops. No allocation on the packet path: every buffer is made
 //! once per worker and reused.
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
-use std::os::fd::AsRawFd;
+use std::ops::Range;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use ike::esp::{NextHeader, MAX_HEADROOM, MAX_TAILROOM};
-use tun_rs::{GROTable, SyncDevice, VIRTIO_NET_HDR_LEN};
+use tun_rs::{SyncDevice, VIRTIO_NET_HDR_LEN};
 
-use super::sys::{self, Datagram, RecvBatch, SendBatch, BATCH, GRO_BUF};
+use super::gro::{self, Coalescer, Part};
+use super::sys::{self, Gather, RecvBatch, SendBatch, Writev, BATCH, GRO_BUF};
 use super::table::{OutboundEntry, Tables};
 use super::{IkeDatagram, Shared, WorkerCounters, DROP_IKE_QUEUE_FULL, DROP_IO};
 
@@ -16,7 +18,7 @@ use super::{IkeDatagram, Shared, WorkerCounters, DROP_IKE_QUEUE_FULL, DROP_IO};
 const TUN_BATCH: usize = tun_rs::IDEAL_BATCH_SIZE;
 /// Room in front of an inner packet: virtio header slot, ESP header.
 const HEADROOM: usize = VIRTIO_NET_HDR_LEN + MAX_HEADROOM;
-/// Largest GSO send: 64 KiB of UDP payload, at most 64 segments.
+/// Largest GSO send: 64 KiB of UDP payload, at most 64 segments (fewer than MAX_PARTS).
 const GSO_MAX_BYTES: usize = 65000;
 const GSO_MAX_SEGS: usize = 64;
 
@@ -44,6 +46,18 @@ fn dst_of(pkt: &[u8]) -> Option<IpAddr> {
     }
 }
 
+/// Consecutive UDP-encapsulated packets of `pending[first..=last]` sent as one GSO
+/// super-datagram.
+struct GsoGroup {
+    first: usize,
+    last: usize,
+    to: SocketAddr,
+    seg: usize,
+    count: usize,
+    bytes: usize,
+    closed: bool,
+}
+
 /// One encrypted packet waiting to be sent.
 struct Pending {
     buf: usize,
@@ -66,11 +80,9 @@ impl Worker {
         let mut bufs: Vec<Vec<u8>> = (0..TUN_BATCH).map(|_| vec![0u8; seg_len]).collect();
         let mut sizes = vec![0usize; TUN_BATCH];
         let mut pending: Vec<Pending> = Vec::with_capacity(TUN_BATCH);
-        let mut gso_bufs: Vec<Vec<u8>> = (0..BATCH)
-            .map(|_| Vec::with_capacity(GSO_MAX_BYTES + 2048))
-            .collect();
-        let mut batch = SendBatch::new(BATCH.max(TUN_BATCH));
-        let mut dgram_meta: Vec<(usize, usize, SocketAddr, u16)> = Vec::with_capacity(TUN_BATCH);
+        // One UDP datagram per inner packet at most: every group fits one sendmmsg.
+        let mut batch = SendBatch::new(TUN_BATCH);
+        let mut groups: Vec<GsoGroup> = Vec::with_capacity(TUN_BATCH);
         let fd = self.tun.as_raw_fd();
         // The TUN fd is non-blocking: read until it runs dry, poll only then.
         let mut dry = true;
@@ -111,7 +123,7 @@ impl Worker {
             for i in 0..n {
                 self.encrypt_one(&tables, &mut bufs[i], i, sizes[i], &mut pending);
             }
-            self.flush(&pending, &bufs, &mut gso_bufs, &mut batch, &mut dgram_meta);
+            self.flush(&pending, &bufs, &mut batch, &mut groups);
         }
     }
 
@@ -180,76 +192,65 @@ impl Worker {
     }
 
     /// Sends the batch: UDP datagrams coalesced into GSO super-datagrams per destination
-    /// where possible, else one sendmmsg; plain ESP one by one on the raw socket.
+    /// where possible (the kernel gathers the encrypted packets straight from the TUN
+    /// buffers, no copy here), else one sendmmsg; plain ESP one by one on the raw socket.
     fn flush(
         &self,
         pending: &[Pending],
         bufs: &[Vec<u8>],
-        gso_bufs: &mut [Vec<u8>],
         batch: &mut SendBatch,
-        meta: &mut Vec<(usize, usize, SocketAddr, u16)>,
+        groups: &mut Vec<GsoGroup>,
     ) {
-        meta.clear();
-        if self.gso {
-            // Group consecutive packets to one destination of one size (the last of a
-            // group may be shorter, as UDP_SEGMENT requires).
-            let mut g = 0usize;
-            let mut cur: Option<(SocketAddr, usize, usize, bool)> = None; // to, seg, count, closed
-            for p in pending.iter().filter(|p| p.udp) {
-                let len = p.end - p.start;
-                let fits = match cur {
-                    Some((to, seg, count, closed)) => {
-                        !closed
-                            && to == p.to
-                            && len <= seg
-                            && count < GSO_MAX_SEGS
-                            && gso_bufs[g].len() + len <= GSO_MAX_BYTES
-                    }
-                    None => false,
-                };
-                if fits {
-                    if let Some(c) = cur.as_mut() {
-                        c.2 += 1;
-                        if len < c.1 {
-                            c.3 = true;
-                        }
-                    }
-                } else {
-                    if let Some((to, seg, count, _)) = cur {
-                        meta.push((
-                            g,
-                            gso_bufs[g].len(),
-                            to,
-                            if count > 1 { seg as u16 } else { 0 },
-                        ));
-                        g += 1;
-                        if g == gso_bufs.len() {
-                            self.send_meta(gso_bufs, batch, meta);
-                            meta.clear();
-                            g = 0;
-                        }
-                    }
-                    gso_bufs[g].clear();
-                    cur = Some((p.to, len, 1, false));
+        groups.clear();
+        for (i, p) in pending.iter().enumerate().filter(|(_, p)| p.udp) {
+            let len = p.end - p.start;
+            // Consecutive packets to one destination of one size join a group (the last
+            // of a group may be shorter, as UDP_SEGMENT requires).
+            if let Some(g) = groups.last_mut() {
+                if self.gso
+                    && !g.closed
+                    && g.to == p.to
+                    && len <= g.seg
+                    && g.count < GSO_MAX_SEGS
+                    && g.bytes + len <= GSO_MAX_BYTES
+                {
+                    g.last = i;
+                    g.count += 1;
+                    g.bytes += len;
+                    g.closed = len < g.seg;
+                    continue;
                 }
-                gso_bufs[g].extend_from_slice(&bufs[p.buf][p.start..p.end]);
             }
-            if let Some((to, seg, count, _)) = cur {
-                meta.push((
-                    g,
-                    gso_bufs[g].len(),
-                    to,
-                    if count > 1 { seg as u16 } else { 0 },
-                ));
-            }
-            self.send_meta(gso_bufs, batch, meta);
-        } else {
-            let dgrams = pending.iter().filter(|p| p.udp).map(|p| Datagram {
-                bytes: &bufs[p.buf][p.start..p.end],
+            groups.push(GsoGroup {
+                first: i,
+                last: i,
                 to: p.to,
-                segment: 0,
+                seg: len,
+                count: 1,
+                bytes: len,
+                closed: false,
             });
-            self.send_list(batch, dgrams);
+        }
+        if !groups.is_empty() {
+            let dgrams = groups.iter().map(|g| Gather {
+                parts: pending[g.first..=g.last]
+                    .iter()
+                    .filter(|p| p.udp)
+                    .map(|p| &bufs[p.buf][p.start..p.end]),
+                to: g.to,
+                segment: if g.count > 1 { g.seg as u16 } else { 0 },
+            });
+            match batch.send_gather(&self.sock, dgrams) {
+                Ok((sent, offered)) => {
+                    self.counters
+                        .tx_sends
+                        .fetch_add(sent as u64, Ordering::Relaxed);
+                    if sent != offered {
+                        self.counters.count_drop(DROP_IO);
+                    }
+                }
+                Err(_) => self.counters.count_drop(DROP_IO),
+            }
         }
         for p in pending.iter().filter(|p| !p.udp) {
             let raw = match p.to {
@@ -266,41 +267,15 @@ impl Worker {
         }
     }
 
-    fn send_meta(
-        &self,
-        gso_bufs: &[Vec<u8>],
-        batch: &mut SendBatch,
-        meta: &[(usize, usize, SocketAddr, u16)],
-    ) {
-        let dgrams = meta.iter().map(|(g, len, to, seg)| Datagram {
-            bytes: &gso_bufs[*g][..*len],
-            to: *to,
-            segment: *seg,
-        });
-        self.send_list(batch, dgrams);
-    }
-
-    fn send_list<'a>(&self, batch: &mut SendBatch, dgrams: impl Iterator<Item = Datagram<'a>>) {
-        match batch.send(&self.sock, dgrams) {
-            Ok((sent, offered)) => {
-                self.counters
-                    .tx_sends
-                    .fetch_add(sent as u64, Ordering::Relaxed);
-                if sent != offered {
-                    self.counters.count_drop(DROP_IO);
-                }
-            }
-            Err(_) => self.counters.count_drop(DROP_IO),
-        }
-    }
-
     /// Socket -> ESP -> TUN (UDP-encapsulated ESP, IKE and keepalives demultiplexed).
+    /// Packets are decrypted in place in the receive buffers and written to the TUN
+    /// device from there, coalesced per flow ([`Coalescer`]).
     pub fn run_decrypt(self) {
         let mut rb = RecvBatch::new(
             if self.gso { 8 } else { BATCH },
             if self.gso { GRO_BUF } else { 4096 },
         );
-        let mut out = OutQueue::new(self.shared.cfg.mtu as usize);
+        let mut out = TunOut::new(&self.tun);
         let local = self.shared.natt_local;
         while !self.stopped() {
             let n = match rb.recv(&self.sock) {
@@ -328,9 +303,10 @@ impl Worker {
                 let Some(from) = rb.addrs[i] else { continue };
                 let mut off = 0;
                 while off < len {
+                    let start = off;
                     let end = (off + seg).min(len);
-                    let chunk = &mut rb.bufs[i][off..end];
                     off = end;
+                    let chunk = &mut rb.bufs[i][start..end];
                     if chunk.len() == 1 && chunk[0] == 0xff {
                         self.counters.keepalives.fetch_add(1, Ordering::Relaxed);
                         continue;
@@ -339,13 +315,16 @@ impl Worker {
                         self.forward_ike(local, from, chunk);
                         continue;
                     }
-                    self.decrypt_one(&tables, chunk, &mut out);
-                    if out.full() {
-                        out.flush(&self.tun, &self.counters);
+                    if let Some(inner) = self.decrypt_one(&tables, chunk) {
+                        if out.gro.full() {
+                            out.flush(&mut rb.bufs, &self.counters);
+                        }
+                        let range = start + inner.start..start + inner.end;
+                        out.gro.push(&rb.bufs, Part { buf: i, range });
                     }
                 }
             }
-            out.flush(&self.tun, &self.counters);
+            out.flush(&mut rb.bufs, &self.counters);
         }
     }
 
@@ -361,22 +340,23 @@ impl Worker {
         }
     }
 
-    fn decrypt_one(&self, tables: &Tables, pkt: &mut [u8], out: &mut OutQueue) {
+    /// Decrypts `pkt` in place; returns where the inner packet is within it.
+    fn decrypt_one(&self, tables: &Tables, pkt: &mut [u8]) -> Option<Range<usize>> {
         if pkt.len() < 8 {
             self.counters.esp_drop(ike::esp::EspDrop::Truncated);
-            return;
+            return None;
         }
         let spi = u32::from_be_bytes([pkt[0], pkt[1], pkt[2], pkt[3]]);
         let Some(entry) = tables.inbound.get(&spi) else {
             self.counters.esp_drop(ike::esp::EspDrop::UnknownSpi);
-            return;
+            return None;
         };
         match entry.sa.decapsulate(pkt) {
             Ok(d) => {
                 if let Some(reason) = d.rekey {
                     self.shared.rekey(entry.child, reason);
                 }
-                let inner = &pkt[d.range];
+                let inner = &pkt[d.range.clone()];
                 if let Err(drop) = ike::esp::check_inner_selectors(
                     inner,
                     d.next_header,
@@ -384,26 +364,32 @@ impl Worker {
                     &entry.local_ts,
                 ) {
                     self.counters.esp_drop(drop);
-                    return;
+                    return None;
                 }
                 self.counters.rx_packets.fetch_add(1, Ordering::Relaxed);
                 self.counters
                     .rx_bytes
                     .fetch_add(inner.len() as u64, Ordering::Relaxed);
-                out.push(inner);
+                Some(d.range)
             }
-            Err(ike::Error::Esp(d)) => self.counters.esp_drop(d),
-            Err(_) => self.counters.count_drop(DROP_IO),
+            Err(ike::Error::Esp(d)) => {
+                self.counters.esp_drop(d);
+                None
+            }
+            Err(_) => {
+                self.counters.count_drop(DROP_IO);
+                None
+            }
         }
     }
 
     /// Plain ESP (IP protocol 50) from a raw socket: IPv4 header first, or (`v6`) the ESP
     /// header right away.
     pub fn run_raw_decrypt(self, v6: bool) {
-        let mut buf = vec![0u8; 65536];
-        let mut out = OutQueue::new(self.shared.cfg.mtu as usize);
+        let mut bufs = [vec![0u8; 65536]];
+        let mut out = TunOut::new(&self.tun);
         while !self.stopped() {
-            let n = match self.sock.recv_from(&mut buf) {
+            let n = match self.sock.recv_from(&mut bufs[0]) {
                 Ok((n, _)) => n,
                 Err(e)
                     if matches!(
@@ -421,66 +407,51 @@ impl Worker {
             let ihl = if v6 {
                 0
             } else {
-                buf.first().map(|b| ((b & 0x0f) as usize) * 4).unwrap_or(0)
+                bufs[0].first().map(|b| ((b & 0x0f) as usize) * 4).unwrap_or(0)
             };
             if (!v6 && ihl < 20) || n <= ihl {
                 self.counters.esp_drop(ike::esp::EspDrop::Truncated);
                 continue;
             }
             let tables = self.shared.tables.load();
-            self.decrypt_one(&tables, &mut buf[ihl..n], &mut out);
-            out.flush(&self.tun, &self.counters);
+            if let Some(inner) = self.decrypt_one(&tables, &mut bufs[0][ihl..n]) {
+                let range = ihl + inner.start..ihl + inner.end;
+                out.gro.push(&bufs, Part { buf: 0, range });
+                out.flush(&mut bufs, &self.counters);
+            }
         }
     }
 }
 
-/// Decrypted inner packets waiting for one batched (GRO-coalesced) TUN write.
-struct OutQueue {
-    bufs: Vec<Vec<u8>>,
-    n: usize,
-    gro: GROTable,
+/// Decrypted inner packets waiting for their (coalesced) TUN writes.
+struct TunOut {
+    gro: Coalescer,
+    writev: Writev,
+    fd: RawFd,
 }
 
-impl OutQueue {
-    fn new(mtu: usize) -> Self {
-        OutQueue {
-            // GRO coalescing appends whole flows to the first packet's buffer: reserve
-            // a full 64 KiB super-packet up front so the hot path never reallocates
-            // (pages are only touched when used).
-            bufs: (0..TUN_BATCH)
-                .map(|_| Vec::with_capacity(VIRTIO_NET_HDR_LEN + 65535 + mtu.max(1500)))
-                .collect(),
-            n: 0,
-            gro: GROTable::default(),
+impl TunOut {
+    fn new(tun: &SyncDevice) -> Self {
+        TunOut {
+            gro: Coalescer::new(tun.tcp_gso(), tun.udp_gso()),
+            writev: Writev::new(gro::MAX_SEGS + 2),
+            fd: tun.as_raw_fd(),
         }
     }
 
-    fn full(&self) -> bool {
-        self.n == self.bufs.len()
-    }
-
-    fn push(&mut self, inner: &[u8]) {
-        if self.n == self.bufs.len() {
+    fn flush(&mut self, bufs: &mut [Vec<u8>], counters: &WorkerCounters) {
+        if self.gro.is_empty() {
             return;
         }
-        let b = &mut self.bufs[self.n];
-        b.clear();
-        b.resize(VIRTIO_NET_HDR_LEN, 0);
-        b.extend_from_slice(inner);
-        self.n += 1;
-    }
-
-    fn flush(&mut self, tun: &SyncDevice, counters: &WorkerCounters) {
-        if self.n == 0 {
-            return;
-        }
-        counters.tun_writes.fetch_add(1, Ordering::Relaxed);
-        if tun
-            .send_multiple(&mut self.gro, &mut self.bufs[..self.n], VIRTIO_NET_HDR_LEN)
-            .is_err()
-        {
+        let (writev, fd) = (&mut self.writev, self.fd);
+        let mut writes = 0u64;
+        let failed = self.gro.flush(bufs, |parts| {
+            writes += 1;
+            writev.write(fd, parts).is_ok()
+        });
+        counters.tun_writes.fetch_add(writes, Ordering::Relaxed);
+        for _ in 0..failed {
             counters.count_drop(DROP_IO);
         }
-        self.n = 0;
     }
 }
