@@ -571,7 +571,10 @@ fn esp_throughput_bare_veth_vs_charon_vs_headend() {
         .filter(|(name, _)| wanted.is_empty() || wanted.split(',').any(|w| w.trim() == *name))
         .copied()
         .collect();
-    assert!(!modes.is_empty(), "HEADEND_ESP_BENCH_MODES={wanted} names no mode");
+    assert!(
+        !modes.is_empty(),
+        "HEADEND_ESP_BENCH_MODES={wanted} names no mode"
+    );
 
     // 1. The bare veth pair: the ceiling.
     let ctx = TestCtx::new("esp-bench-veth");
@@ -664,7 +667,10 @@ fn esp_throughput_bare_veth_vs_charon_vs_headend() {
             bps[m][2].push(headend);
         }
     }
-    eprintln!("medians of {rounds} rounds, iperf3 -t {SECS}, Gbit/s; loadavg at end {}", loadavg());
+    eprintln!(
+        "medians of {rounds} rounds, iperf3 -t {SECS}, Gbit/s; loadavg at end {}",
+        loadavg()
+    );
     eprintln!("| mode | bare veth | charon <-> charon | headend <-> headend | headend / charon |");
     for (m, (mode, _)) in modes.iter().enumerate() {
         let [v, c, h] = &bps[m];

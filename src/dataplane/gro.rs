@@ -89,7 +89,10 @@ impl Coalescer {
             uso,
             items: (0..MAX_ITEMS)
                 .map(|_| Item {
-                    first: Part { buf: 0, range: 0..0 },
+                    first: Part {
+                        buf: 0,
+                        range: 0..0,
+                    },
                     seg: None,
                     more: Vec::with_capacity(MAX_SEGS),
                     total: 0,
@@ -117,7 +120,10 @@ impl Coalescer {
     ///
     /// [`full`]: Self::full
     pub fn push<B: AsRef<[u8]>>(&mut self, bufs: &[B], p: Part) {
-        let Some(pkt) = bufs.get(p.buf).and_then(|b| b.as_ref().get(p.range.clone())) else {
+        let Some(pkt) = bufs
+            .get(p.buf)
+            .and_then(|b| b.as_ref().get(p.range.clone()))
+        else {
             return;
         };
         let seg = if self.vnet {
@@ -156,7 +162,9 @@ impl Coalescer {
         item.seg = seg;
         item.more.clear();
         item.total = pkt.len();
-        item.next_seq = seg.map(|s| s.seq.wrapping_add(s.payload as u32)).unwrap_or(0);
+        item.next_seq = seg
+            .map(|s| s.seq.wrapping_add(s.payload as u32))
+            .unwrap_or(0);
         item.closed = seg.map(|s| s.psh).unwrap_or(true);
         item.psh = false;
         item.first_checked = false;
@@ -307,12 +315,7 @@ fn parse(pkt: &[u8]) -> Option<Seg> {
             if payload == 0 {
                 return None;
             }
-            let seq = u32::from_be_bytes([
-                pkt[iph + 4],
-                pkt[iph + 5],
-                pkt[iph + 6],
-                pkt[iph + 7],
-            ]);
+            let seq = u32::from_be_bytes([pkt[iph + 4], pkt[iph + 5], pkt[iph + 6], pkt[iph + 7]]);
             Some(Seg {
                 proto: Proto::Tcp,
                 v6,
@@ -513,7 +516,11 @@ mod tests {
     fn fast_checksum_matches_rfc1071_for_every_length() {
         let data: Vec<u8> = (0..300u32).map(|i| (i * 7 + 3) as u8).collect();
         for len in 0..data.len() {
-            assert_eq!(fold(sum(&data[..len], 0)), slow_sum(&data[..len]), "len {len}");
+            assert_eq!(
+                fold(sum(&data[..len], 0)),
+                slow_sum(&data[..len]),
+                "len {len}"
+            );
         }
     }
 
@@ -556,9 +563,9 @@ mod tests {
         let mut bufs = vec![
             tcp4(1000, &pay, TCP_ACK, 64),
             tcp4(2000, &pay, TCP_ACK, 64),
-            bad,                                 // corrupt: alone
-            tcp4(5000, &pay, TCP_ACK, 64),       // gap (4000 missing)
-            tcp4(6000, &pay, TCP_ACK, 63),       // different TTL
+            bad,                                  // corrupt: alone
+            tcp4(5000, &pay, TCP_ACK, 64),        // gap (4000 missing)
+            tcp4(6000, &pay, TCP_ACK, 63),        // different TTL
             tcp4(7000, &pay, TCP_ACK | 0x01, 63), // FIN
         ];
         let mut c = Coalescer::new(true, true);
@@ -571,7 +578,11 @@ mod tests {
         assert_eq!(w[0].len(), VNET_HDR_LEN + 52 + 2000);
         for (k, orig) in [(1, 2), (2, 3), (3, 4), (4, 5)] {
             assert_eq!(w[k][..VNET_HDR_LEN], [0; VNET_HDR_LEN], "write {k} plain");
-            assert_eq!(w[k][VNET_HDR_LEN..], originals[orig][..], "write {k} unchanged");
+            assert_eq!(
+                w[k][VNET_HDR_LEN..],
+                originals[orig][..],
+                "write {k} unchanged"
+            );
         }
     }
 
@@ -635,7 +646,13 @@ mod tests {
         for i in 0..bufs.len() {
             c.push(&bufs, part_of(&bufs, i));
         }
-        c.push(&bufs, Part { buf: 99, range: 0..10 });
+        c.push(
+            &bufs,
+            Part {
+                buf: 99,
+                range: 0..10,
+            },
+        );
         let w = flush_all(&mut c, &mut bufs);
         assert_eq!(w.len(), bufs.len());
     }

@@ -407,7 +407,10 @@ impl Worker {
             let ihl = if v6 {
                 0
             } else {
-                bufs[0].first().map(|b| ((b & 0x0f) as usize) * 4).unwrap_or(0)
+                bufs[0]
+                    .first()
+                    .map(|b| ((b & 0x0f) as usize) * 4)
+                    .unwrap_or(0)
             };
             if (!v6 && ihl < 20) || n <= ihl {
                 self.counters.esp_drop(ike::esp::EspDrop::Truncated);
