@@ -197,10 +197,10 @@ impl Writev {
     }
 
     /// One writev(2) of the parts, in order. Returns the octets written.
-    pub fn write<'a>(
+    pub fn write(
         &mut self,
         fd: RawFd,
-        parts: &mut dyn Iterator<Item = &'a [u8]>,
+        parts: &mut dyn Iterator<Item = &[u8]>,
     ) -> io::Result<usize> {
         self.iovs.clear();
         let cap = self.iovs.capacity();
@@ -211,7 +211,7 @@ impl Writev {
             });
         }
         loop {
-            // SAFETY: every iovec points at a slice borrowed for 'a, alive during the call.
+            // SAFETY: every iovec points at a slice the iterator lent, alive during the call.
             let r = unsafe { libc::writev(fd, self.iovs.as_ptr(), self.iovs.len() as _) };
             if r >= 0 {
                 return Ok(r as usize);
