@@ -42,7 +42,8 @@ pub trait EspSink: Send + Sync + 'static {
 /// [`ChildSa`]). Implemented by the data plane handle; [`NullDataplane`] when none runs.
 pub trait ChildSaSink: Send + 'static {
     fn install(&mut self, sa: &ChildSa);
-    fn rekeyed(&mut self, old_inbound: Spi, new: &ChildSa);
+    /// `initiator`: we sent the CREATE_CHILD_SA request (see `Event::ChildSaRekeyed`).
+    fn rekeyed(&mut self, old_inbound: Spi, new: &ChildSa, initiator: bool);
     fn remove(&mut self, inbound: Spi, outbound: Spi);
 }
 
@@ -69,7 +70,7 @@ impl EspSink for Arc<NullDataplane> {
 
 impl ChildSaSink for NullDataplane {
     fn install(&mut self, _sa: &ChildSa) {}
-    fn rekeyed(&mut self, _old_inbound: Spi, _new: &ChildSa) {}
+    fn rekeyed(&mut self, _old_inbound: Spi, _new: &ChildSa, _initiator: bool) {}
     fn remove(&mut self, _inbound: Spi, _outbound: Spi) {}
 }
 

@@ -193,7 +193,9 @@ impl SaTable {
                 self.child_added(c, None);
                 None
             }
-            Event::ChildSaRekeyed { old_inbound, new } => {
+            Event::ChildSaRekeyed {
+                old_inbound, new, ..
+            } => {
                 self.child_added(new, Some(*old_inbound));
                 None
             }
@@ -274,7 +276,11 @@ impl SaTable {
 pub(crate) fn to_dataplane(dp: &mut dyn ChildSaSink, ev: &Event) {
     match ev {
         Event::ChildSaInstalled(c) => dp.install(c),
-        Event::ChildSaRekeyed { old_inbound, new } => dp.rekeyed(*old_inbound, new),
+        Event::ChildSaRekeyed {
+            old_inbound,
+            new,
+            initiator,
+        } => dp.rekeyed(*old_inbound, new, *initiator),
         Event::ChildSaDeleted {
             inbound, outbound, ..
         } => dp.remove(*inbound, *outbound),

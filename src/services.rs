@@ -175,7 +175,8 @@ impl Services {
 
 enum DpOp {
     Install(ChildSa),
-    Rekeyed(Spi, ChildSa),
+    /// Old inbound SPI, the new pair, whether we initiated the rekey.
+    Rekeyed(Spi, ChildSa, bool),
     Remove(Spi, Spi),
 }
 
@@ -189,8 +190,10 @@ impl ChildSaSink for DpSink {
     fn install(&mut self, sa: &ChildSa) {
         let _ = self.tx.send(DpOp::Install(sa.clone()));
     }
-    fn rekeyed(&mut self, old_inbound: Spi, new: &ChildSa) {
-        let _ = self.tx.send(DpOp::Rekeyed(old_inbound, new.clone()));
+    fn rekeyed(&mut self, old_inbound: Spi, new: &ChildSa, initiator: bool) {
+        let _ = self
+            .tx
+            .send(DpOp::Rekeyed(old_inbound, new.clone(), initiator));
     }
     fn remove(&mut self, inbound: Spi, outbound: Spi) {
         let _ = self.tx.send(DpOp::Remove(inbound, outbound));
@@ -201,7 +204,10 @@ fn dp_worker(h: Arc<DataplaneHandle>, rx: std_mpsc::Receiver<DpOp>) {
     while let Ok(op) = rx.recv() {
         let (what, spi, r) = match &op {
             DpOp::Install(c) => ("install", c.inbound.spi, h.install(c)),
-            DpOp::Rekeyed(old, c) => ("rekey", *old, h.rekeyed(*old, c)),
+            // The rekey initiator switches to the new outbound SA at once, the responder
+            // when the initiator deletes the old pair (it has the new inbound SA by then).
+            DpOp::Rekeyed(old, c, true) => ("rekey", *old, h.rekeyed(*old, c)),
+            DpOp::Rekeyed(old, c, false) => ("rekey", *old, h.rekeyed_deferred(*old, c)),
             DpOp::Remove(i, o) => ("remove", *i, h.remove(*i, *o)),
         };
         if let Err(e) = r {

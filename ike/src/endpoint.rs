@@ -2096,7 +2096,8 @@ impl Endpoint {
     }
 
     /// Install a CHILD SA and announce it (as new, or as the rekey of `old`).
-    fn install_child(&mut self, sa: &mut IkeSa, child: Child, old: Option<Spi>) {
+    /// `old`: the rekeyed pair's inbound SPI, and whether we initiated the rekey.
+    fn install_child(&mut self, sa: &mut IkeSa, child: Child, old: Option<(Spi, bool)>) {
         self.child_index.insert(child.sa.inbound.spi, sa.id);
         tracing::debug!(
             ike_sa = sa.id.0,
@@ -2106,9 +2107,10 @@ impl Endpoint {
         );
         let ev = match old {
             None => Event::ChildSaInstalled(child.sa.clone()),
-            Some(old_inbound) => Event::ChildSaRekeyed {
+            Some((old_inbound, initiator)) => Event::ChildSaRekeyed {
                 old_inbound,
                 new: child.sa.clone(),
+                initiator,
             },
         };
         sa.children.push(child);
@@ -2581,7 +2583,7 @@ impl Endpoint {
             }
             c.sa.inbound.spi
         });
-        self.install_child(sa, child, old);
+        self.install_child(sa, child, old.map(|o| (o, false)));
         let mut out = vec![Payload::Sa(vec![chosen]), Payload::Nonce(nr)];
         if let Some(k) = ke_out {
             out.push(k);
@@ -3047,7 +3049,7 @@ impl Endpoint {
             c.state = ChildState::Rekeyed;
             c.peer_rekey.take()
         });
-        self.install_child(sa, child, Some(old));
+        self.install_child(sa, child, Some((old, true)));
         match peer_rekey {
             Some((_peer_new, pni, pnr)) => {
                 // 2.8.1: the exchange with the lowest nonce created the redundant SA; its

@@ -172,6 +172,10 @@ pub enum Event {
     ChildSaRekeyed {
         old_inbound: Spi,
         new: ChildSa,
+        /// We sent the CREATE_CHILD_SA request. The initiator installs its new inbound SA
+        /// only when the response arrives (RFC 7296 2.8), so the responder (`false`) should
+        /// keep sending on the old outbound SA until the initiator deletes the old pair.
+        initiator: bool,
     },
     ChildSaDeleted {
         ike_sa: IkeSaId,

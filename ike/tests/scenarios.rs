@@ -162,7 +162,9 @@ fn rekeyed(n: &Node) -> Vec<(ike::Spi, ike::ChildSa)> {
     n.events
         .iter()
         .filter_map(|e| match e {
-            Event::ChildSaRekeyed { old_inbound, new } => Some((*old_inbound, new.clone())),
+            Event::ChildSaRekeyed {
+                old_inbound, new, ..
+            } => Some((*old_inbound, new.clone())),
             _ => None,
         })
         .collect()

@@ -17,8 +17,10 @@
 //! # Seam with the daemon
 //! - The daemon calls [`Dataplane::start`] once, then for each engine event:
 //!   `Event::ChildSaInstalled(c)` -> [`DataplaneHandle::install`];
-//!   `Event::ChildSaRekeyed { old_inbound, new }` -> [`DataplaneHandle::rekeyed`] (the
-//!   new outbound SA carries traffic at once; the old inbound SA keeps accepting until
+//!   `Event::ChildSaRekeyed { old_inbound, new, initiator }` -> [`DataplaneHandle::rekeyed`]
+//!   when we initiated (the new outbound SA carries traffic at once), else
+//!   [`DataplaneHandle::rekeyed_deferred`] (the old outbound SA carries it until the
+//!   initiator deletes the old pair); the old inbound SA keeps accepting until
 //!   `Event::ChildSaDeleted { inbound, outbound, .. }` -> [`DataplaneHandle::remove`]).
 //! - The data plane OWNS the NAT-T socket (default `0.0.0.0:4500`). Datagrams on it
 //!   starting with the four-byte non-ESP marker (RFC 3948 2.2) are IKE: they arrive on
@@ -167,6 +169,10 @@ pub struct RekeyRequest {
 }
 
 /// Drop counter slots beyond the ESP reasons.
+/// How long a deleted inbound SA still accepts packets already in flight (a rekey
+/// responder answers the initiator's Delete a moment before its data plane switches).
+const INBOUND_LINGER: Duration = Duration::from_secs(2);
+
 const DROP_IO: usize = EspDrop::ALL.len();
 const DROP_IKE_QUEUE_FULL: usize = DROP_IO + 1;
 const DROP_SLOTS: usize = DROP_IO + 2;
@@ -543,10 +549,44 @@ impl DataplaneHandle {
         })
     }
 
-    /// Deletes a CHILD SA pair (RFC 7296 1.4.1).
-    pub fn remove(&self, inbound: Spi, outbound: Spi) -> Result<(), Error> {
+    /// A CHILD SA rekey we answered (RFC 7296 2.8): the new inbound SA accepts at once,
+    /// but the old outbound SA keeps carrying traffic until the initiator deletes the old
+    /// pair ([`remove`](Self::remove)): the initiator installs its new inbound SA only
+    /// when our response arrives, and packets on the new SA before that would be dropped
+    /// there for an unknown SPI.
+    pub fn rekeyed_deferred(&self, old_inbound: Spi, new: &ChildSa) -> Result<(), Error> {
+        let (inb, out) = self.entries(new)?;
         self.update(|t| {
-            t.inbound.remove(&inbound.0);
+            t.inbound.insert(new.inbound.spi.0, inb);
+            match t.outbound_of_child(old_inbound) {
+                Some(old) => {
+                    t.pending.insert(old.sa.spi().0, out.clone());
+                }
+                None => t.add_routes(&new.remote_ts, &out),
+            }
+            let missing: Vec<_> = new
+                .remote_ts
+                .iter()
+                .filter(|ts| t.route(&ts.start).is_none())
+                .cloned()
+                .collect();
+            t.add_routes(&missing, &out);
+        })
+    }
+
+    /// Deletes a CHILD SA pair (RFC 7296 1.4.1); a new outbound SA waiting for it (see
+    /// [`rekeyed_deferred`](Self::rekeyed_deferred)) takes over its routes. The inbound SA
+    /// accepts packets already in flight for [`INBOUND_LINGER`] more.
+    pub fn remove(&self, inbound: Spi, outbound: Spi) -> Result<(), Error> {
+        let until = std::time::Instant::now() + INBOUND_LINGER;
+        self.update(|t| {
+            if t.inbound.contains_key(&inbound.0) {
+                t.linger.push((inbound.0, until));
+            }
+            if let Some(new) = t.pending.remove(&outbound.0) {
+                t.replace_outbound(outbound, &new);
+            }
+            t.pending.retain(|_, e| e.sa.spi() != outbound);
             t.remove_routes_of(outbound);
         })
     }
@@ -629,6 +669,7 @@ impl Housekeeping {
                 Err(std_mpsc::RecvTimeoutError::Timeout) => {}
                 Err(std_mpsc::RecvTimeoutError::Disconnected) => break,
             }
+            self.end_linger();
             if ka > 0 && last_ka.elapsed() >= Duration::from_secs(ka) {
                 last_ka = std::time::Instant::now();
                 let t = self.shared.tables.load();
@@ -640,6 +681,36 @@ impl Housekeeping {
                 }
             }
         }
+    }
+
+    /// Removes the deleted inbound SAs whose linger time is over.
+    fn end_linger(&self) {
+        let now = std::time::Instant::now();
+        if !self
+            .shared
+            .tables
+            .load()
+            .linger
+            .iter()
+            .any(|(_, d)| *d <= now)
+        {
+            return;
+        }
+        let Ok(_w) = self.shared.writer.lock() else {
+            return;
+        };
+        let mut t = Tables::clone(&self.shared.tables.load());
+        let over: Vec<u32> = t
+            .linger
+            .iter()
+            .filter(|(_, d)| *d <= now)
+            .map(|(s, _)| *s)
+            .collect();
+        for s in &over {
+            t.inbound.remove(s);
+        }
+        t.linger.retain(|(_, d)| *d > now);
+        self.shared.tables.store(Arc::new(t));
     }
 
     /// Makes the kernel routes to the TUN device match the remote selectors installed.

@@ -55,6 +55,12 @@ pub struct Tables {
     pub ranges: Vec<Range>,
     /// Remote outer address of every UDP-encapsulated child, for NAT keepalives.
     pub keepalive: Vec<(SocketAddr, SocketAddr)>,
+    /// Rekeys we answered: old outbound SPI -> the new outbound SA that takes over its
+    /// routes when the old pair is deleted (RFC 7296 2.8).
+    pub pending: HashMap<u32, Arc<OutboundEntry>>,
+    /// Deleted inbound SPIs still accepted until the instant given (packets the peer
+    /// sent before it switched to the new SA are still in flight); housekeeping drops them.
+    pub linger: Vec<(u32, std::time::Instant)>,
 }
 
 fn ip_le(a: &IpAddr, b: &IpAddr) -> bool {
@@ -145,6 +151,7 @@ impl Tables {
         self.hosts
             .values()
             .chain(self.ranges.iter().map(|r| &r.out))
+            .chain(self.pending.values())
             .find(|e| e.child == child)
             .cloned()
     }
