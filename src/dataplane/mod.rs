@@ -531,22 +531,7 @@ impl DataplaneHandle {
     /// A rekeyed CHILD SA (RFC 7296 2.8): the new outbound SA takes over every route of
     /// the old one at once; the old inbound SA keeps accepting until [`remove`](Self::remove).
     pub fn rekeyed(&self, old_inbound: Spi, new: &ChildSa) -> Result<(), Error> {
-        let (inb, out) = self.entries(new)?;
-        self.update(|t| {
-            t.inbound.insert(new.inbound.spi.0, inb);
-            match t.outbound_of_child(old_inbound) {
-                Some(old) => t.replace_outbound(old.sa.spi(), &out),
-                None => t.add_routes(&new.remote_ts, &out),
-            }
-            // Routes named by the new selectors that the old SA did not have.
-            let missing: Vec<_> = new
-                .remote_ts
-                .iter()
-                .filter(|ts| t.route(&ts.start).is_none())
-                .cloned()
-                .collect();
-            t.add_routes(&missing, &out);
-        })
+        self.install_rekeyed(old_inbound, new, false)
     }
 
     /// A CHILD SA rekey we answered (RFC 7296 2.8): the new inbound SA accepts at once,
@@ -555,13 +540,22 @@ impl DataplaneHandle {
     /// when our response arrives, and packets on the new SA before that would be dropped
     /// there for an unknown SPI.
     pub fn rekeyed_deferred(&self, old_inbound: Spi, new: &ChildSa) -> Result<(), Error> {
+        self.install_rekeyed(old_inbound, new, true)
+    }
+
+    /// Both rekey hand-overs: the new inbound SA accepts at once; the new outbound SA
+    /// takes the old one's routes now, or (`defer`) waits in `pending` until the old pair
+    /// is removed. Routes named by the new selectors that the old SA did not have go to
+    /// the new SA at once either way.
+    fn install_rekeyed(&self, old_inbound: Spi, new: &ChildSa, defer: bool) -> Result<(), Error> {
         let (inb, out) = self.entries(new)?;
         self.update(|t| {
             t.inbound.insert(new.inbound.spi.0, inb);
             match t.outbound_of_child(old_inbound) {
-                Some(old) => {
+                Some(old) if defer => {
                     t.pending.insert(old.sa.spi().0, out.clone());
                 }
+                Some(old) => t.replace_outbound(old.sa.spi(), &out),
                 None => t.add_routes(&new.remote_ts, &out),
             }
             let missing: Vec<_> = new
