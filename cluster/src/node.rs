@@ -516,21 +516,9 @@ impl Node {
             member: me.clone(),
             entry,
         });
-        self.store_ops.push(StoreOp::Meta {
-            member: me,
-            incarnation: part.incarnation,
-            max_version: part.to_version,
-        });
+        self.push_own_delta(part);
         self.recompute(gateway_id, true);
         self.raise_stamp(stamp);
-        for m in self.live.keys() {
-            self.sent.insert(
-                (m.clone(), self.me.clone()),
-                (part.incarnation, part.to_version, self.now),
-            );
-            self.out
-                .push_back((m.clone(), Message::Delta(vec![part.clone()])));
-        }
         Ok(record)
     }
 
@@ -610,12 +598,19 @@ impl Node {
             member: me.clone(),
             entry,
         });
+        self.info_sent_at = Some(now_ms);
+        self.push_own_delta(part);
+    }
+
+    /// A new version of this member's own partition (a record or its info, already in
+    /// `parts` and its store op queued): persist the partition's version, then push the
+    /// delta to every live member and remember it as sent.
+    fn push_own_delta(&mut self, part: PartDelta) {
         self.store_ops.push(StoreOp::Meta {
-            member: me,
+            member: part.member.clone(),
             incarnation: part.incarnation,
             max_version: part.to_version,
         });
-        self.info_sent_at = Some(now_ms);
         for m in self.live.keys() {
             self.sent.insert(
                 (m.clone(), self.me.clone()),
