@@ -1327,10 +1327,9 @@ mod seed_tests {
     use crate::zone::ZoneConfig;
     use hickory_proto::op::Message;
 
-    /// The fuzz seeds are what they claim: signed with the fuzz target's key (so the
-    /// fuzzer starts past TSIG verification: the MAC verifies, only the time is old).
-    #[test]
-    fn fuzz_seeds_are_signed_transfer_messages() {
+    /// The handler as the ddns fuzz target builds it: key `k` with the corpus secret, one
+    /// secondary at 127.0.0.1, a synced zone.
+    fn fuzz_target_handler() -> DnsHandler {
         let cfg = DnsConfig {
             ns: vec![NsConfig {
                 name: "ns1".into(),
@@ -1350,7 +1349,14 @@ mod seed_tests {
         };
         let zone = Zone::new(ZoneConfig::new(&cfg, "vpn.example.com").unwrap());
         zone.set_synced(true);
-        let h = DnsHandler::new(zone, 1232).with_transfer(Arc::new(Transfer::new(&cfg).unwrap()));
+        DnsHandler::new(zone, 1232).with_transfer(Arc::new(Transfer::new(&cfg).unwrap()))
+    }
+
+    /// The fuzz seeds are what they claim: signed with the fuzz target's key (so the
+    /// fuzzer starts past TSIG verification: the MAC verifies, only the time is old).
+    #[test]
+    fn fuzz_seeds_are_signed_transfer_messages() {
+        let h = fuzz_target_handler();
         let shard = h.counters().shard();
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/query");
         let mut seen = 0;
@@ -1389,26 +1395,7 @@ mod seed_tests {
     /// panic, and every reply is a well-formed response with the query's ID.
     #[test]
     fn smoke_fuzz_signed_transfer_requests_never_panic() {
-        let cfg = DnsConfig {
-            ns: vec![NsConfig {
-                name: "ns1".into(),
-                addrs: vec!["192.0.2.1".parse().unwrap()],
-            }],
-            tsig_key: vec![TsigKeyConfig {
-                name: "k".into(),
-                algorithm: Default::default(),
-                secret: TsigSecret(b"fuzz-corpus-secret-32-octets!!!!".to_vec()),
-            }],
-            secondary: vec![SecondaryConfig {
-                address: SecondaryAddr("127.0.0.1:53".parse().unwrap()),
-                tsig_key: "k".into(),
-                notify: false,
-            }],
-            ..DnsConfig::default()
-        };
-        let zone = Zone::new(ZoneConfig::new(&cfg, "vpn.example.com").unwrap());
-        zone.set_synced(true);
-        let h = DnsHandler::new(zone, 1232).with_transfer(Arc::new(Transfer::new(&cfg).unwrap()));
+        let h = fuzz_target_handler();
         let shard = h.counters().shard();
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/query");
         let seeds: Vec<Vec<u8>> = std::fs::read_dir(dir)
