@@ -886,6 +886,17 @@ fn esp_over_ipv6_outer_addresses_plain_and_udp_encapsulated() {
             // Hostile plain ESP over IPv6: the SPI is read at offset 0 (no IP header on
             // an IPv6 raw socket), so b's own SPI with a forged body fails the ICV, an
             // unknown SPI is unknown and a runt is truncated; nothing is delivered.
+            // The baseline is taken once the last iperf3 segments have drained (a late
+            // FIN/ACK is a good packet, not one of the hostile ones).
+            let mut cb = p.b.counters();
+            for _ in 0..15 {
+                std::thread::sleep(Duration::from_millis(200));
+                let now = p.b.counters();
+                if now.rx_packets == cb.rx_packets {
+                    break;
+                }
+                cb = now;
+            }
             let b_spi = 0xb000_0001u32.to_be_bytes();
             let mut forged = b_spi.to_vec();
             forged.extend_from_slice(&[0, 0, 0, 99]);
