@@ -16,6 +16,7 @@ use ike::{ChildSa, SocketKind, Spi, Transmit};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
+use crate::dataplane::Handover;
 use crate::error::Error;
 
 /// Largest UDP payload we read.
@@ -42,8 +43,9 @@ pub trait EspSink: Send + Sync + 'static {
 /// [`ChildSa`]). Implemented by the data plane handle; [`NullDataplane`] when none runs.
 pub trait ChildSaSink: Send + 'static {
     fn install(&mut self, sa: &ChildSa);
-    /// `initiator`: we sent the CREATE_CHILD_SA request (see `Event::ChildSaRekeyed`).
-    fn rekeyed(&mut self, old_inbound: Spi, new: &ChildSa, initiator: bool);
+    /// `handover`: which outbound SA carries traffic (from `Event::ChildSaRekeyed`'s
+    /// `initiator` and `redundant`, RFC 7296 2.8, 2.8.1).
+    fn rekeyed(&mut self, old_inbound: Spi, new: &ChildSa, handover: Handover);
     fn remove(&mut self, inbound: Spi, outbound: Spi);
 }
 
@@ -70,7 +72,7 @@ impl EspSink for Arc<NullDataplane> {
 
 impl ChildSaSink for NullDataplane {
     fn install(&mut self, _sa: &ChildSa) {}
-    fn rekeyed(&mut self, _old_inbound: Spi, _new: &ChildSa, _initiator: bool) {}
+    fn rekeyed(&mut self, _old_inbound: Spi, _new: &ChildSa, _handover: Handover) {}
     fn remove(&mut self, _inbound: Spi, _outbound: Spi) {}
 }
 

@@ -273,14 +273,19 @@ impl SaTable {
 }
 
 /// Passes CHILD SA events to the data plane.
-pub(crate) fn to_dataplane(dp: &mut dyn ChildSaSink, ev: &Event) {
+pub fn to_dataplane(dp: &mut dyn ChildSaSink, ev: &Event) {
     match ev {
         Event::ChildSaInstalled(c) => dp.install(c),
         Event::ChildSaRekeyed {
             old_inbound,
             new,
             initiator,
-        } => dp.rekeyed(*old_inbound, new, *initiator),
+            redundant,
+        } => dp.rekeyed(
+            *old_inbound,
+            new,
+            crate::dataplane::Handover::of(*initiator, *redundant),
+        ),
         Event::ChildSaDeleted {
             inbound, outbound, ..
         } => dp.remove(*inbound, *outbound),

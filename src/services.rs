@@ -10,7 +10,7 @@ use ike::{ChildSa, SocketKind, Spi};
 use tokio::sync::{broadcast, mpsc};
 
 use crate::config::Config;
-use crate::dataplane::{Dataplane, DataplaneConfig, DataplaneHandle};
+use crate::dataplane::{Dataplane, DataplaneConfig, DataplaneHandle, Handover};
 use crate::driver::{ChildSaSink, Datagram, NattSend};
 use crate::error::Error;
 use crate::event::{GatewayEvent, TunnelId};
@@ -175,8 +175,8 @@ impl Services {
 
 enum DpOp {
     Install(ChildSa),
-    /// Old inbound SPI, the new pair, whether we initiated the rekey.
-    Rekeyed(Spi, ChildSa, bool),
+    /// Old inbound SPI, the new pair, which outbound SA carries traffic.
+    Rekeyed(Spi, ChildSa, Handover),
     Remove(Spi, Spi),
 }
 
@@ -190,10 +190,10 @@ impl ChildSaSink for DpSink {
     fn install(&mut self, sa: &ChildSa) {
         let _ = self.tx.send(DpOp::Install(sa.clone()));
     }
-    fn rekeyed(&mut self, old_inbound: Spi, new: &ChildSa, initiator: bool) {
+    fn rekeyed(&mut self, old_inbound: Spi, new: &ChildSa, handover: Handover) {
         let _ = self
             .tx
-            .send(DpOp::Rekeyed(old_inbound, new.clone(), initiator));
+            .send(DpOp::Rekeyed(old_inbound, new.clone(), handover));
     }
     fn remove(&mut self, inbound: Spi, outbound: Spi) {
         let _ = self.tx.send(DpOp::Remove(inbound, outbound));
@@ -206,8 +206,7 @@ fn dp_worker(h: Arc<DataplaneHandle>, rx: std_mpsc::Receiver<DpOp>) {
             DpOp::Install(c) => ("install", c.inbound.spi, h.install(c)),
             // The rekey initiator switches to the new outbound SA at once, the responder
             // when the initiator deletes the old pair (it has the new inbound SA by then).
-            DpOp::Rekeyed(old, c, true) => ("rekey", *old, h.rekeyed(*old, c)),
-            DpOp::Rekeyed(old, c, false) => ("rekey", *old, h.rekeyed_deferred(*old, c)),
+            DpOp::Rekeyed(old, c, handover) => ("rekey", *old, h.rekey(*old, c, *handover)),
             DpOp::Remove(i, o) => ("remove", *i, h.remove(*i, *o)),
         };
         if let Err(e) = r {

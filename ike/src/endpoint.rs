@@ -76,6 +76,8 @@ pub struct Counters {
     pub temporary_failures: u64,
     /// Simultaneous IKE SA rekeys resolved by the nonce rule of 2.8.1.
     pub ike_rekey_collisions: u64,
+    /// Simultaneous CHILD SA rekeys (2.8.1) resolved when our exchange completed.
+    pub child_rekey_collisions: u64,
 }
 
 impl Counters {
@@ -2096,8 +2098,9 @@ impl Endpoint {
     }
 
     /// Install a CHILD SA and announce it (as new, or as the rekey of `old`).
-    /// `old`: the rekeyed pair's inbound SPI, and whether we initiated the rekey.
-    fn install_child(&mut self, sa: &mut IkeSa, child: Child, old: Option<(Spi, bool)>) {
+    /// `old`: the rekeyed pair's inbound SPI, whether we initiated the rekey, and whether
+    /// the new SA is the redundant one of a simultaneous rekey (2.8.1).
+    fn install_child(&mut self, sa: &mut IkeSa, child: Child, old: Option<(Spi, bool, bool)>) {
         self.child_index.insert(child.sa.inbound.spi, sa.id);
         tracing::debug!(
             ike_sa = sa.id.0,
@@ -2107,10 +2110,11 @@ impl Endpoint {
         );
         let ev = match old {
             None => Event::ChildSaInstalled(child.sa.clone()),
-            Some((old_inbound, initiator)) => Event::ChildSaRekeyed {
+            Some((old_inbound, initiator, redundant)) => Event::ChildSaRekeyed {
                 old_inbound,
                 new: child.sa.clone(),
                 initiator,
+                redundant,
             },
         };
         sa.children.push(child);
@@ -2583,7 +2587,7 @@ impl Endpoint {
             }
             c.sa.inbound.spi
         });
-        self.install_child(sa, child, old.map(|o| (o, false)));
+        self.install_child(sa, child, old.map(|o| (o, false, false)));
         let mut out = vec![Payload::Sa(vec![chosen]), Payload::Nonce(nr)];
         if let Some(k) = ke_out {
             out.push(k);
@@ -2907,7 +2911,11 @@ impl Endpoint {
                 if let Err(e) = r {
                     self.child_index.remove(&our_spi);
                     if let Some(c) = sa.child_by_inbound(old) {
-                        if c.state == ChildState::Rekeying {
+                        if c.state == ChildState::Rekeying && c.peer_rekey.take().is_some() {
+                            // 2.8.1: our rekey failed but the peer's, which we answered,
+                            // completed: the old SA is replaced and the peer deletes it.
+                            c.state = ChildState::Rekeyed;
+                        } else if c.state == ChildState::Rekeying {
                             c.state = ChildState::Installed;
                             c.rekey_at = Some(now + self.config.retransmit.initial);
                         }
@@ -3049,21 +3057,23 @@ impl Endpoint {
             c.state = ChildState::Rekeyed;
             c.peer_rekey.take()
         });
-        self.install_child(sa, child, Some((old, true)));
-        match peer_rekey {
-            Some((_peer_new, pni, pnr)) => {
-                // 2.8.1: the exchange with the lowest nonce created the redundant SA; its
-                // initiator deletes it. The other side deletes the old SA.
-                let ours_min = ni.as_slice().min(nr.as_slice());
-                let theirs_min = pni.as_slice().min(pnr.as_slice());
-                if ours_min < theirs_min {
-                    sa.queue.push_back(LocalReq::DeleteChild(vec![our_spi]));
-                } else {
-                    sa.queue.push_back(LocalReq::DeleteChild(vec![old]));
-                }
-            }
-            None => sa.queue.push_back(LocalReq::DeleteChild(vec![old])),
+        // 2.8.1: the exchange with the lowest nonce created the redundant SA; its
+        // initiator deletes it. The other side deletes the old SA.
+        let redundant = peer_rekey.as_ref().is_some_and(|(_, pni, pnr)| {
+            ni.as_slice().min(nr.as_slice()) < pni.as_slice().min(pnr.as_slice())
+        });
+        if peer_rekey.is_some() {
+            self.counters.child_rekey_collisions += 1;
+            tracing::info!(
+                ike_sa = sa.id.0,
+                old = format_args!("{:08x}", old.0),
+                redundant = format_args!("{:08x}", if redundant { our_spi.0 } else { old.0 }),
+                "simultaneous CHILD SA rekey"
+            );
         }
+        self.install_child(sa, child, Some((old, true, redundant)));
+        let delete = if redundant { our_spi } else { old };
+        sa.queue.push_back(LocalReq::DeleteChild(vec![delete]));
         Ok(())
     }
 

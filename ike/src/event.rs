@@ -176,6 +176,11 @@ pub enum Event {
         /// only when the response arrives (RFC 7296 2.8), so the responder (`false`) should
         /// keep sending on the old outbound SA until the initiator deletes the old pair.
         initiator: bool,
+        /// `new` is the redundant SA of a simultaneous rekey (RFC 7296 2.8.1: our
+        /// exchange had the lowest nonce) and we delete it at once: accept on its inbound
+        /// SPI until then, never send on it. The old SA carries traffic until the peer
+        /// deletes it; then the peer's new SA (announced with `initiator: false`) does.
+        redundant: bool,
     },
     ChildSaDeleted {
         ike_sa: IkeSaId,

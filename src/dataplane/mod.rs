@@ -17,11 +17,15 @@
 //! # Seam with the daemon
 //! - The daemon calls [`Dataplane::start`] once, then for each engine event:
 //!   `Event::ChildSaInstalled(c)` -> [`DataplaneHandle::install`];
-//!   `Event::ChildSaRekeyed { old_inbound, new, initiator }` -> [`DataplaneHandle::rekeyed`]
-//!   when we initiated (the new outbound SA carries traffic at once), else
-//!   [`DataplaneHandle::rekeyed_deferred`] (the old outbound SA carries it until the
-//!   initiator deletes the old pair); the old inbound SA keeps accepting until
-//!   `Event::ChildSaDeleted { inbound, outbound, .. }` -> [`DataplaneHandle::remove`]).
+//!   `Event::ChildSaRekeyed { old_inbound, new, initiator, redundant }` ->
+//!   [`DataplaneHandle::rekey`] with [`Handover::of`]`(initiator, redundant)`: when we
+//!   initiated, the new outbound SA carries traffic at once; when we answered, the old
+//!   outbound SA carries it until the initiator deletes the old pair; the redundant SA of
+//!   a simultaneous rekey (RFC 7296 2.8.1, deleted by us at once) never carries it: the
+//!   old SA does until the peer deletes it, then the peer's new SA (which we answered).
+//!   The old inbound SA keeps accepting until
+//!   `Event::ChildSaDeleted { inbound, outbound, .. }` -> [`DataplaneHandle::remove`]),
+//!   and for `INBOUND_LINGER` after that.
 //! - The data plane OWNS the NAT-T socket (default `0.0.0.0:4500`). Datagrams on it
 //!   starting with the four-byte non-ESP marker (RFC 3948 2.2) are IKE: they arrive on
 //!   [`DataplaneHandle::take_ike_datagrams`] as [`IkeDatagram`]s, marker INCLUDED (the
@@ -70,12 +74,13 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use ike::esp::{EspDrop, InboundSa, Lifetimes, OutboundSa, RekeyReason, DEFAULT_REPLAY_WINDOW};
+use ike::esp::{EspDrop, Lifetimes, RekeyReason, DEFAULT_REPLAY_WINDOW};
 use ike::{ChildSa, Spi};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use crate::Error;
+pub use table::Handover;
 use table::{InboundEntry, OutboundEntry, Tables};
 
 /// `[dataplane]` configuration.
@@ -467,26 +472,7 @@ impl DataplaneHandle {
 
     fn entries(&self, c: &ChildSa) -> Result<(Arc<InboundEntry>, Arc<OutboundEntry>), Error> {
         let cfg = &self.shared.cfg;
-        let child = c.inbound.spi;
-        let inbound = InboundEntry {
-            sa: InboundSa::new(&c.inbound, cfg.lifetimes(), cfg.replay_window)?,
-            child,
-            udp_encap: c.udp_encap,
-            remote_ts: c.remote_ts.clone(),
-            local_ts: c.local_ts.clone(),
-        };
-        let outbound = OutboundEntry {
-            sa: OutboundSa::new(&c.outbound, cfg.lifetimes())?,
-            child,
-            local: c.local,
-            remote: c.remote,
-            udp_encap: c.udp_encap,
-            local_ts: c.local_ts.clone(),
-            remote_ts: c.remote_ts.clone(),
-            narrow: ike::esp::selectors_narrow(&c.local_ts)
-                || ike::esp::selectors_narrow(&c.remote_ts),
-        };
-        Ok((Arc::new(inbound), Arc::new(outbound)))
+        Ok(table::entries(c, cfg.lifetimes(), cfg.replay_window)?)
     }
 
     fn update(&self, f: impl FnOnce(&mut Tables)) -> Result<(), Error> {
@@ -522,16 +508,13 @@ impl DataplaneHandle {
     /// selectors are routed into it.
     pub fn install(&self, c: &ChildSa) -> Result<(), Error> {
         let (inb, out) = self.entries(c)?;
-        self.update(|t| {
-            t.inbound.insert(c.inbound.spi.0, inb);
-            t.add_routes(&c.remote_ts, &out);
-        })
+        self.update(|t| t.install(inb, out))
     }
 
     /// A rekeyed CHILD SA (RFC 7296 2.8): the new outbound SA takes over every route of
     /// the old one at once; the old inbound SA keeps accepting until [`remove`](Self::remove).
     pub fn rekeyed(&self, old_inbound: Spi, new: &ChildSa) -> Result<(), Error> {
-        self.install_rekeyed(old_inbound, new, false)
+        self.rekey(old_inbound, new, Handover::Now)
     }
 
     /// A CHILD SA rekey we answered (RFC 7296 2.8): the new inbound SA accepts at once,
@@ -540,32 +523,15 @@ impl DataplaneHandle {
     /// when our response arrives, and packets on the new SA before that would be dropped
     /// there for an unknown SPI.
     pub fn rekeyed_deferred(&self, old_inbound: Spi, new: &ChildSa) -> Result<(), Error> {
-        self.install_rekeyed(old_inbound, new, true)
+        self.rekey(old_inbound, new, Handover::AtDelete)
     }
 
-    /// Both rekey hand-overs: the new inbound SA accepts at once; the new outbound SA
-    /// takes the old one's routes now, or (`defer`) waits in `pending` until the old pair
-    /// is removed. Routes named by the new selectors that the old SA did not have go to
-    /// the new SA at once either way.
-    fn install_rekeyed(&self, old_inbound: Spi, new: &ChildSa, defer: bool) -> Result<(), Error> {
+    /// A rekeyed CHILD SA, the hand-over of traffic as `handover` says ([`Handover`]:
+    /// now, when the old pair is deleted, or never for the redundant SA of a
+    /// simultaneous rekey, RFC 7296 2.8.1).
+    pub fn rekey(&self, old_inbound: Spi, new: &ChildSa, handover: Handover) -> Result<(), Error> {
         let (inb, out) = self.entries(new)?;
-        self.update(|t| {
-            t.inbound.insert(new.inbound.spi.0, inb);
-            match t.outbound_of_child(old_inbound) {
-                Some(old) if defer => {
-                    t.pending.insert(old.sa.spi().0, out.clone());
-                }
-                Some(old) => t.replace_outbound(old.sa.spi(), &out),
-                None => t.add_routes(&new.remote_ts, &out),
-            }
-            let missing: Vec<_> = new
-                .remote_ts
-                .iter()
-                .filter(|ts| t.route(&ts.start).is_none())
-                .cloned()
-                .collect();
-            t.add_routes(&missing, &out);
-        })
+        self.update(|t| t.rekeyed(old_inbound, inb, out, handover))
     }
 
     /// Deletes a CHILD SA pair (RFC 7296 1.4.1); a new outbound SA waiting for it (see
@@ -573,16 +539,7 @@ impl DataplaneHandle {
     /// accepts packets already in flight for [`INBOUND_LINGER`] more.
     pub fn remove(&self, inbound: Spi, outbound: Spi) -> Result<(), Error> {
         let until = std::time::Instant::now() + INBOUND_LINGER;
-        self.update(|t| {
-            if t.inbound.contains_key(&inbound.0) {
-                t.linger.push((inbound.0, until));
-            }
-            if let Some(new) = t.pending.remove(&outbound.0) {
-                t.replace_outbound(outbound, &new);
-            }
-            t.pending.retain(|_, e| e.sa.spi() != outbound);
-            t.remove_routes_of(outbound);
-        })
+        self.update(|t| t.remove(inbound, outbound, until))
     }
 
     /// Usage of an installed CHILD SA, by its inbound SPI: (inbound bytes, packets),
@@ -680,30 +637,14 @@ impl Housekeeping {
     /// Removes the deleted inbound SAs whose linger time is over.
     fn end_linger(&self) {
         let now = std::time::Instant::now();
-        if !self
-            .shared
-            .tables
-            .load()
-            .linger
-            .iter()
-            .any(|(_, d)| *d <= now)
-        {
+        if !self.shared.tables.load().linger_over(now) {
             return;
         }
         let Ok(_w) = self.shared.writer.lock() else {
             return;
         };
         let mut t = Tables::clone(&self.shared.tables.load());
-        let over: Vec<u32> = t
-            .linger
-            .iter()
-            .filter(|(_, d)| *d <= now)
-            .map(|(s, _)| *s)
-            .collect();
-        for s in &over {
-            t.inbound.remove(s);
-        }
-        t.linger.retain(|(_, d)| *d > now);
+        t.end_linger(now);
         self.shared.tables.store(Arc::new(t));
     }
 

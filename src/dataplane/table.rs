@@ -61,6 +61,33 @@ pub struct Tables {
     /// Deleted inbound SPIs still accepted until the instant given (packets the peer
     /// sent before it switched to the new SA are still in flight); housekeeping drops them.
     pub linger: Vec<(u32, std::time::Instant)>,
+    /// The outbound SA of every CHILD SA whose inbound SA is in `inbound`, by that
+    /// inbound SPI, whether it carries traffic or not (a rekeyed or redundant one).
+    pub outbound: HashMap<u32, Arc<OutboundEntry>>,
+}
+
+/// Which outbound SA carries traffic once a CHILD SA is rekeyed (RFC 7296 2.8, 2.8.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handover {
+    /// We initiated the rekey: the peer has the new inbound SA, send on the new SA now.
+    Now,
+    /// We answered the rekey: the initiator installs its new inbound SA only when our
+    /// response arrives, so the old SA carries traffic until the old pair is deleted.
+    AtDelete,
+    /// The redundant SA of a simultaneous rekey (2.8.1), deleted by us at once: accept
+    /// on it, never send on it (the peer's new SA takes over when the old pair goes).
+    Never,
+}
+
+impl Handover {
+    /// From `Event::ChildSaRekeyed`'s `initiator` and `redundant`.
+    pub fn of(initiator: bool, redundant: bool) -> Self {
+        match (initiator, redundant) {
+            (_, true) => Handover::Never,
+            (true, false) => Handover::Now,
+            (false, false) => Handover::AtDelete,
+        }
+    }
 }
 
 fn ip_le(a: &IpAddr, b: &IpAddr) -> bool {
@@ -148,13 +175,117 @@ impl Tables {
 
     /// The outbound SA of a child, found by its inbound SPI.
     pub fn outbound_of_child(&self, child: Spi) -> Option<Arc<OutboundEntry>> {
-        self.hosts
-            .values()
-            .chain(self.ranges.iter().map(|r| &r.out))
-            .chain(self.pending.values())
-            .find(|e| e.child == child)
-            .cloned()
+        self.outbound.get(&child.0).cloned()
     }
+
+    /// Installs a CHILD SA pair: its inbound SPI is accepted and its remote traffic
+    /// selectors are routed into it.
+    pub fn install(&mut self, inb: Arc<InboundEntry>, out: Arc<OutboundEntry>) {
+        self.add_routes(&out.remote_ts.clone(), &out);
+        self.inbound.insert(inb.sa.spi().0, inb);
+        self.outbound.insert(out.child.0, out);
+    }
+
+    /// A rekeyed CHILD SA (RFC 7296 2.8): the new inbound SA accepts at once; the new
+    /// outbound SA takes the old one's routes as `handover` says. Routes named by the
+    /// new selectors that nothing carries go to the new SA at once (not a redundant one).
+    pub fn rekeyed(
+        &mut self,
+        old_inbound: Spi,
+        inb: Arc<InboundEntry>,
+        out: Arc<OutboundEntry>,
+        handover: Handover,
+    ) {
+        self.inbound.insert(inb.sa.spi().0, inb);
+        self.outbound.insert(out.child.0, out.clone());
+        if handover == Handover::Never {
+            return;
+        }
+        let old = self.outbound_of_child(old_inbound);
+        match old {
+            Some(old) if handover == Handover::AtDelete => {
+                self.pending.insert(old.sa.spi().0, out.clone());
+            }
+            Some(old) => self.replace_outbound(old.sa.spi(), &out),
+            None => self.add_routes(&out.remote_ts.clone(), &out),
+        }
+        let missing: Vec<_> = out
+            .remote_ts
+            .iter()
+            .filter(|ts| self.route(&ts.start).is_none())
+            .cloned()
+            .collect();
+        self.add_routes(&missing, &out);
+    }
+
+    /// Deletes a CHILD SA pair (RFC 7296 1.4.1); a new outbound SA waiting for it (see
+    /// [`Handover::AtDelete`]) takes over its routes. The inbound SA accepts packets
+    /// already in flight until `until` ([`Tables::end_linger`]).
+    pub fn remove(&mut self, inbound: Spi, outbound: Spi, until: std::time::Instant) {
+        if self.inbound.contains_key(&inbound.0) {
+            self.linger.push((inbound.0, until));
+        } else {
+            self.outbound.remove(&inbound.0);
+        }
+        if let Some(new) = self.pending.remove(&outbound.0) {
+            self.replace_outbound(outbound, &new);
+        }
+        self.pending.retain(|_, e| e.sa.spi() != outbound);
+        self.remove_routes_of(outbound);
+    }
+
+    /// Whether some deleted inbound SA's linger time is over at `now`.
+    pub fn linger_over(&self, now: std::time::Instant) -> bool {
+        self.linger.iter().any(|(_, d)| *d <= now)
+    }
+
+    /// Forgets the deleted CHILD SAs whose linger time is over at `now`.
+    pub fn end_linger(&mut self, now: std::time::Instant) {
+        let over: Vec<u32> = self
+            .linger
+            .iter()
+            .filter(|(_, d)| *d <= now)
+            .map(|(s, _)| *s)
+            .collect();
+        for s in &over {
+            self.inbound.remove(s);
+            self.outbound.remove(s);
+        }
+        self.linger.retain(|(_, d)| *d > now);
+    }
+
+    /// Whether the deleted inbound SA `spi` still accepts in-flight packets.
+    pub fn lingering(&self, spi: Spi) -> bool {
+        self.linger.iter().any(|(s, _)| *s == spi.0)
+    }
+}
+
+/// The table entries of a CHILD SA pair (keys from `Event::ChildSaInstalled` /
+/// `ChildSaRekeyed`), named by its inbound SPI.
+pub fn entries(
+    c: &ike::ChildSa,
+    lifetimes: ike::esp::Lifetimes,
+    replay_window: u32,
+) -> Result<(Arc<InboundEntry>, Arc<OutboundEntry>), ike::Error> {
+    let child = c.inbound.spi;
+    let inbound = InboundEntry {
+        sa: InboundSa::new(&c.inbound, lifetimes, replay_window)?,
+        child,
+        udp_encap: c.udp_encap,
+        remote_ts: c.remote_ts.clone(),
+        local_ts: c.local_ts.clone(),
+    };
+    let outbound = OutboundEntry {
+        sa: OutboundSa::new(&c.outbound, lifetimes)?,
+        child,
+        local: c.local,
+        remote: c.remote,
+        udp_encap: c.udp_encap,
+        local_ts: c.local_ts.clone(),
+        remote_ts: c.remote_ts.clone(),
+        narrow: ike::esp::selectors_narrow(&c.local_ts) || ike::esp::selectors_narrow(&c.remote_ts),
+    };
+    Ok((Arc::new(inbound), Arc::new(outbound)))
 }
 
 /// Splits an address range into CIDR prefixes (for kernel routes).
