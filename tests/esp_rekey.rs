@@ -22,6 +22,9 @@ use ike::esp::{Lifetimes, NextHeader};
 use ike::{ChildSa, Spi};
 use util::*;
 
+/// A CHILD SA's (inbound, outbound) SPIs.
+type SpiPair = (Spi, Spi);
+
 const LINGER: Duration = Duration::from_secs(2);
 
 /// One side's data plane: the SA table, fed by the daemon's event seam.
@@ -161,8 +164,8 @@ impl Rig {
     }
 
     /// CHILD SAs (inbound, outbound) in the initiator's and responder's engines.
-    fn children(&self) -> (Vec<(Spi, Spi)>, Vec<(Spi, Spi)>) {
-        let c = |n: &Node| -> Vec<(Spi, Spi)> {
+    fn children(&self) -> (Vec<SpiPair>, Vec<SpiPair>) {
+        let c = |n: &Node| -> Vec<SpiPair> {
             n.ep.ike_sas()
                 .iter()
                 .flat_map(|s| s.child_sas.iter().map(|c| (c.inbound, c.outbound)))
