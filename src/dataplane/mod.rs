@@ -40,9 +40,14 @@
 //! # Policy
 //! After decapsulation the inner packet must match the SA's selectors (source in the
 //! peer's `remote_ts`, destination in our `local_ts`, protocol and ports included,
-//! RFC 4301 5.2), else it is dropped as `esp_ts_mismatch`; a non-initial fragment for
-//! selectors with port ranges cannot be checked and is dropped as
-//! `esp_non_initial_fragment` (RFC 4301 7). Outbound, the SA is chosen by destination;
+//! RFC 4301 5.2), else it is dropped as `esp_ts_mismatch`. A non-initial fragment carries
+//! no ports: for selectors with port ranges it passes only when the initial fragment of
+//! its datagram (same source, destination, protocol, Identification and SA) passed
+//! within the last 10 s (RFC 4301 7.4 stateful fragment checking; each worker keeps a
+//! fixed table, [`ike::esp::FragmentTable`]), else it is dropped as
+//! `esp_non_initial_fragment`; fragments no sender produces (zero-length, past 64 KiB,
+//! overlapping the checked headers, chained Fragment headers) are `esp_bad_fragment`.
+//! Outbound, the SA is chosen by destination;
 //! when its selectors narrow protocol or ports, the packet must match them too (same
 //! counters). Ports are TCP/UDP/SCTP/UDP-Lite ports, ICMP type<<8|code for ICMP/ICMPv6
 //! (RFC 4301 4.4.1.1); 0-65535 is ANY, 65535-0 OPAQUE ([`ike::esp::check_inner_selectors`]).
@@ -379,6 +384,7 @@ impl Dataplane {
                 counters: shared.counters[q * 2].clone(),
                 gso,
                 icmp: icmp_worker(&cfg, queues),
+                frags: fragment_table(),
             };
             threads.push(spawn(format!("esp-tx{q}"), move || w.run_encrypt())?);
             let w = worker::Worker {
@@ -388,6 +394,7 @@ impl Dataplane {
                 counters: shared.counters[q * 2 + 1].clone(),
                 gso,
                 icmp: icmp_worker(&cfg, 0),
+                frags: fragment_table(),
             };
             threads.push(spawn(format!("esp-rx{q}"), move || w.run_decrypt())?);
         }
@@ -400,6 +407,7 @@ impl Dataplane {
                 counters: shared.counters[queues * 2 + i].clone(),
                 gso: false,
                 icmp: icmp_worker(&cfg, 0),
+                frags: fragment_table(),
             };
             let v6 = i == 1;
             let name = if v6 { "esp-raw6" } else { "esp-raw" };
@@ -437,6 +445,14 @@ fn icmp_worker(cfg: &DataplaneConfig, queues: usize) -> std::cell::RefCell<icmp:
         ),
     };
     std::cell::RefCell::new(icmp::Unreachable::new(rate, burst))
+}
+
+/// A worker's table of initial-fragment verdicts (RFC 4301 7.4), its hash keyed with
+/// a random seed so that colliding fragment keys cannot be chosen from outside.
+fn fragment_table() -> std::cell::RefCell<ike::esp::FragmentTable> {
+    use std::hash::BuildHasher;
+    let seed = std::collections::hash_map::RandomState::new().hash_one(0u64);
+    std::cell::RefCell::new(ike::esp::FragmentTable::new(ike::esp::FRAGMENT_SLOTS, seed))
 }
 
 fn spawn(name: String, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>, Error> {

@@ -5,6 +5,7 @@ use std::ops::Range;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Instant;
 
 use ike::esp::{NextHeader, MAX_HEADROOM, MAX_TAILROOM};
 use tun_rs::{SyncDevice, VIRTIO_NET_HDR_LEN};
@@ -30,6 +31,8 @@ pub(super) struct Worker {
     pub gso: bool,
     /// ICMP unreachable generator (encrypt workers; see `icmp.rs`).
     pub icmp: std::cell::RefCell<super::icmp::Unreachable>,
+    /// Verdicts of initial fragments for the selector checks (RFC 4301 7.4).
+    pub frags: std::cell::RefCell<ike::esp::FragmentTable>,
 }
 
 fn dst_of(pkt: &[u8]) -> Option<IpAddr> {
@@ -146,7 +149,11 @@ impl Worker {
             return;
         };
         if out.narrow {
-            if let Err(d) = ike::esp::check_outbound_selectors(pkt, &out.local_ts, &out.remote_ts) {
+            let sa = out.sa.spi().0;
+            let mut frags = self.frags.borrow_mut();
+            let checked =
+                frags.check_outbound(pkt, &out.local_ts, &out.remote_ts, sa, Instant::now);
+            if let Err(d) = checked {
                 self.counters.esp_drop(d);
                 return;
             }
@@ -357,11 +364,13 @@ impl Worker {
                     self.shared.rekey(entry.child, reason);
                 }
                 let inner = &pkt[d.range.clone()];
-                if let Err(drop) = ike::esp::check_inner_selectors(
+                if let Err(drop) = self.frags.borrow_mut().check_inbound(
                     inner,
                     d.next_header,
                     &entry.remote_ts,
                     &entry.local_ts,
+                    entry.child.0,
+                    Instant::now,
                 ) {
                     self.counters.esp_drop(drop);
                     return None;

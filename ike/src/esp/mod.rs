@@ -13,6 +13,7 @@
 //! Every dropped packet is an [`Error::Esp`](crate::Error::Esp) carrying an [`EspDrop`]
 //! reason the caller counts by.
 
+mod frag;
 mod replay;
 mod sa;
 mod selectors;
@@ -23,10 +24,12 @@ mod kat_published;
 #[cfg(test)]
 mod tests;
 
+pub use frag::{FragmentTable, FRAGMENT_LIFETIME, FRAGMENT_SLOTS};
 pub use replay::{ReplayWindow, DEFAULT_REPLAY_WINDOW, MAX_REPLAY_WINDOW};
 pub use sa::{Decapsulated, Encapsulated, InboundSa, Lifetimes, OutboundSa, RekeyReason};
 pub use selectors::{
-    check_inner_selectors, check_outbound_selectors, flow_of, selectors_narrow, Flow,
+    check_inbound_flow, check_inner_selectors, check_outbound_flow, check_outbound_selectors,
+    flow_of, selectors_narrow, Flow, Fragment,
 };
 pub use transform::{CbcCipher, Transform};
 
@@ -113,14 +116,18 @@ pub enum EspDrop {
     /// The packet's addresses, protocol or ports lie outside the SA's traffic
     /// selectors, or its IP version contradicts Next Header (RFC 4301 5.1, 5.2 step 4).
     TsMismatch,
-    /// A non-initial fragment for an SA whose selectors name ports: its ports cannot be
-    /// checked, so it is refused (RFC 4301 7; no stateful fragment checking).
+    /// A non-initial fragment for an SA whose selectors name ports, with no initial
+    /// fragment of its datagram seen passing on that SA (RFC 4301 7.4).
     NonInitialFragment,
+    /// A fragment no sender produces: zero-length, misaligned, past 65535 octets, a
+    /// second Fragment header, a first fragment too short for the headers checked, or
+    /// one overlapping them (RFC 791 3.2, RFC 8200 4.5, RFC 1858, RFC 5722).
+    BadFragment,
 }
 
 impl EspDrop {
     /// All reasons, for counter arrays indexed by `reason as usize`.
-    pub const ALL: [EspDrop; 15] = [
+    pub const ALL: [EspDrop; 16] = [
         EspDrop::Truncated,
         EspDrop::Oversized,
         EspDrop::UnknownSpi,
@@ -136,6 +143,7 @@ impl EspDrop {
         EspDrop::NoRoute,
         EspDrop::TsMismatch,
         EspDrop::NonInitialFragment,
+        EspDrop::BadFragment,
     ];
 
     /// A short stable label for counters.
@@ -156,6 +164,7 @@ impl EspDrop {
             EspDrop::NoRoute => "esp_no_route",
             EspDrop::TsMismatch => "esp_ts_mismatch",
             EspDrop::NonInitialFragment => "esp_non_initial_fragment",
+            EspDrop::BadFragment => "esp_bad_fragment",
         }
     }
 
@@ -164,7 +173,8 @@ impl EspDrop {
             EspDrop::Truncated
             | EspDrop::Oversized
             | EspDrop::BadPadding
-            | EspDrop::BadNextHeader => ErrorKind::Malformed,
+            | EspDrop::BadNextHeader
+            | EspDrop::BadFragment => ErrorKind::Malformed,
             EspDrop::UnknownSpi
             | EspDrop::Replayed
             | EspDrop::TooOld
