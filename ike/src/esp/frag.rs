@@ -266,15 +266,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
-    fn ts(a: &str, b: &str, proto: u8, p0: u16, p1: u16) -> TrafficSelector {
-        TrafficSelector {
-            start: a.parse().unwrap(),
-            end: b.parse().unwrap(),
-            protocol: proto,
-            start_port: p0,
-            end_port: p1,
-        }
-    }
+    use crate::esp::tests::ports::ts;
 
     /// The peer 10.100.0.5 may send UDP to the inside port 53 only.
     fn sel4() -> ([TrafficSelector; 1], [TrafficSelector; 1]) {
@@ -308,36 +300,9 @@ mod tests {
         v
     }
 
-    /// IPv6 2001:db8::5 -> 2001:db8:1::1: `ext` headers (type, body; the body's first
-    /// octet is overwritten with the next type), then a UDP payload `l4`.
+    /// IPv6 2001:db8::5 -> 2001:db8:1::1: `ext` headers (type, body), then UDP `l4`.
     fn v6(ext: &[(u8, Vec<u8>)], l4: &[u8]) -> Vec<u8> {
-        let mut p = vec![0u8; 40];
-        p[0] = 0x60;
-        p[7] = 64;
-        p[8..24].copy_from_slice(
-            &"2001:db8::5"
-                .parse::<std::net::Ipv6Addr>()
-                .unwrap()
-                .octets(),
-        );
-        p[24..40].copy_from_slice(
-            &"2001:db8:1::1"
-                .parse::<std::net::Ipv6Addr>()
-                .unwrap()
-                .octets(),
-        );
-        let mut types: Vec<u8> = ext.iter().map(|(t, _)| *t).collect();
-        types.push(17);
-        p[6] = types[0];
-        for (i, (_, body)) in ext.iter().enumerate() {
-            let mut b = body.clone();
-            b[0] = types[i + 1];
-            p.extend_from_slice(&b);
-        }
-        p.extend_from_slice(l4);
-        let plen = (p.len() - 40) as u16;
-        p[4..6].copy_from_slice(&plen.to_be_bytes());
-        p
+        crate::esp::tests::ports::v6(ext, 17, l4)
     }
 
     /// An IPv6 Fragment header.

@@ -630,11 +630,11 @@ fn random_garbage_never_panics_and_is_always_a_typed_drop() {
 
 // --- selector ports (RFC 4301 4.4.1.1, 7) ---
 
-mod ports {
+pub(in crate::esp) mod ports {
     use super::*;
     use crate::event::TrafficSelector;
 
-    fn ts(a: &str, b: &str, proto: u8, p0: u16, p1: u16) -> TrafficSelector {
+    pub(in crate::esp) fn ts(a: &str, b: &str, proto: u8, p0: u16, p1: u16) -> TrafficSelector {
         TrafficSelector {
             start: a.parse().unwrap(),
             end: b.parse().unwrap(),
@@ -666,7 +666,7 @@ mod ports {
     }
 
     /// IPv6 2001:db8::5 -> 2001:db8:1::1, optional extension headers before `l4`.
-    fn v6(ext: &[(u8, Vec<u8>)], proto: u8, l4: &[u8]) -> Vec<u8> {
+    pub(in crate::esp) fn v6(ext: &[(u8, Vec<u8>)], proto: u8, l4: &[u8]) -> Vec<u8> {
         let mut p = vec![0u8; 40];
         p[0] = 0x60;
         p[7] = 64;
