@@ -1468,6 +1468,32 @@ backoff = "250ms"
         );
         let e = err("[dataplane]\nmtu = \"big\"\n");
         assert!(e.starts_with("x.toml:2: dataplane.mtu: "), "{e}");
+        // natt_bind: one address or one per family (issue 3, dual-stack NAT-T).
+        let natt = |v: &str| {
+            let c = Config::parse("t", &format!("[dataplane]\nnatt_bind = {v}\n")).unwrap();
+            let d = c.dataplane.unwrap().natt_bind;
+            d.iter().map(|a| a.to_string()).collect::<Vec<_>>()
+        };
+        assert_eq!(natt("\"127.0.0.2:4600\""), ["127.0.0.2:4600"]);
+        assert_eq!(
+            natt("[\"0.0.0.0:4500\", \"[fd00::1]:4500\"]"),
+            ["0.0.0.0:4500", "[fd00::1]:4500"]
+        );
+        let e = err("[dataplane]\nmtu = 1400\nnatt_bind = [\"10.0.0.1:4500\", \"0.0.0.0:4500\"]\n");
+        assert_eq!(
+            e,
+            "x.toml:3: dataplane.natt_bind: at most one IPv4 address (10.0.0.1:4500 and 0.0.0.0:4500 given)"
+        );
+        let e = err("[dataplane]\nnatt_bind = [\"::4500\"]\n");
+        assert!(
+            e.starts_with("x.toml:2: dataplane.natt_bind: \"::4500\" is not \"ip:port\""),
+            "{e}"
+        );
+        let e = err("[dataplane]\nnatt_bind = []\n");
+        assert!(
+            e.starts_with("x.toml:2: dataplane.natt_bind: at least one"),
+            "{e}"
+        );
         let absent = Config::parse("t", "").unwrap();
         assert!(
             absent.dns.is_none()

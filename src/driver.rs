@@ -118,10 +118,20 @@ impl Drop for Sockets {
     }
 }
 
+/// Binds a UDP socket; an IPv6 one is IPV6_V6ONLY, so `0.0.0.0` and `::` side by side in
+/// `listen` each serve their own family (and datagrams keep their own family's addresses,
+/// which NAT detection hashes, RFC 7296 2.23).
 async fn bind(addr: SocketAddr) -> Result<Arc<UdpSocket>, Error> {
-    let s = UdpSocket::bind(addr)
-        .await
-        .map_err(|source| Error::Bind { addr, source })?;
+    use socket2::{Domain, Protocol, Socket, Type};
+    let err = |source| Error::Bind { addr, source };
+    let s =
+        Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP)).map_err(err)?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true).map_err(err)?;
+    }
+    s.set_nonblocking(true).map_err(err)?;
+    s.bind(&addr.into()).map_err(err)?;
+    let s = UdpSocket::from_std(s.into()).map_err(err)?;
     Ok(Arc::new(s))
 }
 
@@ -173,15 +183,16 @@ impl Sockets {
         Ok(s)
     }
 
-    /// Uses a NAT-T socket owned elsewhere (the data plane): IKE datagrams from it arrive on
-    /// `incoming` (non-ESP marker included), transmits go through `send`.
+    /// Uses NAT-T sockets owned elsewhere (the data plane, one per family): IKE datagrams
+    /// from them arrive on `incoming` (non-ESP marker included), transmits go through
+    /// `send`.
     pub fn attach_natt(
         &mut self,
-        local: SocketAddr,
+        locals: &[SocketAddr],
         mut incoming: mpsc::Receiver<Datagram>,
         send: NattSend,
     ) {
-        self.natt_addrs.push(local);
+        self.natt_addrs.extend_from_slice(locals);
         self.natt_external = Some(send);
         let tx = self.tx.clone();
         self.tasks.push(tokio::spawn(async move {
@@ -275,19 +286,9 @@ async fn recv_loop(
                 NattKind::Ike => {}
             }
         }
-        // A wildcard bind does not say which address the peer sent to; NAT detection
-        // (RFC 7296 2.23) hashes it, so use the address the kernel routes back from.
-        let local = if local.ip().is_unspecified() {
-            SocketAddr::new(
-                route_source(&mut route_cache, remote.ip()).unwrap_or(local.ip()),
-                local.port(),
-            )
-        } else {
-            local
-        };
         let dg = Datagram {
             kind,
-            local,
+            local: resolve_local(&mut route_cache, local, remote),
             remote,
             data: d.to_vec(),
         };
@@ -298,6 +299,25 @@ async fn recv_loop(
             }
             Err(mpsc::error::TrySendError::Closed(_)) => return,
         }
+    }
+}
+
+/// The local address a datagram from `remote` reached, for a socket bound to `local`.
+/// A wildcard bind does not say which address the peer sent to; NAT detection (RFC 7296
+/// 2.23) hashes it, so use the address the kernel routes back from (of `remote`'s
+/// family: every socket is single-family).
+pub fn resolve_local(
+    cache: &mut HashMap<IpAddr, IpAddr>,
+    local: SocketAddr,
+    remote: SocketAddr,
+) -> SocketAddr {
+    if local.ip().is_unspecified() {
+        SocketAddr::new(
+            route_source(cache, remote.ip()).unwrap_or(local.ip()),
+            local.port(),
+        )
+    } else {
+        local
     }
 }
 

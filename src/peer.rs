@@ -433,19 +433,8 @@ pub async fn run(
     let bind_ip = peer.bind.ip();
     // With [dataplane] the data plane owns the NAT-T socket and carries the CHILD SAs.
     let dp = match &cfg.dataplane {
-        Some(d) => {
-            let mut d = d.clone();
-            // NAT-T in the family of `[peer] bind` unless `natt_bind` names one.
-            if bind_ip.is_ipv6()
-                && d.natt_bind == crate::dataplane::DataplaneConfig::default().natt_bind
-            {
-                d.natt_bind = std::net::SocketAddr::new(
-                    std::net::Ipv6Addr::UNSPECIFIED.into(),
-                    d.natt_bind.port(),
-                );
-            }
-            Some(crate::services::start_dataplane(d)?)
-        }
+        // NAT-T on both families by default (`natt_bind`), whichever `[peer] bind` is.
+        Some(d) => Some(crate::services::start_dataplane(d.clone())?),
         None => None,
     };
     let natt = if dp.is_some() { None } else { Some(0) };
@@ -454,8 +443,8 @@ pub async fn run(
     let mut rekey = None;
     let mut _dp_handle = None;
     if let Some(parts) = dp {
-        let (local, rx, send) = parts.natt;
-        sockets.attach_natt(local, rx, send);
+        let (locals, rx, send) = parts.natt;
+        sockets.attach_natt(&locals, rx, send);
         sink = parts.sink;
         rekey = parts.rekey;
         _dp_handle = Some((parts.handle, parts.tasks));

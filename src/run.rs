@@ -354,10 +354,10 @@ pub struct StartOptions {
     pub esp: Arc<dyn EspSink>,
     /// Rekey requests from the data plane (CHILD SA inbound SPI).
     pub rekey: Option<mpsc::UnboundedReceiver<Spi>>,
-    /// When the data plane owns the NAT-T socket: its address, IKE datagrams from it, and
-    /// how to send on it.
+    /// When the data plane owns the NAT-T sockets: their addresses, IKE datagrams from
+    /// them, and how to send on them.
     pub natt: Option<(
-        SocketAddr,
+        Vec<SocketAddr>,
         mpsc::Receiver<driver::Datagram>,
         driver::NattSend,
     )>,
@@ -387,8 +387,8 @@ pub async fn start(cfg: &Config, opts: StartOptions) -> Result<DaemonHandle, Err
         Some(cfg.ike.natt_port)
     };
     let mut sockets = Sockets::bind(&cfg.ike.listen, cfg.ike.port, natt_port, opts.esp).await?;
-    if let Some((local, rx, send)) = opts.natt {
-        sockets.attach_natt(local, rx, send);
+    if let Some((locals, rx, send)) = opts.natt {
+        sockets.attach_natt(&locals, rx, send);
     }
     let ike_addrs = sockets.ike_addrs.clone();
     let natt_addrs = sockets.natt_addrs.clone();

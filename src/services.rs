@@ -215,18 +215,16 @@ fn dp_worker(h: Arc<DataplaneHandle>, rx: std_mpsc::Receiver<DpOp>) {
     }
 }
 
-/// The data plane's config with the NAT-T socket on the `[ike]` address and port unless
-/// `[dataplane] natt_bind` says otherwise.
+/// The data plane's config with NAT-T sockets of both families on `ike.natt_port`, each
+/// on the first `[ike] listen` address of its family (a wildcard when there is none),
+/// unless `[dataplane] natt_bind` says otherwise.
 fn dataplane_config(cfg: &Config, dp: &DataplaneConfig) -> DataplaneConfig {
     let mut dp = dp.clone();
     if dp.natt_bind == DataplaneConfig::default().natt_bind {
-        let ip = cfg
-            .ike
-            .listen
-            .first()
-            .copied()
-            .unwrap_or(IpAddr::from([0, 0, 0, 0]));
-        dp.natt_bind = SocketAddr::new(ip, cfg.ike.natt_port);
+        for a in &mut dp.natt_bind {
+            let ip = cfg.ike.listen.iter().find(|l| l.is_ipv6() == a.is_ipv6());
+            *a = SocketAddr::new(ip.copied().unwrap_or(a.ip()), cfg.ike.natt_port);
+        }
     }
     dp
 }
@@ -234,8 +232,9 @@ fn dataplane_config(cfg: &Config, dp: &DataplaneConfig) -> DataplaneConfig {
 /// A started data plane, cut into the pieces the IKE drivers take.
 pub struct DataplaneParts {
     pub handle: Arc<DataplaneHandle>,
-    /// The NAT-T socket's address, the IKE datagrams received on it, and how to send on it.
-    pub natt: (SocketAddr, mpsc::Receiver<Datagram>, NattSend),
+    /// The NAT-T sockets' addresses, the IKE datagrams received on them, and how to send
+    /// on them (from the socket of the destination's family).
+    pub natt: (Vec<SocketAddr>, mpsc::Receiver<Datagram>, NattSend),
     /// CHILD SA events go here (applied on a thread of their own).
     pub sink: Box<dyn ChildSaSink>,
     /// CHILD SAs (inbound SPI) the data plane wants rekeyed (lifetimes, sequence numbers).
@@ -247,7 +246,7 @@ pub struct DataplaneParts {
 pub fn start_dataplane(dp: DataplaneConfig) -> Result<DataplaneParts, Error> {
     let mut tasks = vec![];
     let mut h = Dataplane::start(dp)?;
-    let local = h.natt_local();
+    let locals = h.natt_locals().to_vec();
     let mut ike_rx = h
         .take_ike_datagrams()
         .ok_or_else(|| Error::Other("data plane IKE channel already taken".into()))?;
@@ -255,10 +254,12 @@ pub fn start_dataplane(dp: DataplaneConfig) -> Result<DataplaneParts, Error> {
     let h = Arc::new(h);
     let (tx, rx) = mpsc::channel::<Datagram>(4096);
     tasks.push(tokio::spawn(async move {
+        let mut route_cache = HashMap::new();
         while let Some(d) = ike_rx.recv().await {
             let d = Datagram {
                 kind: SocketKind::NatT,
-                local: d.local,
+                // A wildcard NAT-T socket: the address the peer reached, as for 500.
+                local: crate::driver::resolve_local(&mut route_cache, d.local, d.remote),
                 remote: d.remote,
                 data: d.bytes,
             };
@@ -290,10 +291,10 @@ pub fn start_dataplane(dp: DataplaneConfig) -> Result<DataplaneParts, Error> {
     std::thread::Builder::new()
         .name("dataplane-ops".into())
         .spawn(move || dp_worker(hw, orx))?;
-    tracing::info!(tun = h.tun_name(), natt = %local, "data plane started");
+    tracing::info!(tun = h.tun_name(), natt = ?locals, "data plane started");
     Ok(DataplaneParts {
         handle: h,
-        natt: (local, rx, send),
+        natt: (locals, rx, send),
         sink: Box::new(DpSink { tx: otx }),
         rekey,
         tasks,
@@ -309,7 +310,7 @@ pub async fn start(cfg: &Config) -> Result<Services, Error> {
     if let Some(dp) = &cfg.dataplane {
         let dp = dataplane_config(&cfg, dp);
         // The engine must send NAT-T from the data plane's socket port.
-        cfg.ike.natt_port = dp.natt_bind.port();
+        cfg.ike.natt_port = dp.natt_bind.first().map_or(cfg.ike.natt_port, |a| a.port());
         let parts = start_dataplane(dp)?;
         opts.natt = Some(parts.natt);
         opts.rekey = parts.rekey;
@@ -592,13 +593,16 @@ mod tests {
             "[ike]\nlisten = [\"127.0.0.1\"]\nnatt_port = 44500\n[dataplane]\n",
         )
         .unwrap();
+        let addrs =
+            |v: &[&str]| -> Vec<SocketAddr> { v.iter().map(|a| a.parse().unwrap()).collect() };
+        // Both families: the IPv4 listen address, the IPv6 wildcard.
         let dp = dataplane_config(&c, c.dataplane.as_ref().unwrap());
-        assert_eq!(
-            dp.natt_bind,
-            "127.0.0.1:44500".parse::<SocketAddr>().unwrap()
-        );
-        c.dataplane.as_mut().unwrap().natt_bind = "127.0.0.2:4600".parse().unwrap();
+        assert_eq!(dp.natt_bind, addrs(&["127.0.0.1:44500", "[::]:44500"]));
+        c.ike.listen = vec!["0.0.0.0".parse().unwrap(), "fd00::1".parse().unwrap()];
         let dp = dataplane_config(&c, c.dataplane.as_ref().unwrap());
-        assert_eq!(dp.natt_bind.port(), 4600);
+        assert_eq!(dp.natt_bind, addrs(&["0.0.0.0:44500", "[fd00::1]:44500"]));
+        c.dataplane.as_mut().unwrap().natt_bind = addrs(&["127.0.0.2:4600"]);
+        let dp = dataplane_config(&c, c.dataplane.as_ref().unwrap());
+        assert_eq!(dp.natt_bind, addrs(&["127.0.0.2:4600"]));
     }
 }

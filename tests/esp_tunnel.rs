@@ -816,12 +816,9 @@ fn pair_v6(name: &str, udp_encap: bool) -> Pair {
     a_ns.ip(&["link", "set", "eth0", "up"]);
     b_ns.ip(&["link", "set", "eth0", "up"]);
     b_ns.add_lo_addr(&format!("{INSIDE}/16"));
-    let v6cfg = DataplaneConfig {
-        natt_bind: "[::]:4500".parse().unwrap(),
-        ..cfg()
-    };
-    let a = start_in(&a_ns, v6cfg.clone());
-    let b = start_in(&b_ns, v6cfg);
+    // The default NAT-T sockets: both families (`0.0.0.0:4500` and `[::]:4500`).
+    let a = start_in(&a_ns, cfg());
+    let b = start_in(&b_ns, cfg());
     a_ns.ip(&["addr", "add", &format!("{A_VIP}/32"), "dev", "esp0"]);
     let a_addr: SocketAddr = format!("[{A_OUTER6}]:4500").parse().unwrap();
     let b_addr: SocketAddr = format!("[{B_OUTER6}]:4500").parse().unwrap();
@@ -861,8 +858,9 @@ fn ping_back(p: &Pair, count: u32) -> bool {
 }
 
 /// Issue 3: ESP over IPv6 outer addresses, plain (IPv6 raw socket for protocol 50, which
-/// delivers no IP header) and UDP-encapsulated (NAT-T socket bound to `[::]:4500`): ping
-/// both ways and a TCP stream through each.
+/// delivers no IP header) and UDP-encapsulated (the default NAT-T sockets of both
+/// families, `0.0.0.0:4500` and `[::]:4500`: the IPv6 one carries it): ping both ways, a
+/// TCP stream through each, and NAT keepalives both ways over IPv6.
 #[test]
 fn esp_over_ipv6_outer_addresses_plain_and_udp_encapsulated() {
     for udp_encap in [false, true] {
@@ -884,6 +882,10 @@ fn esp_over_ipv6_outer_addresses_plain_and_udp_encapsulated() {
         );
         // Nothing was lost to a socket of the wrong family.
         assert_eq!(ca.drops["io"] + cb.drops["io"], 0, "{name}: {ca:?} {cb:?}");
+        if udp_encap {
+            // RFC 3948 keepalives (every second here) from the IPv6 NAT-T socket.
+            assert!(ca.keepalives > 0 && cb.keepalives > 0, "{ca:?} {cb:?}");
+        }
         if !udp_encap {
             // Plain ESP: nothing went through the NAT-T sockets.
             assert_eq!(ca.tx_sends + cb.tx_sends, 0, "{name}: {ca:?} {cb:?}");

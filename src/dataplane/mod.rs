@@ -67,12 +67,13 @@
 //! A kernel XFRM back end could sit beside this one behind the same handle methods.
 mod gro;
 mod icmp;
+mod natt;
 pub mod sys;
 pub mod table;
 mod worker;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc as std_mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
@@ -101,8 +102,10 @@ pub struct DataplaneConfig {
     pub replay_window: u32,
     /// TUN queues, each with an encrypt and a decrypt thread; 0 = one per CPU.
     pub queues: usize,
-    /// The NAT-T UDP socket the data plane owns (IKE on it goes to the daemon).
-    pub natt_bind: SocketAddr,
+    /// The NAT-T UDP sockets the data plane owns, at most one per address family (IKE on
+    /// them goes to the daemon); a single address or a list in the configuration.
+    #[serde(deserialize_with = "natt::deserialize_bind")]
+    pub natt_bind: Vec<SocketAddr>,
     /// Also carry plain ESP (IP protocol 50) on a raw socket.
     pub raw_esp: bool,
     /// TUN offloads (IFF_VNET_HDR: TSO/GSO super-packets in, GRO-coalesced writes out).
@@ -133,7 +136,7 @@ impl Default for DataplaneConfig {
             mtu: 1400,
             replay_window: DEFAULT_REPLAY_WINDOW,
             queues: 0,
-            natt_bind: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 4500),
+            natt_bind: natt::default_bind(4500),
             raw_esp: true,
             offload: true,
             udp_gso: true,
@@ -262,8 +265,10 @@ pub(crate) struct Shared {
     counters: Vec<Arc<WorkerCounters>>,
     rekey_tx: mpsc::UnboundedSender<RekeyRequest>,
     ike_tx: mpsc::Sender<IkeDatagram>,
-    natt: Arc<std::net::UdpSocket>,
-    natt_local: SocketAddr,
+    /// NAT-T sockets by outer address family ([`natt::family`]), for the daemon's
+    /// transmits and keepalives; their bound addresses.
+    natt: [Option<Arc<std::net::UdpSocket>>; 2],
+    natt_locals: Vec<SocketAddr>,
     raw: Option<Arc<std::net::UdpSocket>>,
     raw6: Option<Arc<std::net::UdpSocket>>,
 }
@@ -271,6 +276,11 @@ pub(crate) struct Shared {
 impl Shared {
     fn rekey(&self, child: Spi, reason: RekeyReason) {
         let _ = self.rekey_tx.send(RekeyRequest { child, reason });
+    }
+
+    /// The NAT-T socket for datagrams to `to` (the one of its address family).
+    fn natt_sock_for(&self, to: &SocketAddr) -> Option<&Arc<std::net::UdpSocket>> {
+        self.natt[natt::family(to)].as_ref()
     }
 }
 
@@ -318,15 +328,10 @@ impl Dataplane {
             t.set_nonblocking(true)?;
         }
 
-        let mut socks = Vec::new();
-        for _ in 0..queues {
-            let s = sys::udp_socket(cfg.natt_bind, true, 200).map_err(|source| Error::Bind {
-                addr: cfg.natt_bind,
-                source,
-            })?;
-            socks.push(Arc::new(s));
-        }
-        let natt_local = socks[0].local_addr()?;
+        // NAT-T: `queues` SO_REUSEPORT sockets per address family, socks[q][family].
+        let socks = natt::bind_sockets(&cfg.natt_bind, queues)?;
+        let natt_locals = natt::locals(&socks[0]);
+        let all_socks = || socks.iter().flatten().flatten();
         // Plain ESP, one raw socket per family (an IPv6 raw socket delivers the ESP
         // header first, an IPv4 one the IP header first).
         let raw_socket = |v6: bool| {
@@ -346,18 +351,20 @@ impl Dataplane {
         };
         let raw = raw_socket(false);
         let raw6 = raw_socket(true);
-        let gso = cfg.udp_gso && sys::probe_udp_gso(&socks[0]);
+        let gso = cfg.udp_gso && all_socks().all(|s| sys::probe_udp_gso(s));
         let mut gro = false;
         if cfg.udp_gso {
-            for s in &socks {
+            for s in all_socks() {
                 gro = sys::enable_udp_gro(s);
             }
         }
-        tracing::info!(tun = %tun_name, queues, gso, gro, offload = cfg.offload, "ESP data plane starting");
+        tracing::info!(tun = %tun_name, queues, gso, gro, offload = cfg.offload, natt = ?natt_locals, "ESP data plane starting");
 
         let (rekey_tx, rekey_rx) = mpsc::unbounded_channel();
         let (ike_tx, ike_rx) = mpsc::channel(4096);
-        let counters: Vec<Arc<WorkerCounters>> = (0..queues * 2 + 3)
+        // Per queue: encrypt, decrypt (first family); then raw, raw6, housekeeping; then
+        // per queue the decrypt worker of the second family.
+        let counters: Vec<Arc<WorkerCounters>> = (0..queues * 3 + 3)
             .map(|_| Arc::new(WorkerCounters::default()))
             .collect();
         let shared = Arc::new(Shared {
@@ -369,7 +376,7 @@ impl Dataplane {
             rekey_tx,
             ike_tx,
             natt: socks[0].clone(),
-            natt_local,
+            natt_locals,
             raw: raw.clone(),
             raw6: raw6.clone(),
         });
@@ -380,23 +387,38 @@ impl Dataplane {
             let w = worker::Worker {
                 shared: shared.clone(),
                 tun: tuns[q].clone(),
-                sock: socks[q].clone(),
+                sock: natt::any(&socks[q])?,
+                natt: socks[q].clone(),
                 counters: shared.counters[q * 2].clone(),
                 gso,
                 icmp: icmp_worker(&cfg, queues),
                 frags: fragment_table(),
             };
             threads.push(spawn(format!("esp-tx{q}"), move || w.run_encrypt())?);
-            let w = worker::Worker {
-                shared: shared.clone(),
-                tun: tuns[q].clone(),
-                sock: socks[q].clone(),
-                counters: shared.counters[q * 2 + 1].clone(),
-                gso,
-                icmp: icmp_worker(&cfg, 0),
-                frags: fragment_table(),
-            };
-            threads.push(spawn(format!("esp-rx{q}"), move || w.run_decrypt())?);
+            // One decrypt worker per NAT-T socket (each family).
+            for (i, sock) in socks[q].iter().flatten().enumerate() {
+                let w = worker::Worker {
+                    shared: shared.clone(),
+                    tun: tuns[q].clone(),
+                    sock: sock.clone(),
+                    natt: [None, None],
+                    counters: shared.counters[if i == 0 {
+                        q * 2 + 1
+                    } else {
+                        queues * 2 + 3 + q
+                    }]
+                    .clone(),
+                    gso,
+                    icmp: icmp_worker(&cfg, 0),
+                    frags: fragment_table(),
+                };
+                let name = if i == 0 {
+                    format!("esp-rx{q}")
+                } else {
+                    format!("esp-rx{q}-{i}")
+                };
+                threads.push(spawn(name, move || w.run_decrypt())?);
+            }
         }
         for (i, raw) in [raw, raw6].into_iter().enumerate() {
             let Some(raw) = raw else { continue };
@@ -404,6 +426,7 @@ impl Dataplane {
                 shared: shared.clone(),
                 tun: tuns[0].clone(),
                 sock: raw,
+                natt: [None, None],
                 counters: shared.counters[queues * 2 + i].clone(),
                 gso: false,
                 icmp: icmp_worker(&cfg, 0),
@@ -465,12 +488,12 @@ impl DataplaneHandle {
         &self.tun_name
     }
 
-    /// The NAT-T socket's bound address.
-    pub fn natt_local(&self) -> SocketAddr {
-        self.shared.natt_local
+    /// The NAT-T sockets' bound addresses (IPv4 first).
+    pub fn natt_locals(&self) -> &[SocketAddr] {
+        &self.shared.natt_locals
     }
 
-    /// IKE datagrams received on the NAT-T socket (once; `None` afterwards).
+    /// IKE datagrams received on the NAT-T sockets (once; `None` afterwards).
     pub fn take_ike_datagrams(&mut self) -> Option<mpsc::Receiver<IkeDatagram>> {
         self.ike_rx.take()
     }
@@ -480,9 +503,15 @@ impl DataplaneHandle {
         self.rekey_rx.take()
     }
 
-    /// Sends a datagram from the NAT-T socket (the daemon's IKE transmits).
+    /// Sends a datagram from the NAT-T socket of `remote`'s address family (the daemon's
+    /// IKE transmits).
     pub fn send_natt(&self, remote: SocketAddr, bytes: &[u8]) -> Result<(), Error> {
-        self.shared.natt.send_to(bytes, remote)?;
+        let sock = self.shared.natt_sock_for(&remote).ok_or_else(|| {
+            Error::Other(format!(
+                "no NAT-T socket of the family of {remote} (natt_bind)"
+            ))
+        })?;
+        sock.send_to(bytes, remote)?;
         Ok(())
     }
 
@@ -641,8 +670,12 @@ impl Housekeeping {
                 last_ka = std::time::Instant::now();
                 let t = self.shared.tables.load();
                 for (_, remote) in &t.keepalive {
-                    // RFC 3948 2.3: a single octet 0xFF.
-                    if self.shared.natt.send_to(&[0xff], remote).is_err() {
+                    // RFC 3948 2.3: a single octet 0xFF, from the socket of its family.
+                    let sent = self
+                        .shared
+                        .natt_sock_for(remote)
+                        .map(|s| s.send_to(&[0xff], remote));
+                    if !matches!(sent, Some(Ok(_))) {
                         self.counters.count_drop(DROP_IO);
                     }
                 }

@@ -111,6 +111,10 @@ pub fn udp_socket(bind: SocketAddr, reuseport: bool, timeout_ms: u64) -> io::Res
     // SAFETY: fd is a fresh socket nobody else owns.
     let owned = unsafe { OwnedFd::from_raw_fd(fd) };
     setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
+    if bind.is_ipv6() {
+        // IPv6 only: `[::]:4500` beside `0.0.0.0:4500` (one socket per family).
+        setsockopt_int(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 1)?;
+    }
     if reuseport {
         setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
     }

@@ -27,6 +27,8 @@ pub(super) struct Worker {
     pub shared: Arc<Shared>,
     pub tun: Arc<SyncDevice>,
     pub sock: Arc<UdpSocket>,
+    /// An encrypt worker's NAT-T sockets by outer family (`natt::family`).
+    pub natt: super::natt::FamilySockets,
     pub counters: Arc<WorkerCounters>,
     pub gso: bool,
     /// ICMP unreachable generator (encrypt workers; see `icmp.rs`).
@@ -238,8 +240,17 @@ impl Worker {
                 closed: false,
             });
         }
-        if !groups.is_empty() {
-            let dgrams = groups.iter().map(|g| Gather {
+        // One sendmmsg per outer family, on this queue's NAT-T socket of that family.
+        for (fam, sock) in self.natt.iter().enumerate() {
+            let of_fam = |g: &&GsoGroup| super::natt::family(&g.to) == fam;
+            if !groups.iter().any(|g| of_fam(&g)) {
+                continue;
+            }
+            let Some(sock) = sock else {
+                self.counters.count_drop(DROP_IO);
+                continue;
+            };
+            let dgrams = groups.iter().filter(of_fam).map(|g| Gather {
                 parts: pending[g.first..=g.last]
                     .iter()
                     .filter(|p| p.udp)
@@ -247,7 +258,7 @@ impl Worker {
                 to: g.to,
                 segment: if g.count > 1 { g.seg as u16 } else { 0 },
             });
-            match batch.send_gather(&self.sock, dgrams) {
+            match batch.send_gather(sock, dgrams) {
                 Ok((sent, offered)) => {
                     self.counters
                         .tx_sends
@@ -283,7 +294,10 @@ impl Worker {
             if self.gso { GRO_BUF } else { 4096 },
         );
         let mut out = TunOut::new(&self.tun);
-        let local = self.shared.natt_local;
+        // IKE datagrams carry this socket's address (its family's, see natt.rs).
+        let Ok(local) = self.sock.local_addr() else {
+            return;
+        };
         while !self.stopped() {
             let n = match rb.recv(&self.sock) {
                 Ok(n) => n,
