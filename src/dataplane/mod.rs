@@ -2,11 +2,11 @@
 //!
 //! # Shape
 //! One TUN device (IFF_VNET_HDR offloads and multi-queue via tun-rs), one UDP socket per
-//! worker on the NAT-T port (SO_REUSEPORT, recvmmsg/sendmmsg, UDP GSO/GRO where the
-//! kernel has them), and a raw IP-protocol-50 socket per address family for ESP without
-//! UDP encapsulation.
-//! Per queue, one thread encrypts (TUN -> ESP -> socket) and one decrypts (socket -> ESP
-//! -> TUN). Neither copies a packet in user space: TSO super-packets from the TUN are split
+//! worker and address family on the NAT-T port (SO_REUSEPORT, recvmmsg/sendmmsg, UDP
+//! GSO/GRO where the kernel has them; [`natt`]), and a raw IP-protocol-50 socket per
+//! address family for ESP without UDP encapsulation.
+//! Per queue, one thread encrypts (TUN -> ESP -> the NAT-T socket of the peer's family)
+//! and one per NAT-T socket decrypts (socket -> ESP -> TUN). Neither copies a packet in user space: TSO super-packets from the TUN are split
 //! into per-segment buffers with room for the ESP header and trailer, sealed in place and
 //! handed to one UDP GSO sendmsg as a gather list; received (GRO) datagrams are opened in
 //! place and written to the TUN as gather lists, a flow's segments coalesced into one
@@ -26,12 +26,15 @@
 //!   The old inbound SA keeps accepting until
 //!   `Event::ChildSaDeleted { inbound, outbound, .. }` -> [`DataplaneHandle::remove`]),
 //!   and for `INBOUND_LINGER` after that.
-//! - The data plane OWNS the NAT-T socket (default `0.0.0.0:4500`). Datagrams on it
+//! - The data plane OWNS the NAT-T sockets, one per address family (default
+//!   `0.0.0.0:4500` and `[::]:4500`, the IPv6 one IPV6_V6ONLY). Datagrams on them
 //!   starting with the four-byte non-ESP marker (RFC 3948 2.2) are IKE: they arrive on
 //!   [`DataplaneHandle::take_ike_datagrams`] as [`IkeDatagram`]s, marker INCLUDED (the
-//!   engine strips it, `SocketKind::NatT`). The daemon sends its NAT-T transmits with
-//!   [`DataplaneHandle::send_natt`] (payload as the engine produced it, marker included).
-//!   NAT keepalives (one 0xFF octet, RFC 3948 2.3) are counted and dropped.
+//!   engine strips it, `SocketKind::NatT`), with the receiving socket's address as
+//!   `local`. The daemon sends its NAT-T transmits with [`DataplaneHandle::send_natt`]
+//!   (payload as the engine produced it, marker included), from the socket of the
+//!   destination's family. NAT keepalives (one 0xFF octet, RFC 3948 2.3) are counted and
+//!   dropped; ours go out of the socket of each peer's family.
 //! - Soft lifetimes (bytes/packets, [`DataplaneConfig`]) and sequence-number exhaustion
 //!   produce a [`RekeyRequest`] on [`DataplaneHandle::take_rekey_requests`]: its `child`
 //!   is the CHILD SA's inbound SPI, to pass to the engine's rekey call.
@@ -61,9 +64,12 @@
 //! for a catch-all /0 selector.
 //!
 //! # Limits
-//! Plain ESP works over IPv4 and IPv6 outer addresses (one raw socket each); the NAT-T
-//! socket speaks the family of `natt_bind` (an IPv6 `natt_bind` for IPv6 peers: by
-//! default the first `[ike] listen` address).
+//! Plain ESP and UDP-encapsulated ESP both work over IPv4 and IPv6 outer addresses at
+//! once (one raw socket and one set of NAT-T sockets per family). NAT-T has at most one
+//! bound address per family (`natt_bind`): to serve several addresses of one family,
+//! bind that family's wildcard (the kernel then picks the source address of what we send
+//! by route, not by the address the peer used). A host without IPv6 runs NAT-T over IPv4
+//! alone (one warning at start).
 //! A kernel XFRM back end could sit beside this one behind the same handle methods.
 mod gro;
 mod icmp;
@@ -163,11 +169,11 @@ impl DataplaneConfig {
     }
 }
 
-/// An IKE datagram that arrived on the NAT-T socket (non-ESP marker included).
+/// An IKE datagram that arrived on a NAT-T socket (non-ESP marker included).
 #[derive(Debug, Clone)]
 pub struct IkeDatagram {
-    /// The socket's bound address (bind `natt_bind` to a specific address where the
-    /// daemon needs the exact local address, e.g. for NAT detection).
+    /// The socket's bound address (a wildcard one is resolved per peer by the daemon,
+    /// `driver::resolve_local`, for NAT detection).
     pub local: SocketAddr,
     pub remote: SocketAddr,
     pub bytes: Vec<u8>,
