@@ -18,7 +18,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use headend::dataplane::sys;
-use support::charon::{Charon, Conn, SwanctlConf};
+use support::charon::{Charon, Conn};
 use support::headend::{bin, HeadendConf};
 use support::netns::{Direct, Netns, INSIDE_ADDR, INSIDE_NET};
 use support::{require_tool, try_wait_for, wait_for, Proc, TestCtx};
@@ -515,16 +515,7 @@ fn esp_daemon_strongswan_rekey_during_iperf3_loses_no_connection() {
     let mut conn = Conn::initiator("net", "10.1.0.2", "10.1.0.1", "router-swan.example");
     conn.remote_id = Some("headend.test".into());
     conn.esp_proposals = "aes256gcm16".into();
-    charon.load(
-        &ctx,
-        &SwanctlConf {
-            conns: vec![conn],
-            pools: vec![],
-            secrets: vec![(vec![], PSK.into())],
-        },
-    );
-    charon.initiate_ok("net");
-    let sa0 = charon.wait_established("net", Duration::from_secs(10));
+    let sa0 = charon.connect_psk(&ctx, conn, PSK, Duration::from_secs(10));
     let vip = sa0.local_vips.first().cloned().expect("charon got a VIP");
     let child0 = sa0.children[0].clone();
     try_wait_for(Duration::from_secs(10), || {

@@ -9,7 +9,7 @@ mod support;
 use std::process::Command;
 use std::time::Duration;
 
-use support::charon::{Charon, Conn, SwanctlConf};
+use support::charon::{Charon, Conn};
 use support::netns::{veth, Netns};
 use support::{require_tool, try_wait_for, TestCtx};
 
@@ -225,16 +225,7 @@ fn natt_dual_stack_ipv4_and_ipv6_peers_on_one_headend() {
     conn.remote_id = Some("headend.test".into());
     conn.remote_ts = Some("10.241.0.0/16".into());
     conn.extra.push(("encap".into(), "yes".into()));
-    charon.load(
-        &ctx,
-        &SwanctlConf {
-            conns: vec![conn],
-            pools: vec![],
-            secrets: vec![(vec![], PSK.into())],
-        },
-    );
-    charon.initiate_ok("net");
-    let sa6 = charon.wait_established("net", Duration::from_secs(15));
+    let sa6 = charon.connect_psk(&ctx, conn, PSK, Duration::from_secs(15));
     let vip6 = sa6.local_vips.first().cloned().expect("charon got a VIP");
     assert!(
         sa6.remote_port == "4500" && sa6.children.iter().any(|c| c.encap),

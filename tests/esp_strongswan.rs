@@ -10,7 +10,7 @@ mod support;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use support::charon::{Charon, Conn, SwanctlConf};
+use support::charon::{Charon, Conn};
 use support::headend::{Headend, HeadendConf};
 use support::netns::{Direct, INSIDE_ADDR};
 use support::{require_tool, TestCtx};
@@ -35,16 +35,7 @@ fn esp_strongswan_peer_pings_and_iperf3s_through_headend_run() {
     let charon = Charon::start(&ctx, &net.peer, "peer");
     let mut conn = Conn::initiator("net", &peer_addr, &he_addr, "router-1.example");
     conn.remote_id = Some("headend.test".into());
-    charon.load(
-        &ctx,
-        &SwanctlConf {
-            conns: vec![conn],
-            pools: vec![],
-            secrets: vec![(vec![], PSK.into())],
-        },
-    );
-    charon.initiate_ok("net");
-    let sa = charon.wait_established("net", Duration::from_secs(10));
+    let sa = charon.connect_psk(&ctx, conn, PSK, Duration::from_secs(10));
     let vip = sa
         .local_vips
         .first()
@@ -166,16 +157,7 @@ fn esp_strongswan_peer_over_ipv6_outer_addresses_pings_both_ways() {
     let charon = Charon::start(&ctx, &pr_ns, "peer");
     let mut conn = Conn::initiator("net", peer_addr, he_addr, "router-6.example");
     conn.remote_id = Some("headend.test".into());
-    charon.load(
-        &ctx,
-        &SwanctlConf {
-            conns: vec![conn],
-            pools: vec![],
-            secrets: vec![(vec![], PSK.into())],
-        },
-    );
-    charon.initiate_ok("net");
-    let sa = charon.wait_established("net", Duration::from_secs(10));
+    let sa = charon.connect_psk(&ctx, conn, PSK, Duration::from_secs(10));
     let vip = sa
         .local_vips
         .first()

@@ -314,6 +314,26 @@ impl Charon {
         );
     }
 
+    /// Loads `conn` alone with `psk` for any identity, initiates its child (of the same
+    /// name) and waits until it is established.
+    pub fn connect_psk(
+        &self,
+        ctx: &TestCtx,
+        conn: Conn,
+        psk: &str,
+        timeout: Duration,
+    ) -> IkeSaState {
+        let name = conn.name.clone();
+        let conf = SwanctlConf {
+            conns: vec![conn],
+            pools: vec![],
+            secrets: vec![(vec![], psk.into())],
+        };
+        self.load(ctx, &conf);
+        self.initiate_ok(&name);
+        self.wait_established(&name, timeout)
+    }
+
     /// `swanctl --initiate --child <child>`; returns the streamed log output.
     pub fn initiate(&self, child: &str) -> Output {
         self.swanctl_timeout(
