@@ -85,11 +85,19 @@ pub(crate) fn bind_sockets(
     bind: &[SocketAddr],
     queues: usize,
 ) -> Result<Vec<FamilySockets>, Error> {
+    bind_with(bind, queues, |a| sys::udp_socket(a, true, 200))
+}
+
+fn bind_with(
+    bind: &[SocketAddr],
+    queues: usize,
+    mut udp_socket: impl FnMut(SocketAddr) -> std::io::Result<UdpSocket>,
+) -> Result<Vec<FamilySockets>, Error> {
     check_bind(bind).map_err(|e| Error::Other(format!("dataplane.natt_bind: {e}")))?;
     let mut socks: Vec<FamilySockets> = vec![[None, None]; queues];
     for addr in bind {
         for (q, slot) in socks.iter_mut().enumerate() {
-            match sys::udp_socket(*addr, true, 200) {
+            match udp_socket(*addr) {
                 Ok(s) => slot[family(addr)] = Some(Arc::new(s)),
                 Err(e)
                     if q == 0
@@ -153,6 +161,31 @@ mod tests {
             "at most one IPv4 address (10.0.0.1:4500 and 0.0.0.0:4500 given)"
         );
         assert_eq!([family(&a("1.2.3.4:1")), family(&a("[::1]:1"))], [0, 1]);
+    }
+
+    #[test]
+    fn a_host_without_ipv6_runs_natt_over_ipv4_alone() {
+        let no_v6 = |a: SocketAddr| {
+            if a.is_ipv6() {
+                Err(std::io::Error::from_raw_os_error(libc::EAFNOSUPPORT))
+            } else {
+                UdpSocket::bind("127.0.0.1:0")
+            }
+        };
+        let socks = bind_with(&default_bind(4500), 3, no_v6).unwrap();
+        assert!(socks.iter().all(|s| s[0].is_some() && s[1].is_none()));
+        // Asked for IPv6 alone, or IPv6 failing otherwise: an error naming the address.
+        let v6 = vec![SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), 4500)];
+        assert!(bind_with(&v6, 1, no_v6).is_err());
+        let busy = |a: SocketAddr| {
+            if a.is_ipv6() {
+                Err(std::io::Error::from_raw_os_error(libc::EADDRINUSE))
+            } else {
+                UdpSocket::bind("127.0.0.1:0")
+            }
+        };
+        let e = bind_with(&default_bind(4500), 1, busy).unwrap_err();
+        assert!(e.to_string().contains("[::]:4500"), "{e}");
     }
 
     #[test]
