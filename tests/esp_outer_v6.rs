@@ -6,12 +6,13 @@
 #![allow(clippy::unwrap_used)]
 mod support;
 
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
 use support::charon::{Charon, Conn};
 use support::netns::{veth, Netns};
-use support::{require_tool, try_wait_for, TestCtx};
+use support::{require_tool, try_wait_for, Proc, TestCtx};
 
 const HE: &str = "fd00:e6::1";
 const PR: &str = "fd00:e6::2";
@@ -154,50 +155,11 @@ fn esp_peer_and_headend_over_ipv6_outer_addresses_ping_both_ways() {
 /// NAT seen in front of the head-end.
 #[test]
 fn natt_dual_stack_ipv4_and_ipv6_peers_on_one_headend() {
-    require_tool("ping", "iputils-ping");
-    const HE6: &str = "fd00:e7::1";
-    const PR6: &str = "fd00:e7::2";
-    const PSK: &str = "dual-stack-psk-1234";
     let ctx = TestCtx::new("natt-dual-stack");
-    let he_ns = Netns::new(&ctx, "h");
+    let (he_ns, p6) = v6_link(&ctx);
     let p4 = Netns::new(&ctx, "p4");
-    let p6 = Netns::new(&ctx, "p6");
     veth(&he_ns, "eth4", "10.1.0.1/24", &p4, "eth0", "10.1.0.2/24");
-    he_ns.ip(&[
-        "link", "add", "eth6", "type", "veth", "peer", "name", "eth0", "netns", &p6.name,
-    ]);
-    for (ns, dev, addr) in [(&he_ns, "eth6", HE6), (&p6, "eth0", PR6)] {
-        let cidr = format!("{addr}/64");
-        ns.ip(&["-6", "addr", "add", &cidr, "dev", dev, "nodad"]);
-        ns.ip(&["link", "set", dev, "up"]);
-    }
-    he_ns.add_lo_addr(&format!("{INSIDE}/16"));
-
-    let he_conf = ctx.write(
-        "he.toml",
-        &format!(
-            "[ike]\nlisten = [\"0.0.0.0\", \"::\"]\nlocal_id = \"headend.test\"\n\
-             local_ts = [\"10.241.0.0/16\"]\n[psk]\ndefault = \"{PSK}\"\n\
-             [pool]\nv4 = \"10.242.0.0/24\"\n[dataplane]\ntun_name = \"he0\"\n"
-        ),
-    );
-    let control = ctx.path("control.sock");
-    let bin = support::headend::bin().display().to_string();
-    let env = [("RUST_LOG", "info"), ("NO_COLOR", "1")];
-    let he = he_ns.spawn(
-        &ctx,
-        "he",
-        &[
-            bin.clone(),
-            "run".into(),
-            "--config".into(),
-            he_conf.display().to_string(),
-            "--control".into(),
-            control.display().to_string(),
-        ],
-        &env,
-    );
-    he.wait_log("headend responder listening", Duration::from_secs(20));
+    let (he, control, bin, env) = dual_stack_headend(&ctx, &he_ns);
 
     // The IPv4 router: `headend peer` with the default (wildcard) bind.
     let pr_conf = ctx.write(
@@ -308,4 +270,93 @@ fn natt_dual_stack_ipv4_and_ipv6_peers_on_one_headend() {
         let (pin, pout): (u64, u64) = (pin.parse().unwrap(), pout.parse().unwrap());
         assert!(pin >= 6 && pout >= 6, "{id}: packets {pin}/{pout}\n{text}");
     }
+}
+
+/// IKE_SA_INIT straight to the NAT-T port over IPv6 (RFC 7296 2.23 lets an initiator
+/// start on 4500): the head-end's wildcard `[::]:4500` socket (the data plane's) reports
+/// the address charon reached, so the head-end's NAT_DETECTION_SOURCE_IP hashes it and
+/// charon sees no NAT in front of the head-end; ping both ways through the tunnel.
+#[test]
+fn natt_ipv6_ike_sa_init_on_port_4500_hashes_the_address_reached() {
+    let ctx = TestCtx::new("natt-v6-4500");
+    let (he_ns, p6) = v6_link(&ctx);
+    let (he, _control, _bin, _env) = dual_stack_headend(&ctx, &he_ns);
+    let charon = Charon::start(&ctx, &p6, "p6");
+    let mut conn = Conn::initiator("net", PR6, HE6, "router-swan6.example");
+    conn.remote_id = Some("headend.test".into());
+    conn.remote_ts = Some("10.241.0.0/16".into());
+    // From and to 4500: with the non-ESP marker (RFC 3948 2.2).
+    conn.extra.push(("local_port".into(), "4500".into()));
+    conn.extra.push(("remote_port".into(), "4500".into()));
+    let sa = charon.connect_psk(&ctx, conn, PSK, Duration::from_secs(15));
+    assert_eq!(sa.remote_port, "4500", "{sa:?}");
+    assert!(
+        !sa.nat_remote,
+        "charon saw a NAT in front of the head-end: its NAT_DETECTION_SOURCE_IP on 4500 \
+         did not hash [{HE6}]:4500\n{}",
+        he.log_text()
+    );
+    let vip = sa.local_vips.first().cloned().expect("charon got a VIP");
+    try_wait_for(Duration::from_secs(10), || {
+        ping(&p6, &["-I", &vip, INSIDE]).then_some(())
+    })
+    .unwrap_or_else(|| panic!("no ping through the tunnel:\n{}", he.log_text()));
+    assert!(ping(&he_ns, &["-I", INSIDE, &vip]), "inside -> {vip} lost");
+}
+
+const HE6: &str = "fd00:e7::1";
+const PR6: &str = "fd00:e7::2";
+const PSK: &str = "dual-stack-psk-1234";
+
+/// The head-end's namespace (inside network on `lo`) and an IPv6 router's, linked by a
+/// veth pair [`HE6`] - [`PR6`].
+fn v6_link(ctx: &TestCtx) -> (Netns, Netns) {
+    require_tool("ping", "iputils-ping");
+    let he_ns = Netns::new(ctx, "h");
+    let p6 = Netns::new(ctx, "p6");
+    he_ns.ip(&[
+        "link", "add", "eth6", "type", "veth", "peer", "name", "eth0", "netns", &p6.name,
+    ]);
+    for (ns, dev, addr) in [(&he_ns, "eth6", HE6), (&p6, "eth0", PR6)] {
+        let cidr = format!("{addr}/64");
+        ns.ip(&["-6", "addr", "add", &cidr, "dev", dev, "nodad"]);
+        ns.ip(&["link", "set", dev, "up"]);
+    }
+    he_ns.add_lo_addr(&format!("{INSIDE}/16"));
+    (he_ns, p6)
+}
+
+/// `headend run` in `ns` with IKE on `0.0.0.0` and `::` and the default NAT-T sockets (no
+/// `natt_bind`), its own control socket; returns it, the control socket, the binary and
+/// the environment for more `headend` processes.
+fn dual_stack_headend(
+    ctx: &TestCtx,
+    ns: &Netns,
+) -> (Proc, PathBuf, String, [(&'static str, &'static str); 2]) {
+    let he_conf = ctx.write(
+        "he.toml",
+        &format!(
+            "[ike]\nlisten = [\"0.0.0.0\", \"::\"]\nlocal_id = \"headend.test\"\n\
+             local_ts = [\"10.241.0.0/16\"]\n[psk]\ndefault = \"{PSK}\"\n\
+             [pool]\nv4 = \"10.242.0.0/24\"\n[dataplane]\ntun_name = \"he0\"\n"
+        ),
+    );
+    let control = ctx.path("control.sock");
+    let bin = support::headend::bin().display().to_string();
+    let env = [("RUST_LOG", "info"), ("NO_COLOR", "1")];
+    let he = ns.spawn(
+        ctx,
+        "he",
+        &[
+            bin.clone(),
+            "run".into(),
+            "--config".into(),
+            he_conf.display().to_string(),
+            "--control".into(),
+            control.display().to_string(),
+        ],
+        &env,
+    );
+    he.wait_log("headend responder listening", Duration::from_secs(20));
+    (he, control, bin, env)
 }
