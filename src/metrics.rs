@@ -320,6 +320,13 @@ pub async fn render(s: &Services) -> String {
             "headend_esp_icmp_unreachable_total {}",
             c.icmp_unreachable
         );
+        family(
+            &mut o,
+            "headend_esp_icmp_too_big_total",
+            "counter",
+            "ICMP fragmentation needed / Packet Too Big sent back into the TUN device for inner packets longer than the tunnel MTU.",
+        );
+        let _ = writeln!(o, "headend_esp_icmp_too_big_total {}", c.icmp_too_big);
     }
     if let Some(d) = &s.dns {
         let v = d.server.counters().values();

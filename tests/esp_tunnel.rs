@@ -698,6 +698,43 @@ fn esp_throughput_bare_veth_vs_charon_vs_headend() {
     drop((resp, init, net, bare));
 }
 
+/// Makes b a router between its inside hosts and the TUN device: forwarding on, no
+/// reverse-path filter, and pool networks (10.99.0.0/24, fd00:99::/64) routed into the
+/// TUN device with no peer connected there.
+fn pools_into_tun(p: &Pair) {
+    p.b_ns.sysctl("net.ipv4.ip_forward", "1");
+    p.b_ns.sysctl("net.ipv6.conf.all.forwarding", "1");
+    p.b_ns.sysctl("net.ipv4.conf.all.rp_filter", "0");
+    p.b_ns.sysctl("net.ipv4.conf.esp0.rp_filter", "0");
+    p.b_ns.ip(&["route", "add", "10.99.0.0/24", "dev", "esp0"]);
+    p.b_ns
+        .ip(&["-6", "route", "add", "fd00:99::/64", "dev", "esp0"]);
+}
+
+/// An inside host behind b on its own link: 10.<net>.0.2/24 and fd00:<net>::2/64, b
+/// being .1 / ::1 and its default router.
+fn inside_host(p: &Pair, role: &str, net: u8) -> Netns {
+    let ns = Netns::new(&p._ctx, role);
+    let b_if = format!("in{role}");
+    let (v4, v6) = (format!("10.{net}.0"), format!("fd00:{net}:"));
+    veth(
+        &p.b_ns,
+        &b_if,
+        &format!("{v4}.1/24"),
+        &ns,
+        "eth0",
+        &format!("{v4}.2/24"),
+    );
+    let b6 = format!("{v6}:1/64");
+    p.b_ns
+        .ip(&["-6", "addr", "add", &b6, "dev", &b_if, "nodad"]);
+    let c6 = format!("{v6}:2/64");
+    ns.ip(&["-6", "addr", "add", &c6, "dev", "eth0", "nodad"]);
+    ns.ip(&["route", "add", "default", "via", &format!("{v4}.1")]);
+    ns.ip(&["-6", "route", "add", "default", "via", &format!("{v6}:1")]);
+    ns
+}
+
 /// Issue 3: "packets for an address with no tunnel get the right ICMP". An inside host
 /// "c" behind the head-end pings an address the head-end routes into its TUN device but
 /// no SA covers (a pool address with no peer connected): ping reports "Destination Host
@@ -708,36 +745,8 @@ fn esp_throughput_bare_veth_vs_charon_vs_headend() {
 fn esp_no_tunnel_destination_gets_icmp_unreachable_from_headend() {
     require_tool("ping", "iputils-ping");
     let p = pair("esp-icmp");
-    let c_ns = Netns::new(&p._ctx, "c");
-    veth(
-        &p.b_ns,
-        "in0",
-        "10.201.0.1/24",
-        &c_ns,
-        "eth0",
-        "10.201.0.2/24",
-    );
-    p.b_ns
-        .ip(&["-6", "addr", "add", "fd00:201::1/64", "dev", "in0", "nodad"]);
-    c_ns.ip(&[
-        "-6",
-        "addr",
-        "add",
-        "fd00:201::2/64",
-        "dev",
-        "eth0",
-        "nodad",
-    ]);
-    c_ns.ip(&["route", "add", "default", "via", "10.201.0.1"]);
-    c_ns.ip(&["-6", "route", "add", "default", "via", "fd00:201::1"]);
-    p.b_ns.sysctl("net.ipv4.ip_forward", "1");
-    p.b_ns.sysctl("net.ipv6.conf.all.forwarding", "1");
-    p.b_ns.sysctl("net.ipv4.conf.all.rp_filter", "0");
-    p.b_ns.sysctl("net.ipv4.conf.esp0.rp_filter", "0");
-    // Pool networks routed into the TUN device, with no peer connected there.
-    p.b_ns.ip(&["route", "add", "10.99.0.0/24", "dev", "esp0"]);
-    p.b_ns
-        .ip(&["-6", "route", "add", "fd00:99::/64", "dev", "esp0"]);
+    pools_into_tun(&p);
+    let c_ns = inside_host(&p, "c", 201);
 
     let before = p.b.counters();
     let o = c_ns.exec_timeout(
@@ -749,6 +758,8 @@ fn esp_no_tunnel_destination_gets_icmp_unreachable_from_headend() {
         "ping from the inside host should report host unreachable:\n{}",
         o.all()
     );
+    // Without `icmp_source` the error comes from the unreachable address itself.
+    assert!(o.all().contains("From 10.99.0.7 "), "{}", o.all());
     assert!(!o.ok(), "the ping cannot succeed:\n{}", o.all());
     let o6 = c_ns.exec_timeout(
         &[
@@ -1084,4 +1095,102 @@ fn esp_fragmented_udp_through_port_narrowed_selectors_arrives_whole() {
             assert_eq!(c1.dropped(EspDrop::BadFragment), 0, "{c1:?}");
         }
     }
+}
+
+/// One ping from `ns` (extra arguments, then the destination); its whole output.
+fn ping_once(ns: &Netns, args: &[&str]) -> String {
+    let mut argv = vec!["ping", "-c", "1", "-W", "2"];
+    argv.extend_from_slice(args);
+    ns.exec_timeout(&argv, Duration::from_secs(20)).all()
+}
+
+/// Issue 3: packets bigger than the tunnel carries. With the TUN device at the tunnel MTU
+/// (1400), the kernel answers a forwarded 1500-octet DF packet itself, "fragmentation
+/// needed, mtu 1400" (IPv4) / "Packet too big, mtu 1400" (IPv6), and the data plane sees
+/// nothing. When the TUN device passes longer packets (its MTU raised to 9000), the data
+/// plane drops them (`esp_oversized`) and answers the same, from `icmp_source`, whether
+/// the packet fits its buffers (1500) or not (3028), and without DF drops it unanswered.
+/// Destination unreachables come from `icmp_source` too (RFC 1812 4.3.2.4).
+#[test]
+fn esp_packet_too_big_tells_the_sender_the_tunnel_mtu() {
+    require_tool("ping", "iputils-ping");
+    let b_cfg = DataplaneConfig {
+        icmp_source: vec![
+            "fd00:99::fffe".parse().unwrap(),
+            "10.99.0.254".parse().unwrap(),
+        ],
+        ..cfg()
+    };
+    let p = pair_with("esp-ptb", true, b_cfg);
+    pools_into_tun(&p);
+    let c = inside_host(&p, "c", 201);
+    let d = inside_host(&p, "d", 202);
+
+    // 1. The kernel, at the TUN device's MTU.
+    let o = ping_once(&c, &["-M", "do", "-s", "1472", A_VIP]);
+    assert!(
+        o.contains("mtu = 1400"),
+        "IPv4 to the peer's virtual IP:\n{o}"
+    );
+    let o = ping_once(&c, &["-6", "-M", "do", "-s", "1452", "fd00:99::7"]);
+    assert!(o.contains("mtu=1400"), "IPv6:\n{o}");
+    let before = p.b.counters();
+    assert_eq!(before.icmp_too_big, 0, "{before:?}");
+    assert_eq!(before.dropped(EspDrop::Oversized), 0, "{before:?}");
+
+    // 2. The data plane, behind a TUN device that passes longer packets. Each probe goes
+    // to its own address: the sender caches what it learns per destination.
+    p.b_ns.ip(&["link", "set", "esp0", "mtu", "9000"]);
+    p.b_ns.ip(&["link", "set", "ind", "mtu", "9000"]);
+    d.ip(&["link", "set", "eth0", "mtu", "9000"]);
+    for (args, from, says) in [
+        (
+            &["-M", "do", "-s", "1472", A_VIP][..],
+            "10.99.0.254",
+            "mtu = 1400",
+        ),
+        (
+            &["-M", "do", "-s", "3000", "10.99.0.8"][..],
+            "10.99.0.254",
+            "mtu = 1400",
+        ),
+        (
+            &["-6", "-M", "do", "-s", "1452", "fd00:99::8"][..],
+            "fd00:99::fffe",
+            "mtu=1400",
+        ),
+        (
+            &["-6", "-M", "do", "-s", "3000", "fd00:99::9"][..],
+            "fd00:99::fffe",
+            "mtu=1400",
+        ),
+    ] {
+        let o = ping_once(&d, args);
+        assert!(
+            o.contains(&format!("From {from} ")) && o.contains(says),
+            "{args:?}: want {says} from {from}:\n{o}\n{:?}",
+            p.b.counters()
+        );
+    }
+    let mid = p.b.counters();
+    assert!(mid.icmp_too_big >= 4, "{before:?} -> {mid:?}");
+    assert!(mid.dropped(EspDrop::Oversized) >= 4, "{mid:?}");
+    assert_eq!(mid.drops["io"], before.drops["io"], "{mid:?}");
+    // Without DF: dropped and counted, not answered.
+    let o = ping_once(&d, &["-M", "dont", "-s", "1472", "10.99.0.10"]);
+    assert!(!o.contains("mtu"), "{o}");
+    let after = p.b.counters();
+    assert!(
+        after.dropped(EspDrop::Oversized) > mid.dropped(EspDrop::Oversized),
+        "{mid:?} -> {after:?}"
+    );
+    assert_eq!(after.icmp_too_big, mid.icmp_too_big, "{after:?}");
+    // Unreachables come from icmp_source as well.
+    let o = ping_once(&d, &["10.99.0.11"]);
+    assert!(
+        o.contains("From 10.99.0.254 ") && o.contains("Destination Host Unreachable"),
+        "{o}"
+    );
+    // Packets within the tunnel MTU still cross it.
+    assert!(ping(&p.a_ns, 1));
 }

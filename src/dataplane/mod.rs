@@ -55,12 +55,19 @@
 //! counters). Ports are TCP/UDP/SCTP/UDP-Lite ports, ICMP type<<8|code for ICMP/ICMPv6
 //! (RFC 4301 4.4.1.1); 0-65535 is ANY, 65535-0 OPAQUE ([`ike::esp::check_inner_selectors`]).
 //!
+//! Packets from the TUN device longer than `mtu` (the TUN device's MTU raised behind our
+//! back, a kernel passing one) are dropped as `esp_oversized` and answered with ICMP
+//! fragmentation needed (DF set) / Packet Too Big giving `mtu` (counted as
+//! `icmp_too_big`, same limiter and source as the unreachables), also when they exceed
+//! the workers' buffers. Packets the kernel would forward into the TUN device beyond its
+//! MTU the kernel answers itself.
+//!
 //! Packets from the TUN device whose destination no SA covers are dropped and counted as
 //! `esp_no_route`, and answered with an ICMP destination unreachable written back into
 //! the TUN device (host unreachable / address unreachable; never for ICMP errors,
 //! non-initial fragments, multicast or broadcast; rate-limited by
 //! `icmp_unreachable_rate` / `icmp_unreachable_burst`; counted as `icmp_unreachable`;
-//! see `icmp.rs`). Kernel routes for the remote selectors are set with `ip route replace ... dev <tun>` (iproute2), never
+//! see `icmp.rs`; their source is `icmp_source`, else the unreachable address). Kernel routes for the remote selectors are set with `ip route replace ... dev <tun>` (iproute2), never
 //! for a catch-all /0 selector.
 //!
 //! # Limits
@@ -101,8 +108,9 @@ use table::{InboundEntry, OutboundEntry, Tables};
 pub struct DataplaneConfig {
     /// TUN device name.
     pub tun_name: String,
-    /// TUN MTU (inner packets); outer packets add up to 73 octets (IPv4, UDP, ESP), 93
-    /// over IPv6.
+    /// TUN MTU, the longest inner packet carried. ESP adds up to 37 octets (AEAD) or 73
+    /// (AES-CBC + HMAC-SHA2), the outer header 20-48 (README: 1400 fits a 1500-octet
+    /// path except for AES-CBC with HMAC-SHA2-384/512 over IPv6).
     pub mtu: u16,
     /// Anti-replay window in packets (RFC 4303 3.4.3).
     pub replay_window: u32,
@@ -133,6 +141,10 @@ pub struct DataplaneConfig {
     /// kernel's `icmp_msgs_per_sec` / `icmp_msgs_burst`.
     pub icmp_unreachable_rate: u32,
     pub icmp_unreachable_burst: u32,
+    /// Source address of the ICMP errors the data plane writes into the TUN device, the
+    /// first of each family (RFC 1812 4.3.2.4); none: the offending packet's destination.
+    /// Must not be an address of this host (the kernel drops such packets from the TUN).
+    pub icmp_source: Vec<IpAddr>,
 }
 
 impl Default for DataplaneConfig {
@@ -154,6 +166,7 @@ impl Default for DataplaneConfig {
             manage_routes: true,
             icmp_unreachable_rate: 1000,
             icmp_unreachable_burst: 50,
+            icmp_source: Vec::new(),
         }
     }
 }
@@ -211,6 +224,7 @@ pub(crate) struct WorkerCounters {
     tun_reads: AtomicU64,
     tun_writes: AtomicU64,
     icmp_unreachable: AtomicU64,
+    icmp_too_big: AtomicU64,
     drops: [AtomicU64; DROP_SLOTS],
 }
 
@@ -246,6 +260,9 @@ pub struct Counters {
     /// ICMP destination unreachable messages written back into the TUN device for
     /// packets no SA covers (each also counted as an `esp_no_route` drop).
     pub icmp_unreachable: u64,
+    /// ICMP fragmentation needed / Packet Too Big written back into the TUN device for
+    /// inner packets longer than `mtu` (each also counted as an `esp_oversized` drop).
+    pub icmp_too_big: u64,
     /// Dropped packets by reason label (`esp_replayed`, `esp_integrity`, `io`, ...).
     pub drops: BTreeMap<&'static str, u64>,
     /// Installed inbound SAs.
@@ -473,7 +490,8 @@ fn icmp_worker(cfg: &DataplaneConfig, queues: usize) -> std::cell::RefCell<icmp:
             (cfg.icmp_unreachable_burst as u64).div_ceil(q as u64),
         ),
     };
-    std::cell::RefCell::new(icmp::Unreachable::new(rate, burst))
+    let sources = icmp::Sources::from_list(&cfg.icmp_source);
+    std::cell::RefCell::new(icmp::Unreachable::new(rate, burst, sources))
 }
 
 /// A worker's table of initial-fragment verdicts (RFC 4301 7.4), its hash keyed with
@@ -620,6 +638,7 @@ impl DataplaneHandle {
             c.tun_reads += w.tun_reads.load(Ordering::Relaxed);
             c.tun_writes += w.tun_writes.load(Ordering::Relaxed);
             c.icmp_unreachable += w.icmp_unreachable.load(Ordering::Relaxed);
+            c.icmp_too_big += w.icmp_too_big.load(Ordering::Relaxed);
             for (i, d) in w.drops.iter().enumerate() {
                 drops[i] += d.load(Ordering::Relaxed);
             }

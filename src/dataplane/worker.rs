@@ -117,7 +117,7 @@ impl Worker {
                     continue;
                 }
                 Err(_) => {
-                    self.counters.count_drop(DROP_IO);
+                    self.read_failed(&original);
                     dry = true;
                     continue;
                 }
@@ -141,6 +141,10 @@ impl Worker {
         pending: &mut Vec<Pending>,
     ) {
         let pkt = &buf[HEADROOM..HEADROOM + len];
+        if len > self.shared.cfg.mtu as usize {
+            self.too_big(pkt);
+            return;
+        }
         let (Some(dst), Some(nh)) = (dst_of(pkt), NextHeader::for_inner_packet(pkt)) else {
             self.counters.esp_drop(ike::esp::EspDrop::NoRoute);
             return;
@@ -191,12 +195,41 @@ impl Worker {
     /// ICMP destination unreachable back into the TUN device (rate-limited, `icmp.rs`).
     #[cold]
     fn no_route(&self, pkt: &[u8]) {
-        if let Ok(mut icmp) = self.icmp.try_borrow_mut() {
-            if icmp.answer(pkt, &self.tun) == super::icmp::Outcome::Sent {
-                self.counters
-                    .icmp_unreachable
-                    .fetch_add(1, Ordering::Relaxed);
-            }
+        if self.icmp_error(pkt, super::icmp::Kind::Unreachable) {
+            self.counters
+                .icmp_unreachable
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// An inner packet longer than the tunnel MTU: dropped, counted, answered with
+    /// fragmentation needed (DF) / Packet Too Big (rate-limited, `icmp.rs`).
+    #[cold]
+    fn too_big(&self, pkt: &[u8]) {
+        self.counters.esp_drop(ike::esp::EspDrop::Oversized);
+        if self.icmp_error(pkt, super::icmp::Kind::TooBig(self.shared.cfg.mtu)) {
+            self.counters.icmp_too_big.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Writes the ICMP error `kind` for `pkt` into the TUN device; whether it was sent.
+    fn icmp_error(&self, pkt: &[u8], kind: super::icmp::Kind) -> bool {
+        self.icmp
+            .try_borrow_mut()
+            .is_ok_and(|mut icmp| icmp.answer(pkt, kind, &self.tun) == super::icmp::Outcome::Sent)
+    }
+
+    /// A failed TUN read. tun-rs refuses a packet longer than our buffers after reading
+    /// it whole into `original` (virtio header first): that one is too big, not an I/O
+    /// error.
+    #[cold]
+    fn read_failed(&self, original: &[u8]) {
+        match original.get(VIRTIO_NET_HDR_LEN..) {
+            Some(pkt) if self.tun.tcp_gso() => match super::icmp::oversized(pkt, original[1]) {
+                Some(len) if len > self.shared.cfg.mtu as usize => self.too_big(&pkt[..len]),
+                _ => self.counters.count_drop(DROP_IO),
+            },
+            _ => self.counters.count_drop(DROP_IO),
         }
     }
 
