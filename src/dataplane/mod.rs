@@ -144,7 +144,7 @@ pub struct DataplaneConfig {
     /// Source address of the ICMP errors the data plane writes into the TUN device, the
     /// first of each family (RFC 1812 4.3.2.4); none: the offending packet's destination.
     /// Must not be an address of this host (the kernel drops such packets from the TUN).
-    pub icmp_source: Vec<IpAddr>,
+    pub icmp_source: Vec<std::net::IpAddr>,
 }
 
 impl Default for DataplaneConfig {
