@@ -39,12 +39,12 @@ struct Plane {
 
 impl ChildSaSink for Plane {
     fn install(&mut self, c: &ChildSa) {
-        let (i, o) = table::entries(c, Lifetimes::default(), 1024).unwrap();
+        let (i, o) = table::entries(c, Lifetimes::default(), 1024, 1500).unwrap();
         self.dst.get_or_insert(c.remote_ts[0].start);
         self.t.install(i, o);
     }
     fn rekeyed(&mut self, old: Spi, c: &ChildSa, h: Handover) {
-        let (i, o) = table::entries(c, Lifetimes::default(), 1024).unwrap();
+        let (i, o) = table::entries(c, Lifetimes::default(), 1024, 1500).unwrap();
         self.handovers.push(h);
         self.t.rekeyed(old, i, o, h);
     }

@@ -56,8 +56,10 @@
 //! (RFC 4301 4.4.1.1); 0-65535 is ANY, 65535-0 OPAQUE ([`ike::esp::check_inner_selectors`]).
 //!
 //! Packets from the TUN device longer than `mtu` (the TUN device's MTU raised behind our
-//! back, a kernel passing one) are dropped as `esp_oversized` and answered with ICMP
-//! fragmentation needed (DF set) / Packet Too Big giving `mtu` (counted as
+//! back, a kernel passing one), or longer than their SA can carry within `outer_mtu`
+//! (its transform's overhead and outer header counted), are dropped as `esp_oversized`
+//! and answered with ICMP fragmentation needed (DF set) / Packet Too Big giving the
+//! size that fits (counted as
 //! `icmp_too_big`, same limiter and source as the unreachables), also when they exceed
 //! the workers' buffers. Packets the kernel would forward into the TUN device beyond its
 //! MTU the kernel answers itself.
@@ -110,8 +112,13 @@ pub struct DataplaneConfig {
     pub tun_name: String,
     /// TUN MTU, the longest inner packet carried. ESP adds up to 37 octets (AEAD) or 73
     /// (AES-CBC + HMAC-SHA2), the outer header 20-48 (README: 1400 fits a 1500-octet
-    /// path except for AES-CBC with HMAC-SHA2-384/512 over IPv6).
+    /// path except for AES-CBC with HMAC-SHA2-384/512 over IPv6; `outer_mtu` keeps
+    /// those SAs within the path).
     pub mtu: u16,
+    /// Path MTU toward peers: an inner packet whose ESP packet would exceed it on its SA
+    /// is answered as too big, giving the longest that fits (instead of being fragmented
+    /// or refused by UDP GSO).
+    pub outer_mtu: u16,
     /// Anti-replay window in packets (RFC 4303 3.4.3).
     pub replay_window: u32,
     /// TUN queues, each with an encrypt and a decrypt thread; 0 = one per CPU.
@@ -152,6 +159,7 @@ impl Default for DataplaneConfig {
         DataplaneConfig {
             tun_name: "headend0".into(),
             mtu: 1400,
+            outer_mtu: 1500,
             replay_window: DEFAULT_REPLAY_WINDOW,
             queues: 0,
             natt_bind: natt::default_bind(4500),
@@ -541,7 +549,12 @@ impl DataplaneHandle {
 
     fn entries(&self, c: &ChildSa) -> Result<(Arc<InboundEntry>, Arc<OutboundEntry>), Error> {
         let cfg = &self.shared.cfg;
-        Ok(table::entries(c, cfg.lifetimes(), cfg.replay_window)?)
+        Ok(table::entries(
+            c,
+            cfg.lifetimes(),
+            cfg.replay_window,
+            cfg.outer_mtu,
+        )?)
     }
 
     fn update(&self, f: impl FnOnce(&mut Tables)) -> Result<(), Error> {

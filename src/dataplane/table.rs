@@ -36,6 +36,9 @@ pub struct OutboundEntry {
     /// Some selector narrows protocol or ports: packets routed here by destination
     /// are checked against the whole selectors before encryption (RFC 4301 5.1).
     pub narrow: bool,
+    /// The longest inner packet whose ESP packet on this SA, with its outer IP (and UDP)
+    /// header, fits the outer path MTU.
+    pub max_inner: usize,
 }
 
 /// One routable selector range.
@@ -261,11 +264,13 @@ impl Tables {
 }
 
 /// The table entries of a CHILD SA pair (keys from `Event::ChildSaInstalled` /
-/// `ChildSaRekeyed`), named by its inbound SPI.
+/// `ChildSaRekeyed`), named by its inbound SPI; `outer_mtu` is the path MTU toward the
+/// peer.
 pub fn entries(
     c: &ike::ChildSa,
     lifetimes: ike::esp::Lifetimes,
     replay_window: u32,
+    outer_mtu: u16,
 ) -> Result<(Arc<InboundEntry>, Arc<OutboundEntry>), ike::Error> {
     let child = c.inbound.spi;
     let inbound = InboundEntry {
@@ -275,8 +280,12 @@ pub fn entries(
         remote_ts: c.remote_ts.clone(),
         local_ts: c.local_ts.clone(),
     };
+    let sa = OutboundSa::new(&c.outbound, lifetimes)?;
+    let ip = if c.remote.is_ipv4() { 20 } else { 40 };
+    let outer = ip + if c.udp_encap { 8 } else { 0 };
     let outbound = OutboundEntry {
-        sa: OutboundSa::new(&c.outbound, lifetimes)?,
+        max_inner: sa.max_inner_len((outer_mtu as usize).saturating_sub(outer)),
+        sa,
         child,
         local: c.local,
         remote: c.remote,

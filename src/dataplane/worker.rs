@@ -142,7 +142,7 @@ impl Worker {
     ) {
         let pkt = &buf[HEADROOM..HEADROOM + len];
         if len > self.shared.cfg.mtu as usize {
-            self.too_big(pkt);
+            self.too_big(pkt, self.shared.cfg.mtu as usize);
             return;
         }
         let (Some(dst), Some(nh)) = (dst_of(pkt), NextHeader::for_inner_packet(pkt)) else {
@@ -154,6 +154,10 @@ impl Worker {
             self.no_route(pkt);
             return;
         };
+        if len > out.max_inner {
+            self.too_big(pkt, out.max_inner);
+            return;
+        }
         if out.narrow {
             let sa = out.sa.spi().0;
             let mut frags = self.frags.borrow_mut();
@@ -202,12 +206,13 @@ impl Worker {
         }
     }
 
-    /// An inner packet longer than the tunnel MTU: dropped, counted, answered with
-    /// fragmentation needed (DF) / Packet Too Big (rate-limited, `icmp.rs`).
+    /// An inner packet longer than the tunnel carries (`mtu`): dropped, counted, answered
+    /// with fragmentation needed (DF) / Packet Too Big (rate-limited, `icmp.rs`).
     #[cold]
-    fn too_big(&self, pkt: &[u8]) {
+    fn too_big(&self, pkt: &[u8], mtu: usize) {
         self.counters.esp_drop(ike::esp::EspDrop::Oversized);
-        if self.icmp_error(pkt, super::icmp::Kind::TooBig(self.shared.cfg.mtu)) {
+        let mtu = mtu.min(u16::MAX as usize) as u16;
+        if self.icmp_error(pkt, super::icmp::Kind::TooBig(mtu)) {
             self.counters.icmp_too_big.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -226,7 +231,9 @@ impl Worker {
     fn read_failed(&self, original: &[u8]) {
         match original.get(VIRTIO_NET_HDR_LEN..) {
             Some(pkt) if self.tun.tcp_gso() => match super::icmp::oversized(pkt, original[1]) {
-                Some(len) if len > self.shared.cfg.mtu as usize => self.too_big(&pkt[..len]),
+                Some(len) if len > self.shared.cfg.mtu as usize => {
+                    self.too_big(&pkt[..len], self.shared.cfg.mtu as usize)
+                }
                 _ => self.counters.count_drop(DROP_IO),
             },
             _ => self.counters.count_drop(DROP_IO),

@@ -143,6 +143,14 @@ impl OutboundSa {
         padded - len + self.transform.icv_len()
     }
 
+    /// The longest inner packet whose ESP packet (header, padding, trailer, ICV) fits in
+    /// `budget` octets (the path MTU less the outer IP and UDP headers); 0 when none does.
+    pub fn max_inner_len(&self, budget: usize) -> usize {
+        let align = self.transform.align();
+        let room = budget.saturating_sub(self.header_len() + self.transform.icv_len());
+        ((room / align) * align).saturating_sub(2)
+    }
+
     /// Bytes and packets sent so far.
     pub fn usage(&self) -> (u64, u64) {
         (

@@ -164,6 +164,32 @@ fn round_trip_every_suite_and_size() {
 }
 
 #[test]
+fn max_inner_len_is_the_longest_packet_that_fits_the_budget() {
+    for ks in all_suites() {
+        let out = OutboundSa::new(&ks, Lifetimes::default()).unwrap();
+        // IPv6 + UDP outer headers on a 1500-octet path, and a few odd budgets.
+        for budget in [1452usize, 1472, 1480, 1000, 577, 100] {
+            let n = out.max_inner_len(budget);
+            let esp = |n: usize| out.header_len() + n + out.trailer_len(n);
+            assert!(esp(n) <= budget, "{ks:?} {budget}: {n} -> {}", esp(n));
+            assert!(esp(n + 1) > budget, "{ks:?} {budget}: {} fits too", n + 1);
+            assert_eq!(
+                encap(&out, &inner(n.max(20), false), 1).len(),
+                esp(n.max(20))
+            );
+        }
+        assert_eq!(out.max_inner_len(10), 0);
+    }
+    // AES-CBC with HMAC-SHA2-512 over IPv6 + UDP on 1500: 1390 (README `mtu`).
+    let cbc = all_suites()
+        .into_iter()
+        .find(|k| k.integ == Some(IntegAlg::HmacSha512_256))
+        .unwrap();
+    let out = OutboundSa::new(&cbc, Lifetimes::default()).unwrap();
+    assert_eq!(out.max_inner_len(1500 - 48), 1390);
+}
+
+#[test]
 fn tampering_anywhere_is_an_integrity_drop_and_does_not_move_the_window() {
     for ks in all_suites() {
         let out = OutboundSa::new(&ks, Lifetimes::default()).unwrap();
