@@ -1029,8 +1029,8 @@ fn esp_selector_ports_admit_the_named_port_only_in_and_out() {
 /// Issue 3: stateful fragment checking (RFC 4301 7.4) end to end. Both ends' CHILD SA
 /// is narrowed to iperf3's port 5201 (UDP and TCP) and ICMP on the inside, so the
 /// non-initial fragments of a big datagram carry no port to check. 4000-octet UDP
-/// datagrams (three fragments each through the 1400-octet tunnel MTU) go both ways and
-/// arrive whole: each end remembers that the initial fragment passed its selectors and
+/// datagrams (three fragments each through the 1400-octet tunnel MTU) go both ways, over
+/// IPv4 and IPv6 (Fragment header), and arrive whole: each end remembers that the initial fragment passed its selectors and
 /// lets the rest of that datagram follow. Before, every non-initial fragment was refused
 /// (`esp_non_initial_fragment`) and not one datagram arrived.
 #[test]
@@ -1039,31 +1039,49 @@ fn esp_fragmented_udp_through_port_narrowed_selectors_arrives_whole() {
     let a_addr: SocketAddr = format!("{A_OUTER}:4500").parse().unwrap();
     let b_addr: SocketAddr = format!("{B_OUTER}:4500").parse().unwrap();
     let (mut ca, mut cb) = child_pair_at(2, true, a_addr, b_addr);
-    let inside =
-        |proto: u8, p0: u16, p1: u16| ts_port("10.200.0.0", "10.200.255.255", proto, p0, p1);
-    let vip = |proto: u8| ts_port(A_VIP, A_VIP, proto, 0, 65535);
-    let narrowed = vec![
-        inside(1, 0, 65535),
-        inside(6, 5201, 5201),
-        inside(17, 5201, 5201),
-    ];
-    let peer = vec![vip(1), vip(6), vip(17)];
+    // IPv4 and IPv6 inside; ICMP (1, 58) any, TCP and UDP port 5201 only.
+    let (vip6, inside6) = ("fd00:100::5", "fd00:200::1");
+    let (mut narrowed, mut peer) = (Vec::new(), Vec::new());
+    for (net, vip, icmp) in [
+        (("10.200.0.0", "10.200.255.255"), A_VIP, 1),
+        (("fd00:200::", "fd00:200::ffff"), vip6, 58),
+    ] {
+        narrowed.push(ts_port(net.0, net.1, icmp, 0, 65535));
+        narrowed.push(ts_port(net.0, net.1, 6, 5201, 5201));
+        narrowed.push(ts_port(net.0, net.1, 17, 5201, 5201));
+        for proto in [icmp, 6, 17] {
+            peer.push(ts_port(vip, vip, proto, 0, 65535));
+        }
+    }
     cb.local_ts = narrowed.clone();
     cb.remote_ts = peer.clone();
     ca.local_ts = peer;
     ca.remote_ts = narrowed;
     p.b.install(&cb).unwrap();
     p.a.install(&ca).unwrap();
+    p.a_ns.ip(&[
+        "-6",
+        "addr",
+        "add",
+        &format!("{vip6}/128"),
+        "dev",
+        "esp0",
+        "nodad",
+    ]);
+    p.b_ns.add_lo_addr(&format!("{inside6}/64"));
     assert!(ping(&p.a_ns, 1), "ICMP is in the selectors");
     let udp = ["-u", "-b", "16M", "-l", "4000"];
-    for reverse in [false, true] {
+    for ((from, to), reverse) in [((A_VIP, INSIDE), false), ((vip6, inside6), false)]
+        .into_iter()
+        .chain([((A_VIP, INSIDE), true), ((vip6, inside6), true)])
+    {
         let (a0, b0) = (p.a.counters(), p.b.counters());
         let mut args = udp.to_vec();
         if reverse {
             args.push("-R");
         }
-        let (json, ok) = iperf3_with(&p.a_ns, A_VIP, &p.b_ns, INSIDE, 2, &args, || {});
-        assert!(ok, "iperf3 {args:?} failed: {json}");
+        let (json, ok) = iperf3_with(&p.a_ns, from, &p.b_ns, to, 2, &args, || {});
+        assert!(ok, "iperf3 {args:?} to {to} failed: {json}");
         let (a1, b1) = (p.a.counters(), p.b.counters());
         let section = |key: &str| &json[json.find(key).expect("iperf3 JSON section")..];
         let sent = num_after(section("\"sum_sent\""), "\"packets\"").expect("packets sent");
@@ -1073,7 +1091,7 @@ fn esp_fragmented_udp_through_port_narrowed_selectors_arrives_whole() {
             - num_after(recv, "\"lost_packets\"").expect("lost packets");
         assert!(
             sent > 100.0 && got >= 0.8 * sent,
-            "{args:?}: {got} of {sent} 4000-octet datagrams arrived\na: {a0:?} -> {a1:?}\nb: {b0:?} -> {b1:?}"
+            "{args:?} to {to}: {got} of {sent} 4000-octet datagrams arrived\na: {a0:?} -> {a1:?}\nb: {b0:?} -> {b1:?}"
         );
         // Every datagram went as three fragments, and the receiving end let them in.
         let (tx, rx) = if reverse { (&b1, &a1) } else { (&a1, &b1) };
