@@ -1468,6 +1468,14 @@ backoff = "250ms"
         );
         let e = err("[dataplane]\nmtu = \"big\"\n");
         assert!(e.starts_with("x.toml:2: dataplane.mtu: "), "{e}");
+        let e = err("[dataplane]\nmtu = 1400\nicmp_source = [\"10.99.0.254\", \"nope\"]\n");
+        assert!(e.starts_with("x.toml:3: dataplane.icmp_source"), "{e}");
+        let c = Config::parse(
+            "t",
+            "[dataplane]\nicmp_source = [\"fd00::fe\"]\nouter_mtu = 9000\n",
+        );
+        let d = c.unwrap().dataplane.unwrap();
+        assert_eq!((d.icmp_source.len(), d.outer_mtu), (1, 9000));
         // natt_bind: one address or one per family (issue 3, dual-stack NAT-T).
         let natt = |v: &str| {
             let c = Config::parse("t", &format!("[dataplane]\nnatt_bind = {v}\n")).unwrap();
