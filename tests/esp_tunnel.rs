@@ -1219,7 +1219,7 @@ fn esp_packet_too_big_tells_the_sender_the_tunnel_mtu() {
 /// (measured before: TCP through it crawled at 0.16 Mbit/s, every GSO send an `io`
 /// drop). Now the SA knows the longest inner packet that fits `outer_mtu` (1390 here)
 /// and answers longer ones as too big: TCP learns it and runs at speed, nothing is lost
-/// to the socket.
+/// to the socket. Longer IPv4 packets without DF still cross, in outer fragments.
 #[test]
 fn esp_cbc_sha512_over_ipv6_answers_too_big_for_the_outer_path() {
     let p = pair_v6("esp-outer-mtu", true);
@@ -1242,6 +1242,12 @@ fn esp_cbc_sha512_over_ipv6_answers_too_big_for_the_outer_path() {
         "ping", "-c", "1", "-W", "2", "-M", "do", "-s", "1372", "-I", A_VIP, INSIDE,
     ]);
     assert!(o.all().contains("1390"), "{}", o.all());
+    // Without DF the 1400-octet packet is not refused: it goes alone, in outer fragments,
+    // and so does the reply.
+    let o = p.a_ns.exec(&[
+        "ping", "-c", "2", "-W", "2", "-M", "dont", "-s", "1372", "-I", A_VIP, INSIDE,
+    ]);
+    assert!(o.ok(), "{}\n{:?}", o.all(), p.a.counters());
     let (json, ok) = iperf3(&p, 3, || {});
     assert!(ok, "iperf3 failed: {json}");
     let bps = received_bps(&json);

@@ -57,9 +57,10 @@
 //!
 //! Packets from the TUN device longer than `mtu` (the TUN device's MTU raised behind our
 //! back, a kernel passing one), or longer than their SA can carry within `outer_mtu`
-//! (its transform's overhead and outer header counted), are dropped as `esp_oversized`
-//! and answered with ICMP fragmentation needed (DF set) / Packet Too Big giving the
-//! size that fits (counted as
+//! (its transform's overhead and outer header counted; IPv4 without DF excepted: it is
+//! sent alone, the outer packet fragmented by the kernel), are dropped as
+//! `esp_oversized` and answered with ICMP fragmentation needed (DF set) / Packet Too Big
+//! giving the size that fits (counted as
 //! `icmp_too_big`, same limiter and source as the unreachables), also when they exceed
 //! the workers' buffers. Packets the kernel would forward into the TUN device beyond its
 //! MTU the kernel answers itself.

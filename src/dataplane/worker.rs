@@ -70,6 +70,9 @@ struct Pending {
     end: usize,
     to: SocketAddr,
     udp: bool,
+    /// Longer than the outer path: a datagram of its own (the kernel fragments it), never
+    /// in a GSO batch.
+    alone: bool,
 }
 
 impl Worker {
@@ -154,7 +157,10 @@ impl Worker {
             self.no_route(pkt);
             return;
         };
-        if len > out.max_inner {
+        // Longer than the SA carries within the outer path MTU: IPv4 without DF is sent
+        // anyway (outer fragments), anything else is answered as too big.
+        let alone = len > out.max_inner;
+        if alone && !super::icmp::may_fragment(pkt) {
             self.too_big(pkt, out.max_inner);
             return;
         }
@@ -183,6 +189,7 @@ impl Worker {
                     end: e.range.end,
                     to: out.remote,
                     udp: out.udp_encap,
+                    alone,
                 });
             }
             Err(ike::Error::Esp(d)) => {
@@ -258,6 +265,7 @@ impl Worker {
             if let Some(g) = groups.last_mut() {
                 if self.gso
                     && !g.closed
+                    && !p.alone
                     && g.to == p.to
                     && len <= g.seg
                     && g.count < GSO_MAX_SEGS
@@ -277,7 +285,7 @@ impl Worker {
                 seg: len,
                 count: 1,
                 bytes: len,
-                closed: false,
+                closed: p.alone,
             });
         }
         // One sendmmsg per outer family, on this queue's NAT-T socket of that family.
