@@ -8,6 +8,8 @@
 
 pub mod config;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod hlc;
 pub mod join;
 pub mod net;

@@ -107,8 +107,8 @@ pub(crate) async fn read_frame_max<R: AsyncRead + Unpin, T: DeserializeOwned>(
 
 /// First frame on a replication link.
 #[derive(Debug, Serialize, Deserialize)]
-struct LinkHello {
-    member: MemberId,
+pub(crate) struct LinkHello {
+    pub(crate) member: MemberId,
     domain: String,
 }
 

@@ -81,7 +81,6 @@
 //! by route, not by the address the peer used). A host without IPv6 runs NAT-T over IPv4
 //! alone (one warning at start).
 //! A kernel XFRM back end could sit beside this one behind the same handle methods.
-mod gro;
 mod icmp;
 mod natt;
 pub mod sys;

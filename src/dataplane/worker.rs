@@ -7,10 +7,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
+use ike::esp::gro::{self, Coalescer, Part};
 use ike::esp::{NextHeader, MAX_HEADROOM, MAX_TAILROOM};
 use tun_rs::{SyncDevice, VIRTIO_NET_HDR_LEN};
 
-use super::gro::{self, Coalescer, Part};
 use super::sys::{self, Gather, RecvBatch, SendBatch, Writev, BATCH, GRO_BUF};
 use super::table::{OutboundEntry, Tables};
 use super::{IkeDatagram, Shared, WorkerCounters, DROP_IKE_QUEUE_FULL, DROP_IO};

@@ -14,6 +14,10 @@
 //! reason the caller counts by.
 
 mod frag;
+#[doc(hidden)]
+pub mod fuzz;
+pub mod gro;
+pub mod icmp;
 mod replay;
 mod sa;
 mod selectors;

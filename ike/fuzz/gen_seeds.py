@@ -1,0 +1,105 @@
+#!/usr/bin/env python3
+"""Writes the seeds of the esp_inbound and inner_packet targets (record formats in
+ike/src/esp/fuzz.rs). Run from ike/fuzz: python3 gen_seeds.py"""
+import struct
+
+
+def csum(data, acc=0):
+    if len(data) % 2:
+        data += b"\0"
+    s = acc + sum(struct.unpack("!%dH" % (len(data) // 2), data))
+    while s > 0xFFFF:
+        s = (s & 0xFFFF) + (s >> 16)
+    return s
+
+
+def v4(src, dst, proto, l4, frag=0, l4_csum_at=None):
+    total = 20 + len(l4)
+    h = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, total, 1, frag, 64, proto, 0,
+                              bytes(src), bytes(dst)))
+    h[10:12] = struct.pack("!H", 0xFFFF ^ csum(bytes(h)))
+    l4 = bytearray(l4)
+    if l4_csum_at is not None:
+        ps = csum(bytes(src) + bytes(dst), proto + len(l4))
+        l4[l4_csum_at:l4_csum_at + 2] = struct.pack("!H", 0xFFFF ^ csum(bytes(l4), ps))
+    return bytes(h) + bytes(l4)
+
+
+def v6(src, dst, nh, l4, l4_proto=None, l4_csum_at=None):
+    l4 = bytearray(l4)
+    if l4_csum_at is not None:
+        ps = csum(src + dst, l4_proto + len(l4))
+        l4[l4_csum_at:l4_csum_at + 2] = struct.pack("!H", 0xFFFF ^ csum(bytes(l4), ps))
+    return struct.pack("!IHBB", 0x60000000, len(l4), nh, 64) + src + dst + bytes(l4)
+
+
+def tcp(seq, payload, flags=0x10):
+    return struct.pack("!HHIIBBHHH", 40000, 5201, seq, 77, 5 << 4, flags, 512, 0, 0) + payload
+
+
+def udp(payload):
+    return struct.pack("!HHHH", 5353, 53, 8 + len(payload), 0) + payload
+
+
+A4, B4 = [10, 100, 0, 5], [10, 200, 0, 1]
+A6 = bytes.fromhex("20010db8000000000000000000000005")
+B6 = bytes.fromhex("20010db8000000000000000000000099")
+TCP4 = v4(A4, B4, 6, tcp(1000, bytes(range(40))), l4_csum_at=16)
+UDP6 = v6(A6, B6, 17, udp(b"hello world"), 17, 6)
+ICMP4 = v4(A4, B4, 1, bytes([8, 0, 0, 0, 0, 1, 0, 1]), l4_csum_at=2)
+
+
+def rec(op, body):
+    return bytes([op]) + struct.pack("!H", len(body)) + body
+
+
+def rel(d):
+    return struct.pack("!Bh", 0, d)
+
+
+ANY4 = bytes([1, 0x40])  # one selector: IPv4, any protocol, any address, ANY ports
+NONE = bytes([0])
+
+
+def esp_seed(suite, esn):
+    flags = suite | (0x80 if esn else 0)
+    s = bytes([flags]) + struct.pack("!H", 1024) + bytes([0])
+    s += rec(1, rel(1) + bytes([2, 0]) + ANY4 + NONE + TCP4)       # IPv4, seq 1
+    s += rec(1, rel(0) + bytes([2, 0]) + ANY4 + NONE + TCP4)       # seq 1 again: replay
+    s += rec(1, rel(5) + bytes([0, 0]) + NONE + NONE + UDP6)       # IPv6, seq 6
+    s += rec(1, rel(-3) + bytes([0, 1, 0, 0, 9, 1]) + NONE + NONE + UDP6)  # mutated
+    s += rec(2, rel(1) + ICMP4 + bytes([1, 2, 2, 4]))              # raw trailer, seq 7
+    s += rec(1, rel(2) + bytes([1, 0]) + NONE + NONE + b"")        # dummy (NH 59)
+    s += rec(0, bytes(range(64)))                                 # garbage
+    if esn:
+        # Across a 2^32 boundary of the extended sequence number.
+        s += rec(1, b"\x80" + struct.pack("!Q", 0xFFFFFFF0) + bytes([2, 0]) + NONE + NONE + TCP4)
+        s += rec(1, rel(0x20) + bytes([2, 0]) + NONE + NONE + TCP4)
+    return s
+
+
+for suite in range(6):
+    for esn in (False, True):
+        open("seeds/esp_inbound/suite%d-%s" % (suite, "esn" if esn else "32"), "wb").write(
+            esp_seed(suite, esn))
+
+
+def inner_seed(flags, sels, pkts):
+    return bytes([flags]) + struct.pack("!H", 1500) + sels + b"".join(
+        struct.pack("!H", len(p)) + p for p in pkts)
+
+
+segs = [v4(A4, B4, 6, tcp(1000 + 100 * i, bytes([i]) * (100 if i < 3 else 60),
+                          0x10 if i < 3 else 0x18), l4_csum_at=16) for i in range(4)]
+udps = [v6(A6, B6, 17, udp(bytes([i]) * 200), 17, 6) for i in range(3)]
+frag4 = v4(A4, B4, 17, udp(b"x" * 16), frag=0x2000)  # first fragment (MF)
+later4 = v4(A4, B4, 17, b"y" * 16, frag=100)
+frag6 = v6(A6, B6, 44, bytes([17, 0, 0, 8 << 3, 0, 0, 0, 1]) + b"z" * 16)
+echo6 = v6(A6, B6, 58, bytes([128, 0, 0, 0, 0, 1, 0, 1]), 58, 2)
+tcp_sel = bytes([1, 0x62]) + struct.pack("!HH", 1000, 60000)  # IPv4 TCP ports 1000-60000
+open("seeds/inner_packet/tcp4-gro", "wb").write(inner_seed(0x04, tcp_sel + NONE, segs))
+open("seeds/inner_packet/udp6-uso", "wb").write(inner_seed(0x0C, NONE + NONE, udps))
+open("seeds/inner_packet/mixed", "wb").write(
+    inner_seed(0x0C, ANY4 + tcp_sel, [ICMP4, frag4, later4, frag6, echo6, TCP4, UDP6]))
+open("seeds/inner_packet/fragments-opaque", "wb").write(
+    inner_seed(0x01, bytes([1, 0x50]) + NONE, [later4, frag4, ICMP4]))

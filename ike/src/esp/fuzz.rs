@@ -1,0 +1,650 @@
+//! Bodies of the ESP fuzz targets, shared by the cargo-fuzz targets in `ike/fuzz/` and
+//! the seed tests below, so CI runs exactly what the fuzzer runs. Not an API (hidden from
+//! the documentation).
+//!
+//! [`esp_inbound`]: an [`InboundSa`] of every transform (fixed test keys, 32-bit and ESN
+//! sequence numbers) is fed records (RFC 4303 3.4):
+//! * `[0][len: u16][bytes]`: arbitrary bytes into `decapsulate`;
+//! * `[1][len][seq][nh][mutations][selectors][inner]`: `inner` sealed by the matching
+//!   [`OutboundSa`] with that sequence number and Next Header, then mutated (XOR, cut,
+//!   append), then decapsulated; what decrypts goes through [`check_inner_selectors`];
+//! * `[2][len][seq][plaintext]`: `plaintext` (padding and trailer included) sealed as it
+//!   is, to reach the trailer checks after authentication (RFC 4303 2.4, 2.6).
+//!
+//! `seq` is `[0x80 | _][u64]` (absolute) or `[_][i16]` (relative to the highest accepted).
+//! Invariants: nothing panics; an accepted inner packet lies within the buffer and is the
+//! sealed one; a mutated packet is refused; an authentic packet is accepted exactly when
+//! a model of the replay window (RFC 4303 3.4.3, Appendix A2.2 for ESN) says so, and a
+//! replayed sequence number is refused.
+//!
+//! [`inner_packet`]: the parsers of inner packets in the data plane: Next Header from
+//! the version nibble, the selector checks (RFC 4301 5.1, 5.2), the ICMP destination
+//! unreachable builder ([`icmp`]) and the receive coalescer ([`gro`]). Input:
+//! `[flags][out_len: u16][selectors][selectors]`, then packets `[len: u16][bytes]`.
+use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use zeroize::Zeroizing;
+
+use super::gro::{self, Coalescer, Part};
+use super::{
+    check_inner_selectors, check_outbound_selectors, flow_of, icmp, EspDrop, InboundSa, Lifetimes,
+    NextHeader, OutboundSa, Transform, ESP_HEADER_LEN, MAX_HEADROOM, MAX_REPLAY_WINDOW,
+    MAX_TAILROOM,
+};
+use crate::config::{EncrAlg, IntegAlg};
+use crate::error::Error;
+use crate::event::{EspKeys, Spi, TrafficSelector};
+
+/// Reads fuzzer input front to back; past the end everything reads as zero.
+struct Input<'a>(&'a [u8]);
+
+impl<'a> Input<'a> {
+    fn u8(&mut self) -> u8 {
+        match self.0.split_first() {
+            Some((&b, rest)) => {
+                self.0 = rest;
+                b
+            }
+            None => 0,
+        }
+    }
+
+    fn u16(&mut self) -> u16 {
+        u16::from_be_bytes([self.u8(), self.u8()])
+    }
+
+    fn bytes(&mut self, n: usize) -> &'a [u8] {
+        let (a, b) = self.0.split_at(n.min(self.0.len()));
+        self.0 = b;
+        a
+    }
+
+    /// A `[len: u16][bytes]` record.
+    fn record(&mut self) -> &'a [u8] {
+        let n = self.u16() as usize;
+        self.bytes(n)
+    }
+}
+
+/// The SA keys of the targets: every supported transform (`i % 6`), fixed test keys.
+fn suite(i: u8, esn: bool) -> EspKeys {
+    let key = |n: usize, b: u8| Zeroizing::new((0..n).map(|j| b.wrapping_add(j as u8)).collect());
+    let none = || Zeroizing::new(Vec::new());
+    let (encr, encr_key, integ, integ_key) = match i % 6 {
+        0 => (EncrAlg::AesGcm16(128), key(20, 0x10), None, none()),
+        1 => (EncrAlg::AesGcm16(256), key(36, 0x20), None, none()),
+        2 => (EncrAlg::ChaCha20Poly1305, key(36, 0x30), None, none()),
+        3 => (
+            EncrAlg::AesCbc(128),
+            key(16, 0x40),
+            Some(IntegAlg::HmacSha256_128),
+            key(32, 0x50),
+        ),
+        4 => (
+            EncrAlg::AesCbc(256),
+            key(32, 0x60),
+            Some(IntegAlg::HmacSha384_192),
+            key(48, 0x70),
+        ),
+        _ => (
+            EncrAlg::AesCbc(256),
+            key(32, 0x80),
+            Some(IntegAlg::HmacSha512_256),
+            key(64, 0x90),
+        ),
+    };
+    EspKeys {
+        spi: Spi(0x0f0f_0001),
+        encr,
+        encr_key,
+        integ,
+        integ_key,
+        esn,
+    }
+}
+
+/// What the receiver should remember: the replay window (RFC 4303 3.4.3) and the hard
+/// packet lifetime, kept the simple way.
+struct Model {
+    size: u64,
+    esn: bool,
+    top: u64,
+    seen: BTreeSet<u64>,
+    accepted: u64,
+    hard_packets: u64,
+}
+
+impl Model {
+    /// The verdict on an authentic, unmodified packet with sequence number `seq`;
+    /// `None` (any refusal) for an ESN packet outside the range the receiver infers
+    /// the high half correctly for: it takes the one number with those low 32 bits in
+    /// [top - W + 1, top - W + 1 + 2^32) (RFC 4303 A2.2), so the ICV fails for others.
+    fn expect(&self, seq: u64) -> Option<Result<(), EspDrop>> {
+        if self.hard_packets != 0 && self.accepted >= self.hard_packets {
+            return Some(Err(EspDrop::LifetimeExpired));
+        }
+        if self.esn
+            && !(seq.saturating_add(self.size) > self.top
+                && seq < self.top.saturating_add(1 << 32) - (self.size - 1))
+        {
+            return None;
+        }
+        Some(
+            if seq == 0 || (seq <= self.top && self.top - seq >= self.size) {
+                Err(EspDrop::TooOld)
+            } else if self.seen.contains(&seq) {
+                Err(EspDrop::Replayed)
+            } else {
+                Ok(())
+            },
+        )
+    }
+
+    /// An authentic packet got `got`: the window moved if it passed the ICV.
+    fn record(&mut self, seq: u64, got: &Result<(), EspDrop>) {
+        let authentic = match got {
+            Ok(()) => {
+                self.accepted += 1;
+                true
+            }
+            Err(e) => matches!(
+                e,
+                EspDrop::BadPadding | EspDrop::BadNextHeader | EspDrop::Dummy
+            ),
+        };
+        if authentic {
+            assert!(
+                self.seen.insert(seq),
+                "sequence number {seq} accepted twice"
+            );
+            self.top = self.top.max(seq);
+        }
+    }
+
+    fn seq(&self, inp: &mut Input) -> u64 {
+        let mode = inp.u8();
+        if mode & 0x80 != 0 {
+            u64::from_be_bytes(std::array::from_fn(|_| inp.u8()))
+        } else {
+            self.top.wrapping_add(inp.u16() as i16 as i64 as u64)
+        }
+    }
+}
+
+fn drop_of(r: &Result<super::Decapsulated, Error>) -> Result<(), EspDrop> {
+    match r {
+        Ok(_) => Ok(()),
+        Err(Error::Esp(d)) => Err(*d),
+        Err(e) => panic!("decapsulate failed outside the ESP drop reasons: {e}"),
+    }
+}
+
+/// Runs one input through the ESP receive path; returns how many packets were accepted
+/// (the seed tests check the seeds get past authentication).
+pub fn esp_inbound(data: &[u8]) -> usize {
+    let mut inp = Input(data);
+    let flags = inp.u8();
+    let esn = flags & 0x80 != 0;
+    let keys = suite(flags & 0x7f, esn);
+    let window = u32::from(inp.u16()) << (flags >> 4 & 7);
+    let hard_packets = u64::from(inp.u8());
+    let lifetimes = Lifetimes {
+        hard_packets,
+        ..Lifetimes::default()
+    };
+    let (Ok(sa), Ok(out), Ok(raw)) = (
+        InboundSa::new(&keys, lifetimes, window),
+        OutboundSa::new(&keys, Lifetimes::default()),
+        Transform::new(&keys),
+    ) else {
+        panic!("test keys rejected")
+    };
+    let mut model = Model {
+        size: u64::from(window.clamp(32, MAX_REPLAY_WINDOW)),
+        esn,
+        top: 0,
+        seen: BTreeSet::new(),
+        accepted: 0,
+        hard_packets,
+    };
+    let mut accepted = 0;
+    while !inp.0.is_empty() {
+        let op = inp.u8();
+        let mut rec = Input(inp.record());
+        match op % 3 {
+            0 => {
+                let mut pkt = rec.0.to_vec();
+                let r = sa.decapsulate(&mut pkt);
+                if let Ok(d) = &r {
+                    // A forgery: checked against the model like any authentic packet.
+                    assert!(d.range.start <= d.range.end && d.range.end <= pkt.len());
+                    model.record(d.seq, &Ok(()));
+                    accepted += 1;
+                }
+                let _ = drop_of(&r);
+            }
+            1 => {
+                let seq = model.seq(&mut rec);
+                let nh = match rec.u8() % 8 {
+                    0 => NextHeader::Ipv6,
+                    1 => NextHeader::NoNext,
+                    _ => NextHeader::Ipv4,
+                };
+                let muts: Vec<(u8, u16, u8)> = (0..rec.u8() % 4)
+                    .map(|_| (rec.u8(), rec.u16(), rec.u8()))
+                    .collect();
+                let remote = selectors(&mut rec);
+                let local = selectors(&mut rec);
+                let inner = rec.0;
+                let mut buf = vec![0u8; MAX_HEADROOM + inner.len() + MAX_TAILROOM];
+                buf[MAX_HEADROOM..MAX_HEADROOM + inner.len()].copy_from_slice(inner);
+                out.set_next_seq(seq);
+                let Ok(e) = out.encapsulate(&mut buf, MAX_HEADROOM, inner.len(), nh) else {
+                    // Sequence number 0 or past the 32-bit space: never sent.
+                    continue;
+                };
+                let sealed = buf[e.range].to_vec();
+                let mut pkt = sealed.clone();
+                for (how, at, v) in muts {
+                    let at = at as usize % (pkt.len() + 1);
+                    match how % 3 {
+                        0 if at < pkt.len() => pkt[at] ^= v.max(1),
+                        1 => pkt.truncate(at),
+                        _ => pkt.extend(std::iter::repeat_n(v, at % 17 + 1)),
+                    }
+                }
+                let mutated = pkt != sealed;
+                let r = sa.decapsulate(&mut pkt);
+                let got = drop_of(&r);
+                if mutated {
+                    // Only ciphertext the key made authenticates.
+                    assert!(got.is_err(), "a mutated packet was accepted");
+                    continue;
+                }
+                let want = model.expect(seq).map(|w| {
+                    if w.is_ok() && nh == NextHeader::NoNext {
+                        Err(EspDrop::Dummy)
+                    } else {
+                        w
+                    }
+                });
+                match want {
+                    Some(w) => assert_eq!(got, w, "seq {seq}, top {}", model.top),
+                    None => assert!(
+                        got.is_err(),
+                        "ESN seq {seq} far from the window (top {}, size {}) accepted",
+                        model.top,
+                        model.size
+                    ),
+                }
+                model.record(seq, &got);
+                let Ok(d) = r else { continue };
+                accepted += 1;
+                assert_eq!((d.seq, d.next_header), (seq, nh));
+                assert!(d.range.start <= d.range.end && d.range.end <= pkt.len());
+                assert_eq!(&pkt[d.range.clone()], inner);
+                selector_invariants(&pkt[d.range.clone()], Some(nh), &remote, &local);
+                // The same packet again: refused (RFC 4303 3.4.3).
+                let mut again = sealed;
+                let r = drop_of(&sa.decapsulate(&mut again));
+                assert_eq!(Some(r), model.expect(seq));
+                assert!(r.is_err(), "replayed sequence number {seq} accepted");
+            }
+            _ => {
+                let seq = model.seq(&mut rec);
+                let mut pt = rec.0.to_vec();
+                let align = if keys.integ.is_some() { 16 } else { 4 };
+                while pt.len() < 2 || pt.len() % align != 0 {
+                    pt.insert(0, 0);
+                }
+                let hdr = ESP_HEADER_LEN + raw.iv_len();
+                let mut pkt = vec![0u8; hdr + pt.len() + raw.icv_len()];
+                pkt[..4].copy_from_slice(&keys.spi.0.to_be_bytes());
+                pkt[4..8].copy_from_slice(&(seq as u32).to_be_bytes());
+                pkt[hdr..hdr + pt.len()].copy_from_slice(&pt);
+                if raw.seal(&mut pkt, seq, esn).is_err() {
+                    continue;
+                }
+                let r = sa.decapsulate(&mut pkt);
+                let got = drop_of(&r);
+                let want = model.expect(seq).map(|w| w.and(trailer(&pt).map(|_| ())));
+                match want {
+                    Some(w) => assert_eq!(got, w, "seq {seq}, top {}", model.top),
+                    None => assert!(
+                        got.is_err(),
+                        "ESN seq {seq} far from the window (top {}, size {}) accepted",
+                        model.top,
+                        model.size
+                    ),
+                }
+                model.record(seq, &got);
+                if let Ok(d) = r {
+                    accepted += 1;
+                    let len = trailer(&pt).unwrap_or(0);
+                    assert_eq!(d.range, hdr..hdr + len);
+                    assert_eq!(&pkt[d.range], &pt[..len]);
+                }
+            }
+        }
+    }
+    accepted
+}
+
+/// The payload length of a plaintext (payload, padding, pad length, next header) the
+/// receiver must accept (RFC 4303 2.4: padding 1, 2, 3, ...; 2.6: IPv4 or IPv6).
+fn trailer(pt: &[u8]) -> Result<usize, EspDrop> {
+    let (pad_len, nh) = (pt[pt.len() - 2] as usize, pt[pt.len() - 1]);
+    let payload = (pt.len() - 2)
+        .checked_sub(pad_len)
+        .ok_or(EspDrop::BadPadding)?;
+    if (0..pad_len).any(|i| pt[payload + i] as usize != i + 1) {
+        return Err(EspDrop::BadPadding);
+    }
+    match nh {
+        4 | 41 => Ok(payload),
+        59 => Err(EspDrop::Dummy),
+        _ => Err(EspDrop::BadNextHeader),
+    }
+}
+
+/// Up to three selectors: `[flags]` then the fields the flags ask for. Flags: bit 0 IPv6,
+/// bits 1-3 the protocol, bits 4-5 ANY / OPAQUE / a port range, bit 6 any address.
+fn selectors(inp: &mut Input) -> Vec<TrafficSelector> {
+    (0..inp.u8() % 4)
+        .map(|_| {
+            let f = inp.u8();
+            let v6 = f & 1 != 0;
+            let protocol = match f >> 1 & 7 {
+                0 => 0,
+                1 => 6,
+                2 => 17,
+                3 => 1,
+                4 => 58,
+                5 => 132,
+                _ => inp.u8(),
+            };
+            let mut addr = |fill: Option<u8>| {
+                let mut o = [0u8; 16];
+                for b in &mut o[..if v6 { 16 } else { 4 }] {
+                    *b = fill.unwrap_or_else(|| inp.u8());
+                }
+                if v6 {
+                    IpAddr::V6(Ipv6Addr::from(o))
+                } else {
+                    IpAddr::V4(Ipv4Addr::new(o[0], o[1], o[2], o[3]))
+                }
+            };
+            let (start, end) = if f & 0x40 != 0 {
+                (addr(Some(0)), addr(Some(0xff)))
+            } else {
+                (addr(None), addr(None))
+            };
+            let (start_port, end_port) = match f >> 4 & 3 {
+                0 => (0, 65535),
+                1 => (65535, 0),
+                _ => (inp.u16(), inp.u16()),
+            };
+            TrafficSelector {
+                start,
+                end,
+                protocol,
+                start_port,
+                end_port,
+            }
+        })
+        .collect()
+}
+
+/// The selector checks on one inner packet (RFC 4301 5.1 step 1, 5.2 step 4): refusals
+/// are the selector reasons; a selector list accepts no more than an empty one does; the
+/// packet's own addresses, protocol and ports (or OPAQUE) always match.
+fn selector_invariants(
+    pkt: &[u8],
+    nh: Option<NextHeader>,
+    remote: &[TrafficSelector],
+    local: &[TrafficSelector],
+) {
+    let flow = flow_of(pkt);
+    let version = NextHeader::for_inner_packet(pkt);
+    if let Some(f) = &flow {
+        let want = if f.src.is_ipv4() {
+            NextHeader::Ipv4
+        } else {
+            NextHeader::Ipv6
+        };
+        assert_eq!(version, Some(want));
+    }
+    let Some(nh) = nh.or(version) else { return };
+    let inbound = check_inner_selectors(pkt, nh, remote, local);
+    let open = check_inner_selectors(pkt, nh, &[], &[]);
+    let outbound = check_outbound_selectors(pkt, local, remote);
+    for r in [&inbound, &outbound] {
+        if let Err(e) = r {
+            assert!(matches!(
+                e,
+                EspDrop::TsMismatch | EspDrop::NonInitialFragment | EspDrop::NoRoute
+            ));
+            if *e == EspDrop::NonInitialFragment {
+                assert!(flow.is_some_and(|f| f.non_initial_fragment));
+            }
+        }
+    }
+    if inbound.is_ok() {
+        assert!(open.is_ok());
+    }
+    let Some(f) = flow else {
+        assert_eq!(open, Err(EspDrop::TsMismatch));
+        assert_eq!(outbound, Err(EspDrop::NoRoute));
+        return;
+    };
+    assert_eq!(open.is_ok(), version == Some(nh));
+    let exact = |ip: IpAddr, port: Option<u16>| TrafficSelector {
+        start: ip,
+        end: ip,
+        protocol: f.protocol,
+        start_port: port.unwrap_or(65535),
+        end_port: port.unwrap_or(0),
+    };
+    let (sp, dp) = (f.ports.map(|p| p.0), f.ports.map(|p| p.1));
+    let (src, dst) = ([exact(f.src, sp)], [exact(f.dst, dp)]);
+    assert_eq!(check_outbound_selectors(pkt, &src, &dst), Ok(()));
+    if open.is_ok() {
+        assert_eq!(check_inner_selectors(pkt, nh, &src, &dst), Ok(()));
+    }
+}
+
+/// Runs one input through the inner-packet parsers; returns how many packets the
+/// coalescer merged into others (the seed tests check the seeds reach it).
+pub fn inner_packet(data: &[u8]) -> usize {
+    let mut inp = Input(data);
+    let flags = inp.u8();
+    let out_len = inp.u16() as usize % (icmp::MAX_LEN + 64);
+    let remote = selectors(&mut inp);
+    let local = selectors(&mut inp);
+    let mut bufs = Vec::new();
+    while !inp.0.is_empty() {
+        bufs.push(inp.record().to_vec());
+    }
+    let mut out = vec![0u8; out_len];
+    for pkt in &bufs {
+        let nh = match flags & 3 {
+            0 => None,
+            1 => Some(NextHeader::Ipv4),
+            2 => Some(NextHeader::Ipv6),
+            _ => Some(NextHeader::NoNext),
+        };
+        selector_invariants(pkt, nh, &remote, &local);
+        if let Some(n) = icmp::unreachable(pkt, &mut out) {
+            icmp_invariants(pkt, &out[..n]);
+        }
+    }
+    coalesce(flags & 4 != 0, flags & 8 != 0, &mut bufs)
+}
+
+/// A destination unreachable goes back to the source, from the destination, quotes the
+/// packet, and both checksums verify (RFC 1071; RFC 8200 8.1 pseudo-header).
+fn icmp_invariants(pkt: &[u8], r: &[u8]) {
+    assert!(r.len() <= icmp::MAX_LEN);
+    let (Some(f), Some(e)) = (flow_of(pkt), flow_of(r)) else {
+        panic!("an error for a packet that does not parse, or one that does not parse")
+    };
+    assert_eq!((e.src, e.dst), (f.dst, f.src));
+    let ok = |s: u64| gro::fold(s) == 0xffff;
+    if r[0] >> 4 == 4 {
+        assert_eq!((e.protocol, e.ports), (1, Some((0x0301, 0x0301))));
+        assert!(ok(gro::sum(&r[..20], 0)) && ok(gro::sum(&r[20..], 0)));
+        assert_eq!(u16::from_be_bytes([r[2], r[3]]) as usize, r.len());
+        assert!(pkt.starts_with(&r[28..]));
+    } else {
+        assert_eq!((e.protocol, e.ports), (58, Some((0x0103, 0x0103))));
+        let l4 = r.len() as u64 - 40;
+        assert!(ok(gro::sum(&r[40..], gro::sum(&r[8..40], l4 + 58))));
+        assert!(pkt.starts_with(&r[48..]));
+    }
+}
+
+/// Every packet into a [`Coalescer`] and out again: each is written exactly once, a
+/// merged write's IP length is its length, its virtio header describes it, and the
+/// partial transport checksum completes to a valid one.
+fn coalesce(vnet: bool, uso: bool, bufs: &mut [Vec<u8>]) -> usize {
+    let mut c = Coalescer::new(vnet, uso);
+    let (mut written, mut merged) = (0, 0);
+    let mut flush = |c: &mut Coalescer, bufs: &mut [Vec<u8>]| {
+        let failed = c.flush(bufs, |parts| {
+            let parts: Vec<&[u8]> = parts.collect();
+            let (hdr, pkts) = if vnet {
+                parts
+                    .split_first()
+                    .map(|(h, p)| (*h, p))
+                    .unwrap_or((&[], &[]))
+            } else {
+                (&[][..], &parts[..])
+            };
+            written += pkts.len();
+            merged += pkts.len().saturating_sub(1);
+            if pkts.len() > 1 {
+                merged_invariants(hdr, &pkts.concat());
+            } else {
+                assert!(hdr.iter().all(|&b| b == 0));
+            }
+            true
+        });
+        assert_eq!(failed, 0);
+    };
+    for i in 0..bufs.len() {
+        if c.full() {
+            flush(&mut c, bufs);
+        }
+        let range = 0..bufs[i].len();
+        c.push(bufs, Part { buf: i, range });
+    }
+    flush(&mut c, bufs);
+    assert_eq!(written, bufs.len(), "every packet written exactly once");
+    merged
+}
+
+fn merged_invariants(hdr: &[u8], pkt: &[u8]) {
+    let h = |i: usize| u16::from_ne_bytes([hdr[i], hdr[i + 1]]) as usize;
+    let (hdr_len, gso_size, csum_start, csum_off) = (h(2), h(4), h(6), h(8));
+    assert_eq!(hdr[0], 1, "NEEDS_CSUM");
+    let v6 = pkt[0] >> 4 == 6;
+    let proto = if v6 { pkt[6] } else { pkt[9] };
+    let ip_len = if v6 {
+        u16::from_be_bytes([pkt[4], pkt[5]]) as usize + 40
+    } else {
+        u16::from_be_bytes([pkt[2], pkt[3]]) as usize
+    };
+    assert_eq!(ip_len, pkt.len());
+    assert_eq!(csum_start, if v6 { 40 } else { 20 });
+    assert!(gso_size > 0 && hdr_len + gso_size < pkt.len());
+    // The kernel completes CHECKSUM_PARTIAL: the sum from csum_start, complemented.
+    let mut p = pkt.to_vec();
+    let at = csum_start + csum_off;
+    let c = !gro::fold(gro::sum(&p[csum_start..], 0));
+    p[at..at + 2].copy_from_slice(&c.to_be_bytes());
+    let addrs = if v6 { &p[8..40] } else { &p[12..20] };
+    let l4 = (p.len() - csum_start) as u64;
+    let s = gro::sum(&p[csum_start..], gro::sum(addrs, proto as u64 + l4));
+    assert_eq!(gro::fold(s), 0xffff, "completed checksum verifies");
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// The seeds of `target`, by file name.
+    fn seeds(target: &str) -> std::collections::BTreeMap<String, Vec<u8>> {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fuzz/seeds")
+            .join(target);
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| {
+                let p = e.unwrap().path();
+                let name = p.file_name().unwrap().to_string_lossy().into_owned();
+                (name, std::fs::read(&p).unwrap())
+            })
+            .collect()
+    }
+
+    /// Deterministic mutations of the seeds (byte flips, cuts, inserted bytes), as a
+    /// short stand-in for the fuzzer that runs in every `cargo test`.
+    fn smoke(
+        seeds: &std::collections::BTreeMap<String, Vec<u8>>,
+        rounds: u32,
+        target: fn(&[u8]) -> usize,
+    ) {
+        let seeds: Vec<&Vec<u8>> = seeds.values().collect();
+        let mut state: u64 = 0x2545_F491_4F6C_DD1D;
+        let mut next = move || {
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            state.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        };
+        for _ in 0..rounds {
+            let mut m = seeds[(next() % seeds.len() as u64) as usize].clone();
+            for _ in 0..1 + next() % 4 {
+                let pos = (next() % (m.len() as u64 + 1)) as usize;
+                match next() % 4 {
+                    0 if pos < m.len() => m[pos] = next() as u8,
+                    1 if pos < m.len() => m[pos] ^= 1 << (next() % 8),
+                    2 => m.truncate(pos),
+                    _ => m.insert(pos, next() as u8),
+                }
+            }
+            target(&m);
+        }
+    }
+
+    /// The seeds cover every transform with 32-bit and extended sequence numbers, and
+    /// get packets past authentication; then a smoke run of mutations.
+    #[test]
+    fn esp_inbound_fuzz_target_on_seeds_and_mutations() {
+        let seeds = seeds("esp_inbound");
+        let mut suites = BTreeSet::new();
+        for (name, s) in &seeds {
+            assert!(esp_inbound(s) > 0, "seed {name} accepts nothing");
+            suites.insert((s[0] & 0x7f) % 6 + (s[0] & 0x80));
+        }
+        assert_eq!(suites.len(), 12, "every transform, 32-bit and ESN");
+        smoke(&seeds, 20_000, esp_inbound);
+    }
+
+    /// The seeds are TCP, UDP, ICMP and fragments over IPv4 and IPv6 that the coalescer
+    /// merges; then a smoke run of mutations.
+    #[test]
+    fn inner_packet_fuzz_target_on_seeds_and_mutations() {
+        let seeds = seeds("inner_packet");
+        // Four TCP segments of one flow (the last shorter, with PSH) become one write;
+        // so do three UDP datagrams of one flow where the TUN device takes USO.
+        assert_eq!(inner_packet(&seeds["tcp4-gro"]), 3);
+        assert_eq!(inner_packet(&seeds["udp6-uso"]), 2);
+        for s in seeds.values() {
+            inner_packet(s);
+        }
+        smoke(&seeds, 20_000, inner_packet);
+    }
+}
