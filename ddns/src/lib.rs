@@ -12,6 +12,8 @@
 pub mod config;
 pub mod error;
 mod fast;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod gateway_id;
 pub mod handler;
 pub mod metrics;

@@ -19,8 +19,7 @@ use hickory_server::net::xfer::Protocol;
 use hickory_server::net::NetError;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponse;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Mutex, Semaphore};
 use tokio::task::JoinSet;
@@ -76,21 +75,39 @@ async fn connection(
     idle: Duration,
 ) {
     let _ = stream.set_nodelay(true);
-    let (mut rd, wr) = stream.into_split();
+    let (rd, wr) = stream.into_split();
+    serve_stream(rd, wr, src, &handler, &shard, idle).await;
+}
+
+/// Answers the length-prefixed messages read from `rd` on `wr` until the stream ends,
+/// fails or idles (RFC 7766 section 8); returns the writer when no response is pending.
+/// Generic over the stream so the fuzz target (`ddns::fuzz::tcp`) drives it from memory.
+pub(crate) async fn serve_stream<R, W>(
+    mut rd: R,
+    wr: W,
+    src: SocketAddr,
+    handler: &DnsHandler,
+    shard: &Shard,
+    idle: Duration,
+) -> Option<W>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
     let wr = Arc::new(Mutex::new(wr));
     let mut out = Vec::with_capacity(4096);
     loop {
         let mut len = [0u8; 2];
         match tokio::time::timeout(idle, rd.read_exact(&mut len)).await {
             Ok(Ok(_)) => {}
-            _ => return, // closed, failed or idle
+            _ => break, // closed, failed or idle
         }
         let n = usize::from(u16::from_be_bytes(len));
         // At most 65535 octets: the length field bounds the allocation.
         let mut msg = vec![0u8; n];
         match tokio::time::timeout(idle, rd.read_exact(&mut msg)).await {
             Ok(Ok(_)) => {}
-            _ => return,
+            _ => break,
         }
         if let Some(req) = transfer_request(&msg, src) {
             let responder = Framed {
@@ -101,12 +118,13 @@ async fn connection(
                 .await;
             continue;
         }
-        if handler.handle_bytes(&msg, src, true, &shard, &mut out)
+        if handler.handle_bytes(&msg, src, true, shard, &mut out)
             && write_frame(&wr, &out).await.is_err()
         {
-            return;
+            break;
         }
     }
+    Arc::into_inner(wr).map(Mutex::into_inner)
 }
 
 /// A well-formed zone transfer or other multi-message request (it needs the
@@ -122,7 +140,7 @@ fn transfer_request(msg: &[u8], src: SocketAddr) -> Option<Request> {
     crate::xfr::wants(&req).then_some(req)
 }
 
-async fn write_frame(wr: &Mutex<OwnedWriteHalf>, body: &[u8]) -> std::io::Result<()> {
+async fn write_frame<W: AsyncWrite + Unpin>(wr: &Mutex<W>, body: &[u8]) -> std::io::Result<()> {
     let len = u16::try_from(body.len())
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "response too long"))?;
     let mut w = wr.lock().await;
@@ -132,13 +150,20 @@ async fn write_frame(wr: &Mutex<OwnedWriteHalf>, body: &[u8]) -> std::io::Result
 }
 
 /// Sends each response of a transfer as one length-prefixed message.
-#[derive(Clone)]
-struct Framed {
-    wr: Arc<Mutex<OwnedWriteHalf>>,
+struct Framed<W> {
+    wr: Arc<Mutex<W>>,
+}
+
+impl<W> Clone for Framed<W> {
+    fn clone(&self) -> Self {
+        Framed {
+            wr: Arc::clone(&self.wr),
+        }
+    }
 }
 
 #[async_trait::async_trait]
-impl ResponseHandler for Framed {
+impl<W: AsyncWrite + Unpin + Send + 'static> ResponseHandler for Framed<W> {
     async fn send_response<'a>(
         &mut self,
         response: MessageResponse<

@@ -1322,56 +1322,17 @@ mod tests {
 #[cfg(test)]
 mod seed_tests {
     use super::*;
-    use crate::config::{NsConfig, SecondaryAddr, SecondaryConfig, TsigKeyConfig, TsigSecret};
-    use crate::handler::DnsHandler;
-    use crate::zone::ZoneConfig;
-    use hickory_proto::op::Message;
-
-    /// The handler as the ddns fuzz target builds it: key `k` with the corpus secret, one
-    /// secondary at 127.0.0.1, a synced zone.
-    fn fuzz_target_handler() -> DnsHandler {
-        let cfg = DnsConfig {
-            ns: vec![NsConfig {
-                name: "ns1".into(),
-                addrs: vec!["192.0.2.1".parse().unwrap()],
-            }],
-            tsig_key: vec![TsigKeyConfig {
-                name: "k".into(),
-                algorithm: Default::default(),
-                secret: TsigSecret(b"fuzz-corpus-secret-32-octets!!!!".to_vec()),
-            }],
-            secondary: vec![SecondaryConfig {
-                address: SecondaryAddr("127.0.0.1:53".parse().unwrap()),
-                tsig_key: "k".into(),
-                notify: false,
-            }],
-            ..DnsConfig::default()
-        };
-        let zone = Zone::new(ZoneConfig::new(&cfg, "vpn.example.com").unwrap());
-        zone.set_synced(true);
-        DnsHandler::new(zone, 1232).with_transfer(Arc::new(Transfer::new(&cfg).unwrap()))
-    }
+    use crate::fuzz::{handler, mutations, seeds};
 
     /// The fuzz seeds are what they claim: signed with the fuzz target's key (so the
     /// fuzzer starts past TSIG verification: the MAC verifies, only the time is old).
     #[test]
     fn fuzz_seeds_are_signed_transfer_messages() {
-        let h = fuzz_target_handler();
-        let shard = h.counters().shard();
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/query");
-        let mut seen = 0;
-        for e in std::fs::read_dir(dir).unwrap() {
-            let path = e.unwrap().path();
-            let name = path.file_name().unwrap().to_string_lossy().into_owned();
-            let q = std::fs::read(&path).unwrap();
+        let (h, shard) = handler();
+        let seeds = seeds("query");
+        for (name, q) in &seeds {
             let mut out = Vec::new();
-            assert!(h.handle_bytes(
-                &q,
-                "127.0.0.1:5353".parse().unwrap(),
-                true,
-                &shard,
-                &mut out
-            ));
+            assert!(h.handle_bytes(q, "127.0.0.1:5353".parse().unwrap(), true, shard, &mut out));
             let m = Message::from_vec(&out).unwrap();
             let want = match name.as_str() {
                 "axfr-unsigned" => ResponseCode::Refused,
@@ -1386,65 +1347,28 @@ mod seed_tests {
                 _ => Some(TsigError::BadTime), // valid MAC, signed in 2026-11
             };
             assert_eq!(t.and_then(|t| t.tsig.error), want_err, "{name}");
-            seen += 1;
         }
-        assert_eq!(seen, 6);
+        assert_eq!(seeds.len(), 6);
     }
 
-    /// Deterministic smoke fuzz of the transfer path: mutations of the signed seeds never
-    /// panic, and every reply is a well-formed response with the query's ID.
+    /// Deterministic smoke fuzz of the transfer path through the query target:
+    /// mutations of the signed seeds never panic, and every reply is a well-formed
+    /// response with the query's ID.
     #[test]
     fn smoke_fuzz_signed_transfer_requests_never_panic() {
-        let h = fuzz_target_handler();
-        let shard = h.counters().shard();
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/query");
-        let seeds: Vec<Vec<u8>> = std::fs::read_dir(dir)
-            .unwrap()
-            .map(|e| std::fs::read(e.unwrap().path()).unwrap())
-            .collect();
-        let mut state: u64 = 0x2545_F491_4F6C_DD1D;
-        let mut next = move || {
-            state ^= state >> 12;
-            state ^= state << 25;
-            state ^= state >> 27;
-            state.wrapping_mul(0x9E37_79B9_7F4A_7C15)
-        };
+        let (h, shard) = handler();
+        let seeds: Vec<Vec<u8>> = seeds("query").into_values().collect();
         let mut out = Vec::new();
         let mut answered = 0;
-        for i in 0..100_000u32 {
-            let mut msg = seeds[(next() % seeds.len() as u64) as usize].clone();
-            for _ in 0..1 + next() % 6 {
-                if msg.is_empty() {
-                    break;
-                }
-                let pos = (next() % msg.len() as u64) as usize;
-                match next() % 5 {
-                    0 => msg[pos] = next() as u8,
-                    1 => msg[pos] ^= 1 << (next() % 8),
-                    2 => msg.truncate(pos),
-                    3 => msg.insert(pos, 0xc0),
-                    _ => msg[pos] = 0xff,
-                }
-            }
+        mutations(&seeds, 100_000, |i, msg| {
+            answered += crate::fuzz::query(msg);
             let tcp = i % 2 == 0;
-            if h.handle_bytes(
-                &msg,
-                "127.0.0.1:5353".parse().unwrap(),
-                tcp,
-                &shard,
-                &mut out,
-            ) {
-                answered += 1;
-                assert_eq!(out[..2], msg[..2]);
-                assert!(out[2] & 0x80 != 0);
-                if !tcp {
-                    assert!(out.len() <= 1232);
-                }
+            if h.handle_bytes(msg, "127.0.0.1:5353".parse().unwrap(), tcp, shard, &mut out) {
                 if let Err(e) = Message::from_vec(&out) {
                     panic!("{e}: query {msg:02x?} -> response {out:02x?}");
                 }
             }
-        }
-        assert!(answered > 75_000, "{answered}");
+        });
+        assert!(answered > 150_000, "{answered}");
     }
 }
