@@ -101,5 +101,8 @@ open("seeds/inner_packet/tcp4-gro", "wb").write(inner_seed(0x04, tcp_sel + NONE,
 open("seeds/inner_packet/udp6-uso", "wb").write(inner_seed(0x0C, NONE + NONE, udps))
 open("seeds/inner_packet/mixed", "wb").write(
     inner_seed(0x0C, ANY4 + tcp_sel, [ICMP4, frag4, later4, frag6, echo6, TCP4, UDP6]))
+udp_sel = lambda port: bytes([0x64]) + struct.pack("!HH", port, port)  # IPv4 UDP, one port
+open("seeds/inner_packet/fragments-stateful", "wb").write(
+    inner_seed(0x41, bytes([1]) + udp_sel(5353) + bytes([1]) + udp_sel(53), [frag4, later4, later4]))
 open("seeds/inner_packet/fragments-opaque", "wb").write(
     inner_seed(0x01, bytes([1, 0x50]) + NONE, [later4, frag4, ICMP4]))

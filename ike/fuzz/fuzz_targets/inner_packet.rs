@@ -6,5 +6,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    ike::esp::fuzz::inner_packet(data);
+    ike::esp::fuzz::inner_packet(data, std::time::Instant::now());
 });

@@ -18,19 +18,24 @@
 //! replayed sequence number is refused.
 //!
 //! [`inner_packet`]: the parsers of inner packets in the data plane: Next Header from
-//! the version nibble, the selector checks (RFC 4301 5.1, 5.2), the ICMP destination
+//! the version nibble, the selector checks (RFC 4301 5.1, 5.2) with stateful fragment
+//! checking ([`FragmentTable`], RFC 4301 7.4, against a model), the ICMP destination
 //! unreachable builder ([`icmp`]) and the receive coalescer ([`gro`]). Input:
 //! `[flags][out_len: u16][selectors][selectors]`, then packets `[len: u16][bytes]`.
-use std::collections::BTreeSet;
+//! Flags: bits 0-1 the Next Header (from the packet, IPv4, IPv6, none), bit 2 a virtio
+//! header (coalescing on), bit 3 USO, bits 4-5 how many SAs the packets alternate over,
+//! bits 6-7 seconds between packets.
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::time::{Duration, Instant};
 
 use zeroize::Zeroizing;
 
 use super::gro::{self, Coalescer, Part};
 use super::{
-    check_inner_selectors, check_outbound_selectors, flow_of, icmp, EspDrop, InboundSa, Lifetimes,
-    NextHeader, OutboundSa, Transform, ESP_HEADER_LEN, MAX_HEADROOM, MAX_REPLAY_WINDOW,
-    MAX_TAILROOM,
+    check_inner_selectors, check_outbound_selectors, flow_of, icmp, EspDrop, FragmentTable,
+    InboundSa, Lifetimes, NextHeader, OutboundSa, Transform, ESP_HEADER_LEN, FRAGMENT_LIFETIME,
+    MAX_HEADROOM, MAX_REPLAY_WINDOW, MAX_TAILROOM,
 };
 use crate::config::{EncrAlg, IntegAlg};
 use crate::error::Error;
@@ -449,9 +454,10 @@ fn selector_invariants(
     }
 }
 
-/// Runs one input through the inner-packet parsers; returns how many packets the
-/// coalescer merged into others (the seed tests check the seeds reach it).
-pub fn inner_packet(data: &[u8]) -> usize {
+/// Runs one input through the inner-packet parsers; `start` is the clock of the
+/// fragment table. Returns how many packets the coalescer merged into others (the seed
+/// tests check the seeds reach it).
+pub fn inner_packet(data: &[u8], start: Instant) -> usize {
     let mut inp = Input(data);
     let flags = inp.u8();
     let out_len = inp.u16() as usize % (icmp::MAX_LEN + 64);
@@ -462,19 +468,81 @@ pub fn inner_packet(data: &[u8]) -> usize {
         bufs.push(inp.record().to_vec());
     }
     let mut out = vec![0u8; out_len];
-    for pkt in &bufs {
-        let nh = match flags & 3 {
-            0 => None,
-            1 => Some(NextHeader::Ipv4),
-            2 => Some(NextHeader::Ipv6),
-            _ => Some(NextHeader::NoNext),
-        };
+    let mut frags = Fragments {
+        table: FragmentTable::new(16, 7),
+        passed: BTreeMap::new(),
+    };
+    let nh = match flags & 3 {
+        0 => None,
+        1 => Some(NextHeader::Ipv4),
+        2 => Some(NextHeader::Ipv6),
+        _ => Some(NextHeader::NoNext),
+    };
+    for (i, pkt) in bufs.iter().enumerate() {
         selector_invariants(pkt, nh, &remote, &local);
+        let now = start + Duration::from_secs(i as u64 * u64::from(flags >> 6));
+        let sa = (i % (1 + usize::from(flags >> 4 & 3))) as u32;
+        let nh = nh.or(NextHeader::for_inner_packet(pkt));
+        if let Some(nh) = nh {
+            frags.check(pkt, nh, &remote, &local, sa, now);
+        }
         if let Some(n) = icmp::unreachable(pkt, &mut out) {
             icmp_invariants(pkt, &out[..n]);
         }
     }
     coalesce(flags & 4 != 0, flags & 8 != 0, &mut bufs)
+}
+
+/// Datagram key of the fragment model: addresses, protocol, Identification, SA.
+type DatagramKey = (IpAddr, IpAddr, u8, u32, u32);
+
+/// A [`FragmentTable`] beside the simple model of it: the initial fragments that passed,
+/// with when they expire and where their headers end.
+struct Fragments {
+    table: FragmentTable,
+    passed: BTreeMap<DatagramKey, (Instant, u32)>,
+}
+
+impl Fragments {
+    /// Stateful fragment checking (RFC 4301 7.4): the verdict differs from the stateless
+    /// one only for fragments, by refusing malformed ones or by passing a non-initial
+    /// fragment whose initial fragment passed on the same SA, not long ago, and which
+    /// does not overlap the headers that one carried.
+    fn check(
+        &mut self,
+        pkt: &[u8],
+        nh: NextHeader,
+        remote: &[TrafficSelector],
+        local: &[TrafficSelector],
+        sa: u32,
+        now: Instant,
+    ) {
+        let got = self.table.check_inbound(pkt, nh, remote, local, sa, || now);
+        let plain = check_inner_selectors(pkt, nh, remote, local);
+        let Some((f, frag)) = flow_of(pkt).and_then(|f| Some((f, f.fragment?))) else {
+            assert_eq!(got, plain, "a whole packet keeps its verdict");
+            return;
+        };
+        let key = (f.src, f.dst, f.protocol, frag.id, sa);
+        if got.is_ok() && plain.is_err() {
+            assert_eq!(plain, Err(EspDrop::NonInitialFragment));
+            let passed = self.passed.get(&key).copied();
+            assert!(
+                passed.is_some_and(|(expires, end)| expires > now && frag.offset >= end),
+                "a non-initial fragment passed without its initial fragment"
+            );
+        } else {
+            assert!(got == plain || got == Err(EspDrop::BadFragment));
+        }
+        if frag.offset == 0 {
+            if got.is_ok() {
+                self.passed
+                    .insert(key, (now + FRAGMENT_LIFETIME, frag.header_end));
+            } else if got == plain {
+                self.passed.remove(&key);
+            }
+        }
+    }
 }
 
 /// A destination unreachable goes back to the source, from the destination, quotes the
@@ -589,7 +657,7 @@ mod tests {
     fn smoke(
         seeds: &std::collections::BTreeMap<String, Vec<u8>>,
         rounds: u32,
-        target: fn(&[u8]) -> usize,
+        target: impl Fn(&[u8]) -> usize,
     ) {
         use rand::{Rng, SeedableRng};
         let seeds: Vec<&Vec<u8>> = seeds.values().collect();
@@ -643,11 +711,12 @@ mod tests {
         let seeds = seeds("inner_packet");
         // Four TCP segments of one flow (the last shorter, with PSH) become one write;
         // so do three UDP datagrams of one flow where the TUN device takes USO.
-        assert_eq!(inner_packet(&seeds["tcp4-gro"]), 3);
-        assert_eq!(inner_packet(&seeds["udp6-uso"]), 2);
+        let now = Instant::now();
+        assert_eq!(inner_packet(&seeds["tcp4-gro"], now), 3);
+        assert_eq!(inner_packet(&seeds["udp6-uso"], now), 2);
         for s in seeds.values() {
-            inner_packet(s);
+            inner_packet(s, now);
         }
-        smoke(&seeds, 20_000, inner_packet);
+        smoke(&seeds, 20_000, |m| inner_packet(m, now));
     }
 }
