@@ -84,8 +84,8 @@ for suite in range(6):
             esp_seed(suite, esn))
 
 
-def inner_seed(flags, sels, pkts):
-    return bytes([flags]) + struct.pack("!H", 1500) + sels + b"".join(
+def inner_seed(flags, sels, pkts, icmp=b"\0"):
+    return bytes([flags]) + struct.pack("!H", 1500) + icmp + sels + b"".join(
         struct.pack("!H", len(p)) + p for p in pkts)
 
 
@@ -101,6 +101,10 @@ open("seeds/inner_packet/tcp4-gro", "wb").write(inner_seed(0x04, tcp_sel + NONE,
 open("seeds/inner_packet/udp6-uso", "wb").write(inner_seed(0x0C, NONE + NONE, udps))
 open("seeds/inner_packet/mixed", "wb").write(
     inner_seed(0x0C, ANY4 + tcp_sel, [ICMP4, frag4, later4, frag6, echo6, TCP4, UDP6]))
+df4 = bytearray(v4(A4, B4, 17, udp(b"d" * 1400)))
+df4[6] = 0x40  # DF (the header checksum no longer matters here)
+open("seeds/inner_packet/too-big", "wb").write(
+    inner_seed(0x00, NONE + NONE, [bytes(df4), UDP6, echo6], icmp=b"\x07" + struct.pack("!H", 1390)))
 udp_sel = lambda port: bytes([0x64]) + struct.pack("!HH", port, port)  # IPv4 UDP, one port
 open("seeds/inner_packet/fragments-stateful", "wb").write(
     inner_seed(0x41, bytes([1]) + udp_sel(5353) + bytes([1]) + udp_sel(53), [frag4, later4, later4]))

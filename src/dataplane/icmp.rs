@@ -18,7 +18,8 @@
 //! its own addresses (martians), and one routed to the TUN device passes reverse-path
 //! filtering.
 //!
-//! No allocation per packet: one buffer per worker, made once.use std::time::Instant;
+//! No allocation per packet: one buffer per worker, made once.
+use std::time::Instant;
 
 use ike::esp::icmp;
 pub(super) use ike::esp::icmp::{Kind, Sources};

@@ -20,11 +20,13 @@
 //! [`inner_packet`]: the parsers of inner packets in the data plane: Next Header from
 //! the version nibble, the selector checks (RFC 4301 5.1, 5.2) with stateful fragment
 //! checking ([`FragmentTable`], RFC 4301 7.4, against a model), the ICMP destination
-//! unreachable builder ([`icmp`]) and the receive coalescer ([`gro`]). Input:
-//! `[flags][out_len: u16][selectors][selectors]`, then packets `[len: u16][bytes]`.
+//! error builder ([`icmp`]) and the receive coalescer ([`gro`]). Input:
+//! `[flags][out_len: u16][icmp][mtu: u16, if icmp bit 0][selectors][selectors]`, then
+//! packets `[len: u16][bytes]`.
 //! Flags: bits 0-1 the Next Header (from the packet, IPv4, IPv6, none), bit 2 a virtio
 //! header (coalescing on), bit 3 USO, bits 4-5 how many SAs the packets alternate over,
-//! bits 6-7 seconds between packets.
+//! bits 6-7 seconds between packets. `icmp`: bit 0 Packet Too Big with `mtu` rather than
+//! unreachable, bits 1 and 2 a configured IPv4 and IPv6 source.
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::{Duration, Instant};
@@ -461,6 +463,16 @@ pub fn inner_packet(data: &[u8], start: Instant) -> usize {
     let mut inp = Input(data);
     let flags = inp.u8();
     let out_len = inp.u16() as usize % (icmp::MAX_LEN + 64);
+    let which = inp.u8();
+    let kind = if which & 1 != 0 {
+        icmp::Kind::TooBig(inp.u16())
+    } else {
+        icmp::Kind::Unreachable
+    };
+    let sources = icmp::Sources {
+        v4: (which & 2 != 0).then_some(Ipv4Addr::new(192, 0, 2, 254)),
+        v6: (which & 4 != 0).then_some(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0xfe)),
+    };
     let remote = selectors(&mut inp);
     let local = selectors(&mut inp);
     let mut bufs = Vec::new();
@@ -486,8 +498,8 @@ pub fn inner_packet(data: &[u8], start: Instant) -> usize {
         if let Some(nh) = nh {
             frags.check(pkt, nh, &remote, &local, sa, now);
         }
-        if let Some(n) = icmp::unreachable(pkt, &mut out) {
-            icmp_invariants(pkt, &out[..n]);
+        if let Some(n) = icmp::build(pkt, kind, sources, &mut out) {
+            icmp_invariants(pkt, kind, sources, &out[..n]);
         }
     }
     coalesce(flags & 4 != 0, flags & 8 != 0, &mut bufs)
@@ -545,22 +557,43 @@ impl Fragments {
     }
 }
 
-/// A destination unreachable goes back to the source, from the destination, quotes the
-/// packet, and both checksums verify (RFC 1071; RFC 8200 8.1 pseudo-header).
-fn icmp_invariants(pkt: &[u8], r: &[u8]) {
+/// An ICMP error goes back to the source, from the configured address or else the
+/// destination, says what `kind` asks (type, code, MTU: RFC 792, RFC 1191 4, RFC 4443
+/// 3.1, 3.2), quotes the packet, and both checksums verify (RFC 1071; RFC 8200 8.1).
+fn icmp_invariants(pkt: &[u8], kind: icmp::Kind, sources: icmp::Sources, r: &[u8]) {
     assert!(r.len() <= icmp::MAX_LEN);
     let (Some(f), Some(e)) = (flow_of(pkt), flow_of(r)) else {
         panic!("an error for a packet that does not parse, or one that does not parse")
     };
-    assert_eq!((e.src, e.dst), (f.dst, f.src));
     let ok = |s: u64| gro::fold(s) == 0xffff;
+    let mtu = match kind {
+        icmp::Kind::TooBig(mtu) => Some(mtu.to_be_bytes()),
+        icmp::Kind::Unreachable => None,
+    };
+    let from = match f.dst {
+        IpAddr::V4(d) => IpAddr::V4(sources.v4.unwrap_or(d)),
+        IpAddr::V6(d) => IpAddr::V6(sources.v6.unwrap_or(d)),
+    };
+    assert_eq!((e.src, e.dst), (from, f.src));
     if r[0] >> 4 == 4 {
-        assert_eq!((e.protocol, e.ports), (1, Some((0x0301, 0x0301))));
+        let code = if mtu.is_some() { 4 } else { 1 };
+        assert_eq!(
+            (e.protocol, e.ports),
+            (1, Some((0x0300 | code, 0x0300 | code)))
+        );
+        if let Some(m) = mtu {
+            assert!(pkt[6] & 0x40 != 0, "fragmentation needed only with DF");
+            assert_eq!(r[26..28], m);
+        }
         assert!(ok(gro::sum(&r[..20], 0)) && ok(gro::sum(&r[20..], 0)));
         assert_eq!(u16::from_be_bytes([r[2], r[3]]) as usize, r.len());
         assert!(pkt.starts_with(&r[28..]));
     } else {
-        assert_eq!((e.protocol, e.ports), (58, Some((0x0103, 0x0103))));
+        let tc = if mtu.is_some() { 0x0200 } else { 0x0103 };
+        assert_eq!((e.protocol, e.ports), (58, Some((tc, tc))));
+        if let Some(m) = mtu {
+            assert_eq!(r[46..48], m);
+        }
         let l4 = r.len() as u64 - 40;
         assert!(ok(gro::sum(&r[40..], gro::sum(&r[8..40], l4 + 58))));
         assert!(pkt.starts_with(&r[48..]));
