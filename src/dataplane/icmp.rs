@@ -126,6 +126,12 @@ pub(super) fn oversized(pkt: &[u8], gso_type: u8) -> Option<usize> {
     (len <= pkt.len()).then_some(len)
 }
 
+/// Whether a router may fragment `pkt` instead of answering it as too big: IPv4 without
+/// Don't Fragment (RFC 791 2.3; IPv6 is never fragmented on the way, RFC 8200 5).
+pub(super) fn may_fragment(pkt: &[u8]) -> bool {
+    pkt.len() >= 20 && pkt[0] >> 4 == 4 && pkt[6] & 0x40 == 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
