@@ -152,10 +152,15 @@ impl Worker {
             self.counters.esp_drop(ike::esp::EspDrop::NoRoute);
             return;
         };
-        let Some(out): Option<&Arc<OutboundEntry>> = tables.route(&dst) else {
-            self.counters.esp_drop(ike::esp::EspDrop::NoRoute);
-            self.no_route(pkt);
-            return;
+        let out: &Arc<OutboundEntry> = match tables.select(&dst, pkt, &self.frags, Instant::now) {
+            Ok(out) => out,
+            Err(d) => {
+                self.counters.esp_drop(d);
+                if d == ike::esp::EspDrop::NoRoute {
+                    self.no_route(pkt);
+                }
+                return;
+            }
         };
         // Longer than the SA carries within the outer path MTU: IPv4 without DF is sent
         // anyway (outer fragments), anything else is answered as too big.
@@ -163,16 +168,6 @@ impl Worker {
         if alone && !super::icmp::may_fragment(pkt) {
             self.too_big(pkt, out.max_inner);
             return;
-        }
-        if out.narrow {
-            let sa = out.sa.spi().0;
-            let mut frags = self.frags.borrow_mut();
-            let checked =
-                frags.check_outbound(pkt, &out.local_ts, &out.remote_ts, sa, Instant::now);
-            if let Err(d) = checked {
-                self.counters.esp_drop(d);
-                return;
-            }
         }
         match out.sa.encapsulate(buf, HEADROOM, len, nh) {
             Ok(e) => {
