@@ -265,6 +265,7 @@ async fn execute(words: &[&str], ctl: &Control, s: &Services) -> Result<String, 
             Ok(show_service(&t))
         }
         ["show", "vpn", "ipsec", "sa"] => Ok(show_sa(s).await),
+        ["show", "vpn", "ipsec", "sa", "detail"] => Ok(show_sa_detail(s).await),
         ["show", "dns", "records"] => show_records(s, s.cluster()).await,
         ["show", "cluster"] => show_cluster(s, s.cluster()).await,
         ["show", "cluster", "statistics"] => show_cluster_statistics(s, s.cluster()).await,
@@ -428,8 +429,8 @@ async fn show_sa(s: &Services) -> String {
     for t in &tunnels {
         let (mut pk, mut by) = ((0u64, 0u64), (0u64, 0u64));
         if let Some(dp) = &s.dataplane {
-            for (i, _) in &t.child_sas {
-                if let Some(((bi, pi), (bo, po))) = dp.usage(*i) {
+            for c in &t.child_sas {
+                if let Some(((bi, pi), (bo, po))) = dp.usage(c.inbound) {
                     pk = (pk.0 + pi, pk.1 + po);
                     by = (by.0 + bi, by.1 + bo);
                 }
@@ -450,6 +451,47 @@ async fn show_sa(s: &Services) -> String {
         );
     }
     let _ = writeln!(out, "{} tunnel(s)", tunnels.len());
+    out
+}
+
+/// `show vpn ipsec sa detail`: one line per CHILD SA (several per tunnel when a peer
+/// splits its traffic by protocol or port, RFC 4301 4.4.1), with its SPIs, its
+/// selectors as negotiated (ours, then the peer's) and its own ESP figures.
+async fn show_sa_detail(s: &Services) -> String {
+    let mut tunnels = s.daemon.status().await;
+    tunnels.sort_by(|a, b| a.gateway_id.as_str().cmp(b.gateway_id.as_str()));
+    let mut out = format!(
+        "{:<20} {:<17} {:<28} {:<28} {:>14} {:>10}\n",
+        "Gateway ID", "SPI in/out", "Local TS", "Remote TS", "Bytes in/out", "Packets"
+    );
+    let list = |v: &[ike::TrafficSelector]| {
+        v.iter()
+            .map(|t| t.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let mut n = 0;
+    for t in &tunnels {
+        for c in &t.child_sas {
+            let ((bi, pi), (bo, po)) = s
+                .dataplane
+                .as_ref()
+                .and_then(|dp| dp.usage(c.inbound))
+                .unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "{:<20} {:<17} {:<28} {:<28} {:>14} {:>10}",
+                t.gateway_id.as_str(),
+                format!("{:08x}/{:08x}", c.inbound.0, c.outbound.0),
+                list(&c.local_ts),
+                list(&c.remote_ts),
+                format!("{bi}/{bo}"),
+                format!("{pi}/{po}"),
+            );
+            n += 1;
+        }
+    }
+    let _ = writeln!(out, "{n} CHILD SA(s)");
     out
 }
 

@@ -45,7 +45,7 @@ enum Cmd {
     Delete(CtlArgs),
     /// Validate and save the pending `set`/`delete` changes.
     Commit(CtlArgs),
-    /// `show service ipsec-ddns`, `show vpn ipsec sa`, `show dns records`, `show cluster`,
+    /// `show service ipsec-ddns`, `show vpn ipsec sa [detail]`, `show dns records`, `show cluster`,
     /// `show cluster statistics` (every member's figures).
     Show(CtlArgs),
     /// Run peer routers (IKEv2 initiators) with connect-one failover over the head-ends.

@@ -35,11 +35,21 @@ pub struct TunnelStatus {
     pub remote: SocketAddr,
     pub udp_encap: bool,
     pub since: SystemTime,
-    /// CHILD SAs as (inbound SPI, outbound SPI).
-    pub child_sas: Vec<(Spi, Spi)>,
+    /// The CHILD SAs, in install order (a rekeyed one last).
+    pub child_sas: Vec<ChildStatus>,
     /// IKE SPIs of the current IKE SA (initiator's, responder's), when known.
     pub spi_i: u64,
     pub spi_r: u64,
+}
+
+/// One CHILD SA of a tunnel as the status shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChildStatus {
+    pub inbound: Spi,
+    pub outbound: Spi,
+    /// Our selectors and the peer's, as negotiated (RFC 7296 2.9).
+    pub local_ts: Vec<ike::TrafficSelector>,
+    pub remote_ts: Vec<ike::TrafficSelector>,
 }
 
 /// The SA table: tunnels by [`TunnelId`], with the IKE SA -> tunnel mapping kept across
@@ -205,7 +215,7 @@ impl SaTable {
                 outbound,
             } => {
                 if let Some(st) = self.by_sa.get(ike_sa).and_then(|t| self.tunnels.get_mut(t)) {
-                    st.child_sas.retain(|(i, _)| i != inbound);
+                    st.child_sas.retain(|c| c.inbound != *inbound);
                     tracing::debug!(identity = %st.identity, spi_in = %format_args!("{:08x}", inbound.0),
                         spi_out = %format_args!("{:08x}", outbound.0), "CHILD SA deleted");
                 }
@@ -251,7 +261,12 @@ impl SaTable {
                 spi_out = %format_args!("{:08x}", c.outbound.spi.0), encr = ?c.inbound.encr,
                 udp_encap = c.udp_encap, "CHILD SA installed");
         }
-        st.child_sas.push((c.inbound.spi, c.outbound.spi));
+        st.child_sas.push(ChildStatus {
+            inbound: c.inbound.spi,
+            outbound: c.outbound.spi,
+            local_ts: c.local_ts.clone(),
+            remote_ts: c.remote_ts.clone(),
+        });
     }
 
     /// Down events for every tunnel (daemon stop); empties the table.

@@ -65,6 +65,51 @@ pub struct TrafficSelector {
     pub end_port: u16,
 }
 
+/// strongSwan's notation: `10.9.0.0/24[tcp/5201]`; an address range that is no prefix
+/// as `a..b`; `[proto]` alone for any port, `[proto/a-b]` for a range, `%opaque` for
+/// OPAQUE (RFC 4301 4.4.1.1; ICMP type<<8|code in the port).
+impl std::fmt::Display for TrafficSelector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (s, e, bits) = match (self.start, self.end) {
+            (IpAddr::V4(s), IpAddr::V4(e)) => (u32::from(s) as u128, u32::from(e) as u128, 32),
+            (IpAddr::V6(s), IpAddr::V6(e)) => (u128::from(s), u128::from(e), 128),
+            _ => (1, 0, 0),
+        };
+        // A prefix: the range's size is a power of two and its start aligned to it.
+        let size = e.wrapping_sub(s).wrapping_add(1);
+        let prefix = if s > e {
+            None
+        } else if size == 0 {
+            Some(0) // the whole IPv6 space
+        } else if size.is_power_of_two() && s % size == 0 {
+            Some(bits - size.trailing_zeros())
+        } else {
+            None
+        };
+        match prefix {
+            Some(p) => write!(f, "{}/{p}", self.start)?,
+            None => write!(f, "{}..{}", self.start, self.end)?,
+        }
+        let ports = match (self.start_port, self.end_port) {
+            (0, 65535) => String::new(),
+            (65535, 0) => "/%opaque".into(),
+            (a, b) if a == b => format!("/{a}"),
+            (a, b) => format!("/{a}-{b}"),
+        };
+        let proto = match self.protocol {
+            0 if ports.is_empty() => return Ok(()),
+            0 => "0".to_string(),
+            1 => "icmp".into(),
+            6 => "tcp".into(),
+            17 => "udp".into(),
+            58 => "ipv6-icmp".into(),
+            132 => "sctp".into(),
+            p => p.to_string(),
+        };
+        write!(f, "[{proto}{ports}]")
+    }
+}
+
 /// An engine-local handle for an IKE SA (stable across nothing: a rekeyed IKE SA gets a
 /// new one, announced by [`Event::IkeSaRekeyed`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -193,4 +238,52 @@ pub enum Event {
         identity: Option<Identity>,
         reason: String,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::TrafficSelector;
+
+    fn ts(s: &str, e: &str, protocol: u8, ports: (u16, u16)) -> String {
+        TrafficSelector {
+            start: s.parse().unwrap(),
+            end: e.parse().unwrap(),
+            protocol,
+            start_port: ports.0,
+            end_port: ports.1,
+        }
+        .to_string()
+    }
+
+    #[test]
+    fn selectors_print_in_strongswan_notation() {
+        assert_eq!(
+            ts("10.9.0.0", "10.9.0.255", 6, (5201, 5201)),
+            "10.9.0.0/24[tcp/5201]"
+        );
+        assert_eq!(ts("10.99.0.7", "10.99.0.7", 0, (0, 65535)), "10.99.0.7/32");
+        assert_eq!(
+            ts("0.0.0.0", "255.255.255.255", 1, (0, 65535)),
+            "0.0.0.0/0[icmp]"
+        );
+        assert_eq!(
+            ts("10.0.0.1", "10.0.0.6", 17, (1000, 2000)),
+            "10.0.0.1..10.0.0.6[udp/1000-2000]"
+        );
+        assert_eq!(
+            ts(
+                "::",
+                "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+                0,
+                (0, 65535)
+            ),
+            "::/0"
+        );
+        assert_eq!(
+            ts("fd00::", "fd00::ff", 58, (65535, 0)),
+            "fd00::/120[ipv6-icmp/%opaque]"
+        );
+        assert_eq!(ts("10.0.0.0", "10.0.0.3", 0, (53, 53)), "10.0.0.0/30[0/53]");
+    }
 }
