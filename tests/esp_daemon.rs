@@ -20,6 +20,7 @@ use std::time::Duration;
 use headend::dataplane::sys;
 use support::charon::{Charon, Conn};
 use support::headend::{bin, HeadendConf};
+use support::iperf::{iperf3_in, number_after, received_bytes};
 use support::netns::{Direct, Netns, INSIDE_ADDR, INSIDE_NET};
 use support::{require_tool, try_wait_for, wait_for, Proc, TestCtx};
 
@@ -142,67 +143,6 @@ fn ping(ns: &Netns, from: Option<&str>, count: u32) -> bool {
 /// are extra client arguments (`-t 12`, `-R`, `-n 8M`). Returns (JSON, exit ok).
 fn iperf3(t: &Tunnel, args: &[&str]) -> (String, bool) {
     iperf3_in(&t.net.he, &t.net.peer, &t.vip, args, || {})
-}
-
-/// iperf3 from `vip` in `client` to a one-shot server on the inside address in `server`;
-/// `during` runs while the client runs.
-fn iperf3_in(
-    server: &Netns,
-    client: &Netns,
-    vip: &str,
-    args: &[&str],
-    during: impl FnOnce(),
-) -> (String, bool) {
-    let iperf = require_tool("iperf3", "iperf3");
-    let iperf = iperf.to_str().unwrap();
-    let mut srv = Command::new("ip")
-        .args(["netns", "exec", &server.name, iperf, "-s", "-1", "-B"])
-        .arg(INSIDE_ADDR)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
-    let cl = Command::new("ip")
-        .args(["netns", "exec", &client.name, iperf, "-c", INSIDE_ADDR])
-        .args(["-B", vip, "-J"])
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    during();
-    let out = cl.wait_with_output().unwrap();
-    let _ = srv.kill();
-    let _ = srv.wait();
-    let json = String::from_utf8_lossy(&out.stdout).into_owned();
-    if !out.status.success() {
-        eprintln!(
-            "iperf3 {args:?} failed:\n{json}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    (json, out.status.success())
-}
-
-/// The number after the first `"key":` in `s`.
-fn number_after(s: &str, key: &str) -> Option<f64> {
-    let k = format!("\"{key}\":");
-    let at = s.find(&k)?;
-    let num: String = s[at + k.len()..]
-        .trim_start()
-        .chars()
-        .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == 'e' || *c == '+')
-        .collect();
-    num.parse().ok()
-}
-
-/// Bytes the iperf3 receiver got (`sum_received.bytes`).
-fn received_bytes(json: &str) -> f64 {
-    let at = json
-        .find("\"sum_received\"")
-        .unwrap_or_else(|| panic!("iperf3 JSON without sum_received:\n{json}"));
-    number_after(&json[at..], "bytes").unwrap()
 }
 
 /// Bits per second of every one-second interval of the run.

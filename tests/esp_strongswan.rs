@@ -208,3 +208,163 @@ fn esp_strongswan_peer_over_ipv6_outer_addresses_pings_both_ways() {
         back.all()
     );
 }
+
+/// Issue 3, RFC 4301 4.4.1 / 5.1: a router with two CHILD SAs to the same inside subnet,
+/// one for TCP port 5201 (iperf3) and one for ICMP (charon: two children of one
+/// connection, the second negotiated with CREATE_CHILD_SA, RFC 7296 1.3.1). Both are
+/// installed, iperf3 (both directions) and pings (both directions) get through, and
+/// `show vpn ipsec sa detail` shows the TCP bytes on the TCP child's SA and the pings on
+/// the ICMP child's.
+#[test]
+fn esp_strongswan_two_children_to_one_subnet_each_carry_their_own_protocol() {
+    use support::headend::show;
+    use support::iperf::{iperf3_in, received_bytes};
+    use support::netns::INSIDE_NET;
+    let ping = require_tool("ping", "iputils-ping");
+    let ping = ping.to_str().unwrap();
+    let ctx = TestCtx::new("esp-strongswan-split");
+    let net = Direct::new(&ctx);
+    let he_addr = net.he_addr.to_string();
+    let mut hc = HeadendConf::responder(&he_addr, PSK, POOL);
+    hc.esp_proposals = vec!["aes256gcm16".into()];
+    hc.extra = "[dataplane]\ntun_name = \"he0\"\nqueues = 1\n".into();
+    let control = ctx.path("control.sock");
+    let control_arg = control.display().to_string();
+    let he = Headend::run_with(
+        &ctx,
+        Some(&net.he),
+        "headend",
+        &hc,
+        &["--control", &control_arg],
+    );
+
+    let charon = Charon::start(&ctx, &net.peer, "peer");
+    let mut conn = Conn::initiator(
+        "tcp",
+        &net.peer_addr.to_string(),
+        &he_addr,
+        "router-split.example",
+    );
+    conn.remote_id = Some("headend.test".into());
+    conn.remote_ts = Some(format!("{INSIDE_NET}[tcp/5201]"));
+    conn.more_children = vec![(
+        "icmp".into(),
+        vec![("remote_ts".into(), format!("{INSIDE_NET}[icmp]"))],
+    )];
+    charon.load(
+        &ctx,
+        &SwanctlConf {
+            conns: vec![conn],
+            pools: vec![],
+            secrets: vec![(vec![], PSK.into())],
+        },
+    );
+    charon.initiate_ok("tcp");
+    // The IKE SA is up: this one is a CREATE_CHILD_SA on it.
+    charon.initiate_ok("icmp");
+    let both = || {
+        charon.list_sas().into_iter().find(|s| {
+            s.name == "tcp" && s.children.iter().filter(|c| c.state == "INSTALLED").count() == 2
+        })
+    };
+    let sa = support::try_wait_for(Duration::from_secs(10), both).unwrap_or_else(|| {
+        panic!(
+            "charon: not both children installed: {:#?}\n{}",
+            charon.list_sas(),
+            he.log_text()
+        )
+    });
+    let vip = sa
+        .local_vips
+        .first()
+        .cloned()
+        .expect("charon got a virtual IP");
+
+    // Pings both ways: the ICMP child (the TCP child would refuse them).
+    let pings = |ns: &support::netns::Netns, from: &str, to: &str| {
+        ns.exec(&[ping, "-c", "5", "-i", "0.2", "-W", "2", "-I", from, to])
+            .ok()
+    };
+    let ok = (0..10).any(|_| {
+        pings(&net.peer, &vip, INSIDE_ADDR) || {
+            std::thread::sleep(Duration::from_millis(300));
+            false
+        }
+    });
+    assert!(
+        ok,
+        "no ping from {vip} to {INSIDE_ADDR} on the ICMP child:\n{}",
+        he.log_text()
+    );
+    assert!(
+        pings(&net.he, INSIDE_ADDR, &vip),
+        "no ping from {INSIDE_ADDR} back to {vip} on the ICMP child:\n{}",
+        he.log_text()
+    );
+
+    // iperf3 (TCP port 5201) up and down: the TCP child, which the ICMP child (the
+    // newer SA to the same virtual IP) must not shadow.
+    let (up_json, up_ok) = iperf3_in(&net.he, &net.peer, &vip, &["-t", "2"], || {});
+    assert!(
+        up_ok,
+        "iperf3 router -> inside failed:\n{up_json}\n{}",
+        he.log_text()
+    );
+    let (down_json, down_ok) = iperf3_in(&net.he, &net.peer, &vip, &["-t", "2", "-R"], || {});
+    assert!(
+        down_ok,
+        "iperf3 inside -> router failed:\n{down_json}\n{}",
+        he.log_text()
+    );
+    let (up, down) = (
+        received_bytes(&up_json) as u64,
+        received_bytes(&down_json) as u64,
+    );
+    assert!(
+        up > 1_000_000 && down > 1_000_000,
+        "iperf3 carried {up}/{down} bytes"
+    );
+
+    // Per CHILD SA on the head-end: "<gw> <spi in/out> <local ts> <remote ts> <bytes in/out>
+    // <packets in/out>".
+    let detail = show(&control, &["vpn", "ipsec", "sa", "detail"]);
+    let row = |needle: &str| -> ((u64, u64), (u64, u64)) {
+        let cols: Vec<&str> = detail
+            .lines()
+            .find(|l| {
+                l.split_whitespace()
+                    .nth(2)
+                    .is_some_and(|ts| ts.ends_with(needle))
+            })
+            .unwrap_or_else(|| panic!("no CHILD SA with local TS {needle}:\n{detail}"))
+            .split_whitespace()
+            .collect();
+        let pair = |s: &str| -> (u64, u64) {
+            let (a, b) = s.split_once('/').unwrap();
+            (a.parse().unwrap(), b.parse().unwrap())
+        };
+        (pair(cols[cols.len() - 2]), pair(cols[cols.len() - 1]))
+    };
+    assert!(detail.contains("2 CHILD SA(s)"), "{detail}");
+    let ((tcp_in, tcp_out), (tcp_pin, tcp_pout)) = row(&format!("{INSIDE_NET}[tcp/5201]"));
+    let ((icmp_in, icmp_out), (icmp_pin, icmp_pout)) = row(&format!("{INSIDE_NET}[icmp]"));
+    // Inner IP bytes: at least the TCP payload each way, on the TCP child's SA.
+    assert!(
+        tcp_in >= up && tcp_out >= down,
+        "TCP child {tcp_in}/{tcp_out}, iperf3 {up}/{down}:\n{detail}"
+    );
+    // The ten echo requests and ten replies each way (84 octets), and nothing of the
+    // iperf3 run, on the ICMP child's SA.
+    assert!(
+        icmp_pin >= 10 && icmp_pout >= 10,
+        "ICMP child packets {icmp_pin}/{icmp_pout}:\n{detail}"
+    );
+    assert!(
+        icmp_in < 100_000 && icmp_out < 100_000,
+        "ICMP child bytes {icmp_in}/{icmp_out}:\n{detail}"
+    );
+    assert!(
+        tcp_pin > 10 * icmp_pin && tcp_pout > 10 * icmp_pout,
+        "{detail}"
+    );
+}

@@ -50,6 +50,10 @@ pub struct Conn {
     pub extra: Vec<(String, String)>,
     /// Extra `key = value` lines for the child.
     pub child_extra: Vec<(String, String)>,
+    /// More children of the connection: (name, `key = value` lines), each with the
+    /// connection's `esp_proposals` (e.g. two children splitting the traffic to one
+    /// subnet by protocol).
+    pub more_children: Vec<(String, Vec<(String, String)>)>,
 }
 
 impl Conn {
@@ -74,6 +78,7 @@ impl Conn {
             start_action: None,
             extra: vec![],
             child_extra: vec![],
+            more_children: vec![],
         }
     }
 
@@ -98,6 +103,7 @@ impl Conn {
             start_action: None,
             extra: vec![],
             child_extra: vec![],
+            more_children: vec![],
         }
     }
 }
@@ -170,7 +176,16 @@ impl SwanctlConf {
             for (k, v) in &c.child_extra {
                 let _ = writeln!(s, "        {k} = {v}");
             }
-            s.push_str("      }\n    }\n  }\n");
+            s.push_str("      }\n");
+            for (name, kvs) in &c.more_children {
+                let _ = writeln!(s, "      {name} {{");
+                let _ = writeln!(s, "        esp_proposals = {}", c.esp_proposals);
+                for (k, v) in kvs {
+                    let _ = writeln!(s, "        {k} = {v}");
+                }
+                s.push_str("      }\n");
+            }
+            s.push_str("    }\n  }\n");
         }
         s.push_str("}\npools {\n");
         for (name, addrs) in &self.pools {

@@ -208,6 +208,25 @@ impl HeadendConf {
     }
 }
 
+/// `headend show --socket <control> <words>`: the operator CLI's answer (must succeed).
+pub fn show(control: &std::path::Path, words: &[&str]) -> String {
+    let out = std::process::Command::new(bin())
+        .arg("show")
+        .arg("--socket")
+        .arg(control)
+        .args(words)
+        .output()
+        .expect("headend show runs");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "headend show {} failed: {text}{}",
+        words.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
 /// A running `headend run` or `headend peer`.
 pub struct Headend {
     pub proc: Proc,
@@ -218,7 +237,18 @@ impl Headend {
     /// Starts `headend run --config <generated>` inside `ns` (or in the test's own
     /// namespace when `None`) and waits until its IKE and NAT-T ports are bound.
     pub fn run(ctx: &TestCtx, ns: Option<&Netns>, name: &str, conf: &HeadendConf) -> Headend {
-        let mut h = Self::spawn(ctx, ns, name, "run", conf, &[]);
+        Self::run_with(ctx, ns, name, conf, &[])
+    }
+
+    /// [`Headend::run`] with extra arguments (e.g. `--control PATH`).
+    pub fn run_with(
+        ctx: &TestCtx,
+        ns: Option<&Netns>,
+        name: &str,
+        conf: &HeadendConf,
+        args: &[&str],
+    ) -> Headend {
+        let mut h = Self::spawn(ctx, ns, name, "run", conf, args);
         let ports = [conf.port, conf.natt_port];
         let bound = try_wait_for(Duration::from_secs(20), || {
             if let Some(code) = h.proc.exited() {

@@ -8,12 +8,14 @@
 //! - [`charon`]: strongSwan's charon in its own mount namespace inside a network namespace,
 //!   swanctl.conf generation and `swanctl` helpers (initiate, terminate, list-sas parsing).
 //! - [`headend`]: the built `headend` binary with a generated TOML config.
+//! - [`iperf`]: iperf3 from a peer's virtual IP to the inside address, its JSON figures.
 //!
 //! Missing privileges or tools make a test FAIL with a clear message (never skip).
 #![allow(dead_code)]
 
 pub mod charon;
 pub mod headend;
+pub mod iperf;
 pub mod netns;
 pub mod vici;
 

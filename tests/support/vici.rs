@@ -100,6 +100,24 @@ impl Parser<'_> {
         String::from_utf8_lossy(&self.s[start..self.i]).into_owned()
     }
 
+    /// One list item: up to a space or the list's `]`, brackets inside it included (a
+    /// traffic selector with protocol and port: `10.200.0.0/16[tcp/5201]`).
+    fn list_item(&mut self) -> String {
+        let start = self.i;
+        let mut depth = 0usize;
+        while let Some(&c) = self.s.get(self.i) {
+            match c {
+                b'[' => depth += 1,
+                b']' if depth == 0 => break,
+                b']' => depth -= 1,
+                b' ' if depth == 0 => break,
+                _ => {}
+            }
+            self.i += 1;
+        }
+        String::from_utf8_lossy(&self.s[start..self.i]).into_owned()
+    }
+
     /// Parses entries up to and including the closing brace.
     fn section(&mut self) -> Option<Section> {
         let mut sec = Section::default();
@@ -126,7 +144,7 @@ impl Parser<'_> {
                                             self.i += 1;
                                             break;
                                         }
-                                        _ => items.push(self.word(b" ]")),
+                                        _ => items.push(self.list_item()),
                                     }
                                 }
                                 sec.entries.push((key, Value::List(items)));
@@ -156,7 +174,9 @@ mod tests {
     fn parses_list_sa_event() {
         let out = "list-sa event {net {uniqueid=1 state=ESTABLISHED local-vips=[10.99.0.1] \
                    child-sas {net-1 {name=net spi-in=4d0cbf7d local-ts=[10.99.0.1/32] \
-                   remote-ts=[10.200.0.0/16 10.201.0.0/16]}}}}\nlist-sas reply {}\n";
+                   remote-ts=[10.200.0.0/16 10.201.0.0/16]} net-2 {name=icmp \
+                   remote-ts=[10.200.0.0/16[icmp] 10.200.0.0/16[tcp/5201]]}}}}\n\
+                   list-sas reply {}\n";
         let msgs = parse_raw(out);
         assert_eq!(msgs.len(), 2);
         let sa = msgs[0].body.section("net").expect("net");
@@ -168,6 +188,14 @@ mod tests {
             .expect("child");
         assert_eq!(child.get("spi-in"), Some("4d0cbf7d"));
         assert_eq!(child.list("remote-ts").len(), 2);
+        let child = sa
+            .section("child-sas")
+            .and_then(|c| c.section("net-2"))
+            .expect("second child");
+        assert_eq!(
+            child.list("remote-ts"),
+            vec!["10.200.0.0/16[icmp]", "10.200.0.0/16[tcp/5201]"]
+        );
         assert_eq!(msgs[1].name, "list-sas reply");
     }
 }
