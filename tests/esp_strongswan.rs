@@ -304,13 +304,25 @@ fn esp_strongswan_two_children_to_one_subnet_each_carry_their_own_protocol() {
 
     // iperf3 (TCP port 5201) up and down: the TCP child, which the ICMP child (the
     // newer SA to the same virtual IP) must not shadow.
-    let (up_json, up_ok) = iperf3_in(&net.he, &net.peer, &vip, &["-t", "2"], || {});
+    let (up_json, up_ok) = iperf3_in(
+        &net.he,
+        &net.peer,
+        &vip,
+        &["-t", "2", "--connect-timeout", "5000"],
+        || {},
+    );
     assert!(
         up_ok,
         "iperf3 router -> inside failed:\n{up_json}\n{}",
         he.log_text()
     );
-    let (down_json, down_ok) = iperf3_in(&net.he, &net.peer, &vip, &["-t", "2", "-R"], || {});
+    let (down_json, down_ok) = iperf3_in(
+        &net.he,
+        &net.peer,
+        &vip,
+        &["-t", "2", "-R", "--connect-timeout", "5000"],
+        || {},
+    );
     assert!(
         down_ok,
         "iperf3 inside -> router failed:\n{down_json}\n{}",

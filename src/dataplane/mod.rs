@@ -50,9 +50,14 @@
 //! fixed table, [`ike::esp::FragmentTable`]), else it is dropped as
 //! `esp_non_initial_fragment`; fragments no sender produces (zero-length, past 64 KiB,
 //! overlapping the checked headers, chained Fragment headers) are `esp_bad_fragment`.
-//! Outbound, the SA is chosen by destination;
-//! when its selectors narrow protocol or ports, the packet must match them too (same
-//! counters). Ports are TCP/UDP/SCTP/UDP-Lite ports, ICMP type<<8|code for ICMP/ICMPv6
+//! Outbound, a destination maps to an ordered list of SAs (several CHILD SAs of a peer
+//! whose selectors share addresses but differ in protocol or ports, RFC 4301 4.4.1): the
+//! packet goes on the first whose selectors match it, fragments checked per SA as inbound
+//! (host selectors, then ranges narrowest first; install order within one), and an SA
+//! that narrows neither protocol nor ports matches on the destination alone
+//! ([`table::Tables::select`]); no match is `esp_ts_mismatch`. Rekeys and deletes act on
+//! one SA of a list, never its siblings. Ports are TCP/UDP/SCTP/UDP-Lite ports, ICMP
+//! type<<8|code for ICMP/ICMPv6
 //! (RFC 4301 4.4.1.1); 0-65535 is ANY, 65535-0 OPAQUE ([`ike::esp::check_inner_selectors`]).
 //!
 //! Packets from the TUN device longer than `mtu` (the TUN device's MTU raised behind our
