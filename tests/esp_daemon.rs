@@ -14,7 +14,7 @@ mod support;
 use std::io::{Read, Write};
 use std::net::{TcpStream, UdpSocket};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use headend::dataplane::sys;
@@ -22,7 +22,7 @@ use support::charon::{Charon, Conn};
 use support::headend::{bin, HeadendConf};
 use support::iperf::{iperf3_in, number_after, received_bytes};
 use support::netns::{Direct, Netns, INSIDE_ADDR, INSIDE_NET};
-use support::{require_tool, try_wait_for, wait_for, Proc, TestCtx};
+use support::{try_wait_for, wait_for, Proc, TestCtx};
 
 const PSK: &str = "esp-daemon-psk";
 const PEER_ID: &str = "router-esp";

@@ -150,6 +150,12 @@ impl Tables {
         )
     }
 
+    /// The first outbound SA routed to `dst`: where a packet that every SA's selectors
+    /// admit goes.
+    pub fn route(&self, dst: &IpAddr) -> Option<&Arc<OutboundEntry>> {
+        self.candidates(*dst).next()
+    }
+
     /// The outbound SA an inner packet to `dst` goes on (RFC 4301 5.1 step 1): the first
     /// candidate whose selectors (protocol, ports, our side's addresses) match it, with
     /// stateful fragment checking per SA (RFC 4301 7.4, `frags`, the worker's table;

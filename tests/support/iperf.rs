@@ -16,14 +16,14 @@ pub fn iperf3_in(
     during: impl FnOnce(),
 ) -> (String, bool) {
     let iperf = require_tool("iperf3", "iperf3");
-    let iperf = iperf.to_str().unwrap();
+    let iperf = iperf.to_str().expect("iperf3 path is UTF-8");
     let mut srv = Command::new("ip")
         .args(["netns", "exec", &server.name, iperf, "-s", "-1", "-B"])
         .arg(INSIDE_ADDR)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .unwrap();
+        .expect("iperf3 server starts");
     std::thread::sleep(Duration::from_millis(500));
     let cl = Command::new("ip")
         .args(["netns", "exec", &client.name, iperf, "-c", INSIDE_ADDR])
@@ -32,9 +32,9 @@ pub fn iperf3_in(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap();
+        .expect("iperf3 client starts");
     during();
-    let out = cl.wait_with_output().unwrap();
+    let out = cl.wait_with_output().expect("iperf3 client output");
     let _ = srv.kill();
     let _ = srv.wait();
     let json = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -64,5 +64,5 @@ pub fn received_bytes(json: &str) -> f64 {
     let at = json
         .find("\"sum_received\"")
         .unwrap_or_else(|| panic!("iperf3 JSON without sum_received:\n{json}"));
-    number_after(&json[at..], "bytes").unwrap()
+    number_after(&json[at..], "bytes").expect("sum_received has bytes")
 }
