@@ -251,15 +251,7 @@ fn esp_strongswan_two_children_to_one_subnet_each_carry_their_own_protocol() {
         "icmp".into(),
         vec![("remote_ts".into(), format!("{INSIDE_NET}[icmp]"))],
     )];
-    charon.load(
-        &ctx,
-        &SwanctlConf {
-            conns: vec![conn],
-            pools: vec![],
-            secrets: vec![(vec![], PSK.into())],
-        },
-    );
-    charon.initiate_ok("tcp");
+    charon.connect_psk(&ctx, conn, PSK, Duration::from_secs(10));
     // The IKE SA is up: this one is a CREATE_CHILD_SA on it.
     charon.initiate_ok("icmp");
     let both = || {

@@ -162,6 +162,17 @@ fn pair_with(name: &str, udp_encap: bool, b_cfg: DataplaneConfig) -> Pair {
     }
 }
 
+/// Installs the CHILD SA pair (`ca`, `cb`) and deletes the first one [`pair`] made: a
+/// sibling with wider selectors installed before it would carry all its traffic (the
+/// first SA whose selectors match, RFC 4301 4.4.1).
+fn replace_first_child(p: &Pair, ca: &ChildSa, cb: &ChildSa) {
+    p.b.install(cb).unwrap();
+    p.a.install(ca).unwrap();
+    let (a1, b1) = child_pair(1);
+    p.b.remove(b1.inbound.spi, b1.outbound.spi).unwrap();
+    p.a.remove(a1.inbound.spi, a1.outbound.spi).unwrap();
+}
+
 fn ping(ns: &Netns, count: u32) -> bool {
     require_tool("ping", "iputils-ping");
     let o = ns.exec_timeout(
@@ -975,9 +986,7 @@ fn esp_selector_ports_admit_the_named_port_only_in_and_out() {
         ts_port("10.200.0.0", "10.200.255.255", 1, 0, 65535),
         ts_port("10.200.0.0", "10.200.255.255", 6, 5201, 5201),
     ];
-    // The new SA pair takes over the routes of the first one.
-    p.b.install(&cb).unwrap();
-    p.a.install(&ca).unwrap();
+    replace_first_child(&p, &ca, &cb);
 
     assert!(ping(&p.a_ns, 2), "ICMP is in the selectors");
     let (json, ok) = iperf3(&p, 1, || {});
@@ -1057,8 +1066,7 @@ fn esp_fragmented_udp_through_port_narrowed_selectors_arrives_whole() {
     cb.remote_ts = peer.clone();
     ca.local_ts = peer;
     ca.remote_ts = narrowed;
-    p.b.install(&cb).unwrap();
-    p.a.install(&ca).unwrap();
+    replace_first_child(&p, &ca, &cb);
     p.a_ns.ip(&[
         "-6",
         "addr",

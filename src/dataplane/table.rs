@@ -505,6 +505,18 @@ mod tests {
 
     const ANY: (u16, u16) = (0, 65535);
 
+    /// AES-256-GCM keys for SPI `spi`.
+    fn keys(spi: u32) -> EspKeys {
+        EspKeys {
+            spi: Spi(spi),
+            encr: EncrAlg::AesGcm16(256),
+            encr_key: vec![7u8; 36].into(),
+            integ: None,
+            integ_key: Vec::new().into(),
+            esn: false,
+        }
+    }
+
     /// The CHILD SA pair `child` (its inbound SPI) / `spi` (outbound), carrying `local`
     /// (inside) -> `remote` (peer) selectors.
     fn pair(
@@ -513,14 +525,6 @@ mod tests {
         local: Vec<TrafficSelector>,
         remote: Vec<TrafficSelector>,
     ) -> (Arc<InboundEntry>, Arc<OutboundEntry>) {
-        let keys = |spi: u32| EspKeys {
-            spi: Spi(spi),
-            encr: EncrAlg::AesGcm16(256),
-            encr_key: vec![7u8; 36].into(),
-            integ: None,
-            integ_key: Vec::new().into(),
-            esn: false,
-        };
         let inb = Arc::new(InboundEntry {
             sa: InboundSa::new(&keys(child), Lifetimes::default(), 64).unwrap(),
             child: Spi(child),
@@ -538,20 +542,13 @@ mod tests {
         local: Vec<TrafficSelector>,
         remote: Vec<TrafficSelector>,
     ) -> Arc<OutboundEntry> {
-        let keys = EspKeys {
-            spi: Spi(spi),
-            encr: EncrAlg::AesGcm16(256),
-            encr_key: vec![7u8; 36].into(),
-            integ: None,
-            integ_key: Vec::new().into(),
-            esn: false,
-        };
         Arc::new(OutboundEntry {
-            sa: OutboundSa::new(&keys, Lifetimes::default()).unwrap(),
+            sa: OutboundSa::new(&keys(spi), Lifetimes::default()).unwrap(),
             child: Spi(child),
             local: "192.0.2.1:4500".parse().unwrap(),
             remote: "192.0.2.2:4500".parse().unwrap(),
             udp_encap: true,
+            max_inner: 1400,
             narrow: ike::esp::selectors_narrow(&local) || ike::esp::selectors_narrow(&remote),
             local_ts: local,
             remote_ts: remote,
@@ -717,6 +714,12 @@ mod tests {
         assert_eq!(chosen(&t, &p), Ok(0x3001));
     }
 
+    /// Rekeys the CHILD SA of `old` (same selectors) into the pair (inbound, outbound).
+    fn rekey(t: &mut Tables, old: &OutboundEntry, new: (u32, u32), handover: Handover) {
+        let (inb, out) = pair(new.0, new.1, old.local_ts.clone(), old.remote_ts.clone());
+        t.rekeyed(old.child, inb, out, handover);
+    }
+
     #[test]
     fn a_rekey_replaces_exactly_the_sa_it_rekeys() {
         let (mut t, tcp_sa, icmp_sa) = siblings();
@@ -726,13 +729,7 @@ mod tests {
 
         // We initiated the rekey of the ICMP child: its new SA carries ICMP at once, in
         // the old one's place; the TCP child is untouched.
-        let (icmp2_in, icmp2) = pair(
-            0x201,
-            0x2002,
-            icmp_sa.local_ts.clone(),
-            icmp_sa.remote_ts.clone(),
-        );
-        t.rekeyed(Spi(0x200), icmp2_in, icmp2, Handover::Now);
+        rekey(&mut t, &icmp_sa, (0x201, 0x2002), Handover::Now);
         assert_eq!(chosen(&t, &icmp_p), Ok(0x2002));
         assert_eq!(chosen(&t, &tcp_p), Ok(0x1001));
         let spis: Vec<u32> = t.hosts[&vip].iter().map(|o| o.sa.spi().0).collect();
@@ -743,13 +740,7 @@ mod tests {
 
         // The peer rekeyed the TCP child (we answered): the old SA carries TCP until the
         // old pair is deleted, then the new one does; ICMP stays on its own SA.
-        let (tcp2_in, tcp2) = pair(
-            0x101,
-            0x1002,
-            tcp_sa.local_ts.clone(),
-            tcp_sa.remote_ts.clone(),
-        );
-        t.rekeyed(Spi(0x100), tcp2_in, tcp2, Handover::AtDelete);
+        rekey(&mut t, &tcp_sa, (0x101, 0x1002), Handover::AtDelete);
         assert_eq!(chosen(&t, &tcp_p), Ok(0x1001));
         assert_eq!(
             t.outbound_of_child(Spi(0x101)).map(|o| o.sa.spi().0),
