@@ -47,7 +47,9 @@
 //! no ports: for selectors with port ranges it passes only when the initial fragment of
 //! its datagram (same source, destination, protocol, Identification and SA) passed
 //! within the last 10 s (RFC 4301 7.4 stateful fragment checking; each worker keeps a
-//! fixed table, [`ike::esp::FragmentTable`]), else it is dropped as
+//! fixed table, [`ike::esp::FragmentTable`]: the kernel hashes every fragment of a
+//! datagram to the same TUN queue, fragments carrying no ports to hash, and a peer's ESP
+//! reaches one socket), else it is dropped as
 //! `esp_non_initial_fragment`; fragments no sender produces (zero-length, past 64 KiB,
 //! overlapping the checked headers, chained Fragment headers) are `esp_bad_fragment`.
 //! Outbound, a destination maps to an ordered list of SAs (several CHILD SAs of a peer
