@@ -217,7 +217,6 @@ fn esp_strongswan_peer_over_ipv6_outer_addresses_pings_both_ways() {
 /// the ICMP child's.
 #[test]
 fn esp_strongswan_two_children_to_one_subnet_each_carry_their_own_protocol() {
-    use support::headend::show;
     use support::iperf::{iperf3_in, received_bytes};
     use support::netns::INSIDE_NET;
     let ping = require_tool("ping", "iputils-ping");
@@ -329,46 +328,133 @@ fn esp_strongswan_two_children_to_one_subnet_each_carry_their_own_protocol() {
         "iperf3 carried {up}/{down} bytes"
     );
 
-    // Per CHILD SA on the head-end: "<gw> <spi in/out> <local ts> <remote ts> <bytes in/out>
-    // <packets in/out>".
-    let detail = show(&control, &["vpn", "ipsec", "sa", "detail"]);
-    let row = |needle: &str| -> ((u64, u64), (u64, u64)) {
-        let cols: Vec<&str> = detail
-            .lines()
-            .find(|l| {
-                l.split_whitespace()
-                    .nth(2)
-                    .is_some_and(|ts| ts.ends_with(needle))
-            })
-            .unwrap_or_else(|| panic!("no CHILD SA with local TS {needle}:\n{detail}"))
-            .split_whitespace()
-            .collect();
-        let pair = |s: &str| -> (u64, u64) {
-            let (a, b) = s.split_once('/').unwrap();
-            (a.parse().unwrap(), b.parse().unwrap())
-        };
-        (pair(cols[cols.len() - 2]), pair(cols[cols.len() - 1]))
-    };
-    assert!(detail.contains("2 CHILD SA(s)"), "{detail}");
-    let ((tcp_in, tcp_out), (tcp_pin, tcp_pout)) = row(&format!("{INSIDE_NET}[tcp/5201]"));
-    let ((icmp_in, icmp_out), (icmp_pin, icmp_pout)) = row(&format!("{INSIDE_NET}[icmp]"));
+    let tcp_ts = format!("{INSIDE_NET}[tcp/5201]");
+    let icmp_ts = format!("{INSIDE_NET}[icmp]");
+    let (detail, rows) = child_sas(&control);
+    assert_eq!(rows.len(), 2, "{detail}");
+    let tcp = ChildRow::find(&rows, &tcp_ts, &detail);
+    let icmp = ChildRow::find(&rows, &icmp_ts, &detail);
     // Inner IP bytes: at least the TCP payload each way, on the TCP child's SA.
     assert!(
-        tcp_in >= up && tcp_out >= down,
-        "TCP child {tcp_in}/{tcp_out}, iperf3 {up}/{down}:\n{detail}"
+        tcp.bytes.0 >= up && tcp.bytes.1 >= down,
+        "TCP child {:?}, iperf3 {up}/{down}:\n{detail}",
+        tcp.bytes
     );
     // The ten echo requests and ten replies each way (84 octets), and nothing of the
     // iperf3 run, on the ICMP child's SA.
     assert!(
-        icmp_pin >= 10 && icmp_pout >= 10,
-        "ICMP child packets {icmp_pin}/{icmp_pout}:\n{detail}"
+        icmp.packets.0 >= 10 && icmp.packets.1 >= 10,
+        "ICMP child packets {:?}:\n{detail}",
+        icmp.packets
     );
     assert!(
-        icmp_in < 100_000 && icmp_out < 100_000,
-        "ICMP child bytes {icmp_in}/{icmp_out}:\n{detail}"
+        icmp.bytes.0 < 100_000 && icmp.bytes.1 < 100_000,
+        "ICMP child bytes {:?}:\n{detail}",
+        icmp.bytes
     );
     assert!(
-        tcp_pin > 10 * icmp_pin && tcp_pout > 10 * icmp_pout,
+        tcp.packets.0 > 10 * icmp.packets.0 && tcp.packets.1 > 10 * icmp.packets.1,
         "{detail}"
     );
+
+    // charon rekeys the TCP child (CREATE_CHILD_SA with REKEY_SA, RFC 7296 2.8; the
+    // head-end answers, so the old SA carries TCP until charon deletes it): the new SA
+    // takes exactly the TCP child's place, the ICMP child keeps its SA, and both still
+    // carry their own traffic.
+    let r = charon.rekey("child", "tcp");
+    assert!(r.ok(), "swanctl --rekey --child tcp: {}", r.all());
+    let rekeyed = support::try_wait_for(Duration::from_secs(10), || {
+        let (d, rows) = child_sas(&control);
+        let new_tcp = rows.iter().find(|r| r.local_ts.ends_with(&tcp_ts))?;
+        (rows.len() == 2 && new_tcp.spis != tcp.spis).then_some(d)
+    });
+    let rekeyed = rekeyed.unwrap_or_else(|| {
+        panic!(
+            "the TCP child was not rekeyed on the head-end:\n{}\n{}",
+            child_sas(&control).0,
+            he.log_text()
+        )
+    });
+    let (up2_json, up2_ok) = iperf3_in(
+        &net.he,
+        &net.peer,
+        &vip,
+        &["-t", "1", "--connect-timeout", "5000"],
+        || {},
+    );
+    assert!(
+        up2_ok,
+        "iperf3 after the TCP child's rekey failed:\n{up2_json}\n{rekeyed}\n{}",
+        he.log_text()
+    );
+    let up2 = received_bytes(&up2_json) as u64;
+    assert!(
+        pings(&net.peer, &vip, INSIDE_ADDR),
+        "no ping on the ICMP child after the TCP child's rekey:\n{rekeyed}"
+    );
+    let (detail, rows) = child_sas(&control);
+    assert_eq!(rows.len(), 2, "{detail}");
+    let tcp2 = ChildRow::find(&rows, &tcp_ts, &detail);
+    let icmp2 = ChildRow::find(&rows, &icmp_ts, &detail);
+    assert_eq!(
+        icmp2.spis, icmp.spis,
+        "the ICMP child's SA stays:\n{detail}"
+    );
+    assert!(
+        tcp2.bytes.0 >= up2,
+        "the new TCP SA carried {:?}, iperf3 {up2}:\n{detail}",
+        tcp2.bytes
+    );
+    assert!(
+        icmp2.packets.0 >= icmp.packets.0 + 5 && icmp2.bytes.0 < 100_000,
+        "ICMP child {:?} -> {:?}:\n{detail}",
+        icmp.packets,
+        icmp2.packets
+    );
+}
+
+/// One line of `show vpn ipsec sa detail`.
+#[derive(Debug, Clone)]
+struct ChildRow {
+    /// `<inbound>/<outbound>` SPIs.
+    spis: String,
+    local_ts: String,
+    /// (in, out)
+    bytes: (u64, u64),
+    packets: (u64, u64),
+}
+
+impl ChildRow {
+    /// The row whose (first) local selector ends with `ts`.
+    fn find(rows: &[ChildRow], ts: &str, detail: &str) -> ChildRow {
+        rows.iter()
+            .find(|r| r.local_ts.ends_with(ts))
+            .cloned()
+            .unwrap_or_else(|| panic!("no CHILD SA with local TS {ts}:\n{detail}"))
+    }
+}
+
+/// `show vpn ipsec sa detail` on the head-end's control socket: the text and its rows
+/// ("<gateway id> <spi in/out> <local ts> <remote ts> <bytes in/out> <packets in/out>").
+fn child_sas(control: &std::path::Path) -> (String, Vec<ChildRow>) {
+    let detail = support::headend::show(control, &["vpn", "ipsec", "sa", "detail"]);
+    let pair = |s: &str| -> (u64, u64) {
+        let (a, b) = s.split_once('/').unwrap();
+        (a.parse().unwrap(), b.parse().unwrap())
+    };
+    let rows = detail
+        .lines()
+        .skip(1)
+        .filter(|l| !l.ends_with("CHILD SA(s)"))
+        .map(|l| {
+            let c: Vec<&str> = l.split_whitespace().collect();
+            ChildRow {
+                spis: c[1].to_string(),
+                local_ts: c[2].to_string(),
+                bytes: pair(c[c.len() - 2]),
+                packets: pair(c[c.len() - 1]),
+            }
+        })
+        .collect();
+    (detail, rows)
 }
