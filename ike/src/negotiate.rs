@@ -762,7 +762,9 @@ pub fn ts_is_valid(ts: &TrafficSelector) -> bool {
 }
 
 /// The intersection of two selectors (RFC 7296 2.9): common address range, protocol
-/// (0 is any) and port range; `None` if they share nothing.
+/// (0 is any) and port range; `None` if they share nothing. OPAQUE ports (65535-0,
+/// RFC 7296 3.13.1) are a subset of ANY (0-65535) and disjoint from every port range
+/// (RFC 4301 4.4.1.1: they match only packets whose ports are unavailable).
 pub fn ts_intersect(a: &TrafficSelector, b: &TrafficSelector) -> Option<TrafficSelector> {
     if !ts_is_valid(a) || !ts_is_valid(b) {
         return None;
@@ -783,10 +785,22 @@ pub fn ts_intersect(a: &TrafficSelector, b: &TrafficSelector) -> Option<TrafficS
         (p, q) if p == q => p,
         _ => return None,
     };
-    let (ps, pe) = (a.start_port.max(b.start_port), a.end_port.min(b.end_port));
-    if ps > pe {
-        return None;
-    }
+    const ANY: (u16, u16) = (0, 65535);
+    const OPAQUE: (u16, u16) = (65535, 0);
+    let (pa, pb) = ((a.start_port, a.end_port), (b.start_port, b.end_port));
+    let (ps, pe) = if pa == OPAQUE || pb == OPAQUE {
+        if [pa, pb].iter().all(|p| *p == OPAQUE || *p == ANY) {
+            OPAQUE
+        } else {
+            return None;
+        }
+    } else {
+        let (ps, pe) = (pa.0.max(pb.0), pa.1.min(pb.1));
+        if ps > pe {
+            return None;
+        }
+        (ps, pe)
+    };
     Some(TrafficSelector {
         start: addr_from(a6, s),
         end: addr_from(a6, e),
@@ -1631,6 +1645,63 @@ mod tests {
         assert!(ts_within(&[ts_host(vip)], &[ts_any(false)]));
         assert!(!ts_within(&[ts_any(false)], &[ts_host(vip)]));
         assert!(!ts_within(&[], &[ts_any(false)]));
+    }
+
+    /// RFC 4301 4.4.1.1 port semantics in narrowing: ICMP type/code ranges narrow like
+    /// ports, OPAQUE survives ANY and nothing else, a second CHILD SA's narrower
+    /// selectors to the same networks stand beside the first.
+    #[test]
+    fn narrowing_keeps_icmp_types_and_opaque_ports() {
+        let any = (0, 65535);
+        let opaque = (65535, 0);
+        let inside = |p: u8, ports: (u16, u16)| ts("10.200.0.0", "10.200.255.255", p, ports);
+        let local = vec![inside(0, any)];
+        let vip: IpAddr = Ipv4Addr::new(10, 1, 0, 5).into();
+        // strongSwan `10.200.0.0/16[icmp/8]`: echo request, any code (type<<8 | code).
+        let echo = inside(1, (0x0800, 0x08ff));
+        let (i, r) = narrow(
+            &[ts_any(false)],
+            std::slice::from_ref(&echo),
+            &local,
+            &[vip],
+        )
+        .unwrap();
+        assert_eq!((i, r), (vec![ts_host(vip)], vec![echo.clone()]));
+        // The peer's TSi names a protocol: it stays on the virtual IP.
+        let tcp_any = ts("0.0.0.0", "255.255.255.255", 6, any);
+        let (i, _) = narrow(&[tcp_any], &[inside(6, (5201, 5201))], &local, &[vip]).unwrap();
+        assert_eq!(i, vec![ts("10.1.0.5", "10.1.0.5", 6, any)]);
+        // OPAQUE: kept against ANY, refused against a port range.
+        let tcp_opaque = inside(6, opaque);
+        assert_eq!(
+            ts_intersect(&tcp_opaque, &local[0]),
+            Some(tcp_opaque.clone())
+        );
+        assert_eq!(
+            ts_intersect(&tcp_opaque, &tcp_opaque),
+            Some(tcp_opaque.clone())
+        );
+        assert_eq!(ts_intersect(&tcp_opaque, &inside(6, (80, 80))), None);
+        assert_eq!(ts_intersect(&inside(0, (0, 1023)), &tcp_opaque), None);
+        let (_, r) = narrow(
+            &[ts_any(false)],
+            std::slice::from_ref(&tcp_opaque),
+            &local,
+            &[vip],
+        )
+        .unwrap();
+        assert_eq!(r, vec![tcp_opaque.clone()]);
+        assert!(ts_within(&r, std::slice::from_ref(&tcp_opaque)));
+        // A local_ts limited to ports refuses OPAQUE (nothing left: TS_UNACCEPTABLE).
+        assert_eq!(
+            narrow(
+                &[ts_any(false)],
+                &[tcp_opaque],
+                &[inside(6, (80, 80))],
+                &[vip]
+            ),
+            Err(Error::TsUnacceptable)
+        );
     }
 
     #[test]
