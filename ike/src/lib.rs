@@ -13,6 +13,8 @@ pub mod endpoint;
 pub mod error;
 pub mod esp;
 pub mod event;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod message;
 pub mod negotiate;
 pub mod pool;

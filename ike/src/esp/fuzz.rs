@@ -667,23 +667,8 @@ fn merged_invariants(hdr: &[u8], pkt: &[u8]) {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
-
-    /// The seeds of `target`, by file name.
-    fn seeds(target: &str) -> std::collections::BTreeMap<String, Vec<u8>> {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("fuzz/seeds")
-            .join(target);
-        std::fs::read_dir(dir)
-            .unwrap()
-            .map(|e| {
-                let p = e.unwrap().path();
-                let name = p.file_name().unwrap().to_string_lossy().into_owned();
-                (name, std::fs::read(&p).unwrap())
-            })
-            .collect()
-    }
+    use crate::fuzz::seeds;
 
     /// Deterministic mutations of the seeds (byte flips, cuts, inserted bytes), as a
     /// short stand-in for the fuzzer that runs in every `cargo test`.
