@@ -110,10 +110,12 @@ fn config() -> Arc<EndpointConfig> {
         dh: vec![],
         esn: false,
     };
-    let mut limits = Limits::default();
-    limits.half_open_max = 32;
-    limits.cookie_threshold = 16;
-    limits.half_open_timeout = Duration::from_secs(5);
+    let limits = Limits {
+        half_open_max: 32,
+        cookie_threshold: 16,
+        half_open_timeout: Duration::from_secs(5),
+        ..Limits::default()
+    };
     Arc::new(EndpointConfig {
         local_natt_port: 4500,
         responder: Some(ResponderConfig {
