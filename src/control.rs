@@ -464,12 +464,6 @@ async fn show_sa_detail(s: &Services) -> String {
         "{:<20} {:<17} {:<28} {:<28} {:>14} {:>10}\n",
         "Gateway ID", "SPI in/out", "Local TS", "Remote TS", "Bytes in/out", "Packets"
     );
-    let list = |v: &[ike::TrafficSelector]| {
-        v.iter()
-            .map(|t| t.to_string())
-            .collect::<Vec<_>>()
-            .join(",")
-    };
     let mut n = 0;
     for t in &tunnels {
         for c in &t.child_sas {
@@ -483,8 +477,8 @@ async fn show_sa_detail(s: &Services) -> String {
                 "{:<20} {:<17} {:<28} {:<28} {:>14} {:>10}",
                 t.gateway_id.as_str(),
                 format!("{:08x}/{:08x}", c.inbound.0, c.outbound.0),
-                list(&c.local_ts),
-                list(&c.remote_ts),
+                crate::run::ts_list(&c.local_ts),
+                crate::run::ts_list(&c.remote_ts),
                 format!("{bi}/{bo}"),
                 format!("{pi}/{po}"),
             );

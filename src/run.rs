@@ -52,6 +52,14 @@ pub struct ChildStatus {
     pub remote_ts: Vec<ike::TrafficSelector>,
 }
 
+/// Selectors in strongSwan's notation, comma-separated (one log field, no spaces).
+pub fn ts_list(ts: &[ike::TrafficSelector]) -> String {
+    ts.iter()
+        .map(|t| t.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// The SA table: tunnels by [`TunnelId`], with the IKE SA -> tunnel mapping kept across
 /// IKE SA rekeys (RFC 7296 2.8) so that a rekey is not an up/down.
 #[derive(Debug, Default)]
@@ -259,7 +267,8 @@ impl SaTable {
             tracing::info!(identity = %st.identity, gateway_id = %st.gateway_id,
                 spi_in = %format_args!("{:08x}", c.inbound.spi.0),
                 spi_out = %format_args!("{:08x}", c.outbound.spi.0), encr = ?c.inbound.encr,
-                udp_encap = c.udp_encap, "CHILD SA installed");
+                udp_encap = c.udp_encap, local_ts = %ts_list(&c.local_ts),
+                remote_ts = %ts_list(&c.remote_ts), "CHILD SA installed");
         }
         st.child_sas.push(ChildStatus {
             inbound: c.inbound.spi,

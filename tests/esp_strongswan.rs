@@ -332,6 +332,14 @@ fn esp_strongswan_two_children_to_one_subnet_each_carry_their_own_protocol() {
     let icmp_ts = format!("{INSIDE_NET}[icmp]");
     let (detail, rows) = child_sas(&control);
     assert_eq!(rows.len(), 2, "{detail}");
+    // The log names each CHILD SA's selectors as negotiated.
+    let log = he.log_text();
+    let installed: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("CHILD SA installed") && l.contains("headend::run"))
+        .filter_map(|l| support::headend::field(l, "local_ts"))
+        .collect();
+    assert_eq!(installed, vec![tcp_ts.as_str(), icmp_ts.as_str()], "{log}");
     let tcp = ChildRow::find(&rows, &tcp_ts, &detail);
     let icmp = ChildRow::find(&rows, &icmp_ts, &detail);
     // Inner IP bytes: at least the TCP payload each way, on the TCP child's SA.
