@@ -266,6 +266,12 @@ async fn execute(words: &[&str], ctl: &Control, s: &Services) -> Result<String, 
         }
         ["show", "vpn", "ipsec", "sa"] => Ok(show_sa(s).await),
         ["show", "vpn", "ipsec", "sa", "detail"] => Ok(show_sa_detail(s).await),
+        ["rekey", "vpn", "ipsec", "sa", name] => match s.daemon.rekey_child_sas(name).await {
+            0 => Err(Error::Config(format!(
+                "no tunnel \"{name}\" with an installed CHILD SA"
+            ))),
+            n => Ok(format!("Rekeying {n} CHILD SA(s) of {name}\n")),
+        },
         ["show", "dns", "records"] => show_records(s, s.cluster()).await,
         ["show", "cluster"] => show_cluster(s, s.cluster()).await,
         ["show", "cluster", "statistics"] => show_cluster_statistics(s, s.cluster()).await,
@@ -456,13 +462,17 @@ async fn show_sa(s: &Services) -> String {
 
 /// `show vpn ipsec sa detail`: one line per CHILD SA (several per tunnel when a peer
 /// splits its traffic by protocol or port, RFC 4301 4.4.1), with its SPIs, its
-/// selectors as negotiated (ours, then the peer's) and its own ESP figures.
+/// selectors as negotiated (ours, then the peer's), its state and its own ESP figures.
+/// The state is `installed`, or during a rekey hand-over (RFC 7296 2.8) `rekeyed`
+/// (replaced, its Delete not yet done), `redundant` (the losing pair of a simultaneous
+/// rekey, 2.8.1, deleted at once) and `deleted` (its inbound SPI still accepts packets in
+/// flight for `[dataplane] rekey_linger_ms`), so old and new pairs show side by side.
 async fn show_sa_detail(s: &Services) -> String {
     let mut tunnels = s.daemon.status().await;
     tunnels.sort_by(|a, b| a.gateway_id.as_str().cmp(b.gateway_id.as_str()));
     let mut out = format!(
-        "{:<20} {:<17} {:<28} {:<28} {:>14} {:>10}\n",
-        "Gateway ID", "SPI in/out", "Local TS", "Remote TS", "Bytes in/out", "Packets"
+        "{:<20} {:<17} {:<28} {:<28} {:<10} {:>14} {:>10}\n",
+        "Gateway ID", "SPI in/out", "Local TS", "Remote TS", "State", "Bytes in/out", "Packets"
     );
     let mut n = 0;
     for t in &tunnels {
@@ -474,11 +484,12 @@ async fn show_sa_detail(s: &Services) -> String {
                 .unwrap_or_default();
             let _ = writeln!(
                 out,
-                "{:<20} {:<17} {:<28} {:<28} {:>14} {:>10}",
+                "{:<20} {:<17} {:<28} {:<28} {:<10} {:>14} {:>10}",
                 t.gateway_id.as_str(),
                 format!("{:08x}/{:08x}", c.inbound.0, c.outbound.0),
                 crate::run::ts_list(&c.local_ts),
                 crate::run::ts_list(&c.remote_ts),
+                c.state.label(),
                 format!("{bi}/{bo}"),
                 format!("{pi}/{po}"),
             );

@@ -48,6 +48,9 @@ enum Cmd {
     /// `show service ipsec-ddns`, `show vpn ipsec sa [detail]`, `show dns records`, `show cluster`,
     /// `show cluster statistics` (every member's figures).
     Show(CtlArgs),
+    /// `rekey vpn ipsec sa GATEWAY-ID`: rekey that tunnel's CHILD SAs now
+    /// (CREATE_CHILD_SA, RFC 7296 2.8), like `swanctl --rekey --child`.
+    Rekey(CtlArgs),
     /// Run peer routers (IKEv2 initiators) with connect-one failover over the head-ends.
     Peer {
         #[arg(long)]
@@ -282,6 +285,7 @@ fn main() -> ExitCode {
         Cmd::Delete(a) => control("delete", a),
         Cmd::Commit(a) => control("commit", a),
         Cmd::Show(a) => control("show", a),
+        Cmd::Rekey(a) => control("rekey", a),
         Cmd::Run {
             config,
             control,

@@ -50,6 +50,34 @@ pub struct ChildStatus {
     /// Our selectors and the peer's, as negotiated (RFC 7296 2.9).
     pub local_ts: Vec<ike::TrafficSelector>,
     pub remote_ts: Vec<ike::TrafficSelector>,
+    pub state: ChildState,
+    /// When it entered `state`.
+    pub since: SystemTime,
+}
+
+/// Where a CHILD SA is in its life (RFC 7296 2.8, 2.8.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChildState {
+    /// The pair that carries the tunnel.
+    Installed,
+    /// Replaced by a rekey; still installed until its Delete.
+    Rekeyed,
+    /// The redundant pair of a simultaneous rekey (2.8.1), deleted by us at once.
+    Redundant,
+    /// Deleted; the data plane still accepts packets in flight on its inbound SPI
+    /// (`[dataplane] rekey_linger_ms`).
+    Deleted,
+}
+
+impl ChildState {
+    pub fn label(self) -> &'static str {
+        match self {
+            ChildState::Installed => "installed",
+            ChildState::Rekeyed => "rekeyed",
+            ChildState::Redundant => "redundant",
+            ChildState::Deleted => "deleted",
+        }
+    }
 }
 
 /// Selectors in strongSwan's notation, comma-separated (one log field, no spaces).
@@ -66,6 +94,8 @@ pub fn ts_list(ts: &[ike::TrafficSelector]) -> String {
 pub struct SaTable {
     tunnels: HashMap<TunnelId, TunnelStatus>,
     by_sa: HashMap<IkeSaId, TunnelId>,
+    /// How long a deleted CHILD SA stays listed (the data plane's linger; zero without).
+    linger: Duration,
 }
 
 fn reason_label(r: &DeleteReason) -> String {
@@ -80,6 +110,26 @@ fn reason_label(r: &DeleteReason) -> String {
 }
 
 impl SaTable {
+    /// A table that lists deleted CHILD SAs for `linger` (the data plane's
+    /// `rekey_linger_ms`: they still accept packets in flight).
+    pub fn with_linger(linger: Duration) -> Self {
+        SaTable {
+            linger,
+            ..Default::default()
+        }
+    }
+
+    /// Forgets deleted CHILD SAs whose linger is over at `now`.
+    pub fn prune(&mut self, now: SystemTime) {
+        let linger = self.linger;
+        for st in self.tunnels.values_mut() {
+            st.child_sas.retain(|c| {
+                c.state != ChildState::Deleted
+                    || now.duration_since(c.since).unwrap_or_default() < linger
+            });
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.tunnels.len()
     }
@@ -208,13 +258,16 @@ impl SaTable {
                 None
             }
             Event::ChildSaInstalled(c) => {
-                self.child_added(c, None);
+                self.child_added(c, None, at);
                 None
             }
             Event::ChildSaRekeyed {
-                old_inbound, new, ..
+                old_inbound,
+                new,
+                redundant,
+                ..
             } => {
-                self.child_added(new, Some(*old_inbound));
+                self.child_added(new, Some((*old_inbound, *redundant)), at);
                 None
             }
             Event::ChildSaDeleted {
@@ -223,10 +276,13 @@ impl SaTable {
                 outbound,
             } => {
                 if let Some(st) = self.by_sa.get(ike_sa).and_then(|t| self.tunnels.get_mut(t)) {
-                    st.child_sas.retain(|c| c.inbound != *inbound);
+                    for c in st.child_sas.iter_mut().filter(|c| c.inbound == *inbound) {
+                        (c.state, c.since) = (ChildState::Deleted, at);
+                    }
                     tracing::debug!(identity = %st.identity, spi_in = %format_args!("{:08x}", inbound.0),
                         spi_out = %format_args!("{:08x}", outbound.0), "CHILD SA deleted");
                 }
+                self.prune(at);
                 None
             }
             Event::NegotiationFailed {
@@ -249,7 +305,9 @@ impl SaTable {
         }
     }
 
-    fn child_added(&mut self, c: &ChildSa, replaces: Option<Spi>) {
+    /// `replaces`: the rekeyed pair's inbound SPI, and whether `c` is the redundant pair
+    /// of a simultaneous rekey.
+    fn child_added(&mut self, c: &ChildSa, replaces: Option<(Spi, bool)>, at: SystemTime) {
         let Some(st) = self
             .by_sa
             .get(&c.ike_sa)
@@ -257,8 +315,17 @@ impl SaTable {
         else {
             return;
         };
-        if let Some(old) = replaces {
+        let mut state = ChildState::Installed;
+        if let Some((old, redundant)) = replaces {
             // The old pair stays until its ChildSaDeleted (RFC 7296 2.8).
+            for o in st.child_sas.iter_mut() {
+                if o.inbound == old && o.state == ChildState::Installed {
+                    (o.state, o.since) = (ChildState::Rekeyed, at);
+                }
+            }
+            if redundant {
+                state = ChildState::Redundant;
+            }
             tracing::info!(identity = %st.identity, gateway_id = %st.gateway_id,
                 old_spi_in = %format_args!("{:08x}", old.0),
                 spi_in = %format_args!("{:08x}", c.inbound.spi.0),
@@ -275,6 +342,8 @@ impl SaTable {
             outbound: c.outbound.spi,
             local_ts: c.local_ts.clone(),
             remote_ts: c.remote_ts.clone(),
+            state,
+            since: at,
         });
     }
 
@@ -321,6 +390,9 @@ pub fn to_dataplane(dp: &mut dyn ChildSaSink, ev: &Event) {
 pub enum Command {
     Status(oneshot::Sender<Vec<TunnelStatus>>),
     Counters(oneshot::Sender<ike::endpoint::Counters>),
+    /// Rekey the installed CHILD SAs of the tunnels with this gateway ID or identity;
+    /// answers how many rekeys were started.
+    RekeyChildSas(String, oneshot::Sender<usize>),
     /// Delete every IKE SA (sending Deletes), publish Down events, then stop.
     Shutdown(oneshot::Sender<()>),
 }
@@ -360,6 +432,21 @@ impl DaemonHandle {
         let (tx, rx) = oneshot::channel();
         self.cmd.send(Command::Counters(tx)).await.ok()?;
         rx.await.ok()
+    }
+
+    /// Starts a CREATE_CHILD_SA rekey (RFC 7296 2.8) of every installed CHILD SA of the
+    /// tunnels whose gateway ID or identity is `name`; returns how many were started.
+    pub async fn rekey_child_sas(&self, name: &str) -> usize {
+        let (tx, rx) = oneshot::channel();
+        if self
+            .cmd
+            .send(Command::RekeyChildSas(name.to_string(), tx))
+            .await
+            .is_err()
+        {
+            return 0;
+        }
+        rx.await.unwrap_or(0)
     }
 
     /// Deletes all IKE SAs (RFC 7296 1.4.1), waits briefly for the answers, stops.
@@ -435,6 +522,11 @@ pub async fn start(cfg: &Config, opts: StartOptions) -> Result<DaemonHandle, Err
         ev_tx.clone(),
         opts.dataplane,
         opts.rekey,
+        // Deleted CHILD SAs are listed while the data plane still accepts on them.
+        cfg.dataplane
+            .as_ref()
+            .map(|d| d.rekey_linger())
+            .unwrap_or_default(),
     ));
     tracing::info!(ike = ?ike_addrs, natt = ?natt_addrs, "headend responder listening");
     Ok(DaemonHandle {
@@ -498,11 +590,12 @@ async fn engine_task(
     events: broadcast::Sender<GatewayEvent>,
     dp: Box<dyn ChildSaSink>,
     mut rekey: Option<mpsc::UnboundedReceiver<Spi>>,
+    linger: Duration,
 ) {
     let mut l = Loop {
         ep,
         sockets,
-        table: SaTable::default(),
+        table: SaTable::with_linger(linger),
         events,
         dp,
     };
@@ -522,8 +615,28 @@ async fn engine_task(
                 continue;
             }
             cmd = cmd_rx.recv() => match cmd {
-                Some(Command::Status(tx)) => { let _ = tx.send(l.table.tunnels().cloned().collect()); continue; }
+                Some(Command::Status(tx)) => {
+                    l.table.prune(SystemTime::now());
+                    let _ = tx.send(l.table.tunnels().cloned().collect());
+                    continue;
+                }
                 Some(Command::Counters(tx)) => { let _ = tx.send(l.ep.counters().clone()); continue; }
+                Some(Command::RekeyChildSas(name, tx)) => {
+                    let now = Instant::now();
+                    let spis: Vec<Spi> = l
+                        .table
+                        .tunnels()
+                        .filter(|t| t.gateway_id.as_str() == name || t.identity.to_string() == name)
+                        .flat_map(|t| t.child_sas.iter())
+                        .filter(|c| c.state == ChildState::Installed)
+                        .map(|c| c.inbound)
+                        .collect();
+                    let started = spis
+                        .into_iter()
+                        .filter(|spi| l.ep.rekey_child_sa(now, *spi).is_ok())
+                        .count();
+                    let _ = tx.send(started);
+                }
                 Some(Command::Shutdown(tx)) => break Some(tx),
                 None => break None,
             },
@@ -607,6 +720,95 @@ mod tests {
             virtual_ips: vec![IpAddr::V4(Ipv4Addr::from(vip))],
             udp_encap: false,
         }
+    }
+
+    fn child(ike_sa: u64, spi_in: u32, spi_out: u32) -> ChildSa {
+        let keys = |spi| ike::EspKeys {
+            spi: Spi(spi),
+            encr: ike::EncrAlg::AesGcm16(256),
+            encr_key: zeroize::Zeroizing::new(vec![7; 36]),
+            integ: None,
+            integ_key: zeroize::Zeroizing::new(vec![]),
+            esn: false,
+        };
+        ChildSa {
+            ike_sa: IkeSaId(ike_sa),
+            inbound: keys(spi_in),
+            outbound: keys(spi_out),
+            local_ts: vec![],
+            remote_ts: vec![],
+            local: "127.0.0.1:500".parse().unwrap(),
+            remote: "127.0.0.2:500".parse().unwrap(),
+            udp_encap: false,
+        }
+    }
+
+    fn child_rows(t: &SaTable) -> Vec<(u32, u32, &'static str)> {
+        t.tunnels()
+            .flat_map(|s| s.child_sas.iter())
+            .map(|c| (c.inbound.0, c.outbound.0, c.state.label()))
+            .collect()
+    }
+
+    /// During a rekey hand-over the status lists the old pair beside the new one
+    /// (`rekeyed` until its Delete, then `deleted` for the data plane's linger), and a
+    /// redundant pair of a simultaneous rekey as such; afterwards only the survivor.
+    #[test]
+    fn child_sa_rows_follow_the_rekey_hand_over() {
+        let t0 = SystemTime::UNIX_EPOCH;
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let mut t = SaTable::with_linger(Duration::from_secs(2));
+        t.apply(&est(1, "r1", [10, 99, 0, 1]), t0);
+        t.apply(&Event::ChildSaInstalled(child(1, 0x100, 0x200)), t0);
+        assert_eq!(child_rows(&t), vec![(0x100, 0x200, "installed")]);
+        let rekey = |old, c, initiator, redundant| Event::ChildSaRekeyed {
+            old_inbound: Spi(old),
+            new: c,
+            initiator,
+            redundant,
+        };
+        // Both ends rekey at once: we answer the peer's, ours turns out redundant.
+        t.apply(&rekey(0x100, child(1, 0x101, 0x201), false, false), at(10));
+        t.apply(&rekey(0x100, child(1, 0x102, 0x202), true, true), at(20));
+        assert_eq!(
+            child_rows(&t),
+            vec![
+                (0x100, 0x200, "rekeyed"),
+                (0x101, 0x201, "installed"),
+                (0x102, 0x202, "redundant")
+            ]
+        );
+        let deleted = |i, o| Event::ChildSaDeleted {
+            ike_sa: IkeSaId(1),
+            inbound: Spi(i),
+            outbound: Spi(o),
+        };
+        t.apply(&deleted(0x102, 0x202), at(30));
+        t.apply(&deleted(0x100, 0x200), at(1000));
+        assert_eq!(
+            child_rows(&t),
+            vec![
+                (0x100, 0x200, "deleted"),
+                (0x101, 0x201, "installed"),
+                (0x102, 0x202, "deleted")
+            ]
+        );
+        t.prune(at(2029));
+        assert_eq!(child_rows(&t).len(), 3, "both still within the linger");
+        t.prune(at(2030));
+        assert_eq!(
+            child_rows(&t),
+            vec![(0x100, 0x200, "deleted"), (0x101, 0x201, "installed")]
+        );
+        t.prune(at(3000));
+        assert_eq!(child_rows(&t), vec![(0x101, 0x201, "installed")]);
+        // Without a data plane nothing lingers: a deleted pair goes at once.
+        let mut t = SaTable::default();
+        t.apply(&est(1, "r1", [10, 99, 0, 1]), t0);
+        t.apply(&Event::ChildSaInstalled(child(1, 0x100, 0x200)), t0);
+        t.apply(&rekey(0x100, child(1, 0x101, 0x201), true, false), t0);
+        t.apply(&deleted(0x100, 0x200), t0);
+        assert_eq!(child_rows(&t), vec![(0x101, 0x201, "installed")]);
     }
 
     #[test]

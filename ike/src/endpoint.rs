@@ -2320,6 +2320,7 @@ impl Endpoint {
                 our_spi,
                 ni,
                 ke,
+                peer: None,
             },
         )
     }
@@ -2812,8 +2813,24 @@ impl Endpoint {
                         for spi in &d.spis {
                             // The peer names its inbound SPIs: our outbound (1.4.1).
                             if let Some(i) = sa.child_index_by_outbound(*spi) {
-                                let c = &sa.children[i];
+                                let c = &mut sa.children[i];
                                 let inbound = c.sa.inbound.spi;
+                                // 2.8.1: the peer's rekey of this SA, which we answered
+                                // while ours was in flight, won: remember it for our
+                                // answer, whose SA is then the redundant one.
+                                if let (
+                                    Some(p),
+                                    Some(Pending {
+                                        kind: PendingKind::RekeyChild { old, peer, .. },
+                                        ..
+                                    }),
+                                ) = (c.peer_rekey.take(), sa.pending.as_mut())
+                                {
+                                    if *old == inbound {
+                                        *peer = Some(p);
+                                    }
+                                }
+                                let c = &sa.children[i];
                                 // Answer with our side unless we are deleting it ourselves.
                                 if c.state != ChildState::Deleting {
                                     ours.push(inbound);
@@ -2903,8 +2920,10 @@ impl Endpoint {
                 our_spi,
                 ni,
                 ke,
+                peer,
             } => {
-                let r = self.on_child_rekey_response(now, sa, old, our_spi, ni, ke, &payloads);
+                let r =
+                    self.on_child_rekey_response(now, sa, old, our_spi, ni, ke, peer, &payloads);
                 if r.is_ok() {
                     self.hand_over_late_children(now, sa, old);
                 }
@@ -2989,6 +3008,7 @@ impl Endpoint {
         our_spi: Spi,
         ni: Vec<u8>,
         ke: Option<KeyExchange>,
+        peer: Option<(Spi, Vec<u8>, Vec<u8>)>,
         payloads: &[Payload],
     ) -> Result<(), Error> {
         let pfs = ke.is_some();
@@ -3053,10 +3073,13 @@ impl Endpoint {
         let ts_i = tsi.ok_or(Error::MissingPayload("TSi"))?.clone();
         let ts_r = tsr.ok_or(Error::MissingPayload("TSr"))?.clone();
         let child = self.make_child(sa, now, s, our_spi, peer_spi, i2r, r2i, true, ts_i, ts_r);
-        let peer_rekey = sa.child_by_inbound(old).and_then(|c| {
-            c.state = ChildState::Rekeyed;
-            c.peer_rekey.take()
-        });
+        let peer_rekey = sa
+            .child_by_inbound(old)
+            .and_then(|c| {
+                c.state = ChildState::Rekeyed;
+                c.peer_rekey.take()
+            })
+            .or(peer);
         // 2.8.1: the exchange with the lowest nonce created the redundant SA; its
         // initiator deletes it. The other side deletes the old SA.
         let redundant = peer_rekey.as_ref().is_some_and(|(_, pni, pnr)| {

@@ -25,7 +25,7 @@
 //!   old SA does until the peer deletes it, then the peer's new SA (which we answered).
 //!   The old inbound SA keeps accepting until
 //!   `Event::ChildSaDeleted { inbound, outbound, .. }` -> [`DataplaneHandle::remove`]),
-//!   and for `INBOUND_LINGER` after that.
+//!   and for `rekey_linger_ms` after that.
 //! - The data plane OWNS the NAT-T sockets, one per address family (default
 //!   `0.0.0.0:4500` and `[::]:4500`, the IPv6 one IPV6_V6ONLY). Datagrams on them
 //!   starting with the four-byte non-ESP marker (RFC 3948 2.2) are IKE: they arrive on
@@ -159,6 +159,10 @@ pub struct DataplaneConfig {
     /// first of each family (RFC 1812 4.3.2.4); none: the offending packet's destination.
     /// Must not be an address of this host (the kernel drops such packets from the TUN).
     pub icmp_source: Vec<std::net::IpAddr>,
+    /// How long a deleted inbound SA still accepts packets in flight, in milliseconds (a
+    /// rekey responder answers the initiator's Delete a moment before its data plane
+    /// switches to the new SA).
+    pub rekey_linger_ms: u64,
 }
 
 impl Default for DataplaneConfig {
@@ -182,6 +186,7 @@ impl Default for DataplaneConfig {
             icmp_unreachable_rate: 1000,
             icmp_unreachable_burst: 50,
             icmp_source: Vec::new(),
+            rekey_linger_ms: 2000,
         }
     }
 }
@@ -194,6 +199,11 @@ impl DataplaneConfig {
             hard_bytes: self.hard_lifetime_bytes,
             hard_packets: self.hard_lifetime_packets,
         }
+    }
+
+    /// How long a deleted inbound SA still accepts packets in flight.
+    pub fn rekey_linger(&self) -> Duration {
+        Duration::from_millis(self.rekey_linger_ms)
     }
 }
 
@@ -216,10 +226,6 @@ pub struct RekeyRequest {
 }
 
 /// Drop counter slots beyond the ESP reasons.
-/// How long a deleted inbound SA still accepts packets already in flight (a rekey
-/// responder answers the initiator's Delete a moment before its data plane switches).
-const INBOUND_LINGER: Duration = Duration::from_secs(2);
-
 const DROP_IO: usize = EspDrop::ALL.len();
 const DROP_IKE_QUEUE_FULL: usize = DROP_IO + 1;
 const DROP_SLOTS: usize = DROP_IO + 2;
@@ -625,9 +631,9 @@ impl DataplaneHandle {
 
     /// Deletes a CHILD SA pair (RFC 7296 1.4.1); a new outbound SA waiting for it (see
     /// [`rekeyed_deferred`](Self::rekeyed_deferred)) takes over its routes. The inbound SA
-    /// accepts packets already in flight for [`INBOUND_LINGER`] more.
+    /// accepts packets already in flight for `rekey_linger_ms` more.
     pub fn remove(&self, inbound: Spi, outbound: Spi) -> Result<(), Error> {
-        let until = std::time::Instant::now() + INBOUND_LINGER;
+        let until = std::time::Instant::now() + self.shared.cfg.rekey_linger();
         self.update(|t| t.remove(inbound, outbound, until))
     }
 

@@ -91,6 +91,10 @@ pub(crate) enum PendingKind {
         our_spi: Spi,
         ni: Vec<u8>,
         ke: Option<KeyExchange>,
+        /// The peer's simultaneous rekey of `old` we answered (2.8.1: its new inbound
+        /// SPI at our side, Ni, Nr), kept here when the peer deleted `old` before our
+        /// answer arrived (its exchange won; ours created the redundant SA).
+        peer: Option<(Spi, Vec<u8>, Vec<u8>)>,
     },
     RekeyIke {
         new_spi: u64,
