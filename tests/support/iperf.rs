@@ -1,6 +1,8 @@
 //! iperf3 through a tunnel: a one-shot server on the inside address, a client bound to
 //! the peer's virtual IP, and the figures of its JSON report.
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::netns::{Netns, INSIDE_ADDR};
@@ -34,7 +36,24 @@ pub fn iperf3_in(
         .spawn()
         .expect("iperf3 client starts");
     during();
+    // A tunnel that stops carrying the run leaves the client waiting for the server's
+    // results for ever: give up (a failure) well after the run's own length.
+    let secs = args
+        .iter()
+        .position(|a| *a == "-t")
+        .and_then(|i| args.get(i + 1)?.parse::<u64>().ok())
+        .unwrap_or(10);
+    let pid = cl.id();
+    let running = Arc::new(AtomicBool::new(true));
+    let watch = running.clone();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(secs + 30));
+        if watch.load(Ordering::Relaxed) {
+            let _ = Command::new("kill").arg(pid.to_string()).status();
+        }
+    });
     let out = cl.wait_with_output().expect("iperf3 client output");
+    running.store(false, Ordering::Relaxed);
     let _ = srv.kill();
     let _ = srv.wait();
     let json = String::from_utf8_lossy(&out.stdout).into_owned();
