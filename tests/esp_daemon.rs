@@ -5,7 +5,9 @@
 //! iperf3 run loses no connection; `[dataplane]` soft lifetimes in bytes and packets make
 //! the daemon rekey; the ESP figures are visible in `/metrics` and `show vpn ipsec sa`, and
 //! forged ESP (unknown SPI, bad ICV) is dropped and counted by reason. strongSwan's charon
-//! as the router rekeys its CHILD SA during iperf3 too (the head-end as rekey responder).
+//! as the router rekeys its CHILD SA during iperf3 too (the head-end as rekey responder),
+//! both ends rekey the same CHILD SA at once (RFC 7296 2.8.1) during iperf3, and `show vpn
+//! ipsec sa detail` lists old and new pairs side by side while a Delete is held back.
 //! Needs root, iproute2, iperf3 and strongSwan (tests/run.sh installs them); missing ones
 //! FAIL.
 #![allow(clippy::unwrap_used)]
