@@ -17,7 +17,7 @@ use std::io::{Read, Write};
 use std::net::{TcpStream, UdpSocket};
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use headend::dataplane::sys;
 use support::charon::{Charon, Conn};
@@ -655,13 +655,13 @@ fn esp_daemon_show_sa_lists_old_and_new_child_sa_during_a_rekey() {
 fn esp_daemon_simultaneous_child_rekey_with_charon_during_iperf3() {
     let ctx = TestCtx::new("esp-daemon-swan-collide");
     let net = Direct::new(&ctx);
-    // Retransmissions 1 s apart on charon; 1, 2, 4 s on the head-end.
-    let (mut he, control) = start_headend(&ctx, &net.he, &[("retransmit_timeout", "1s")], "");
+    // Retransmissions 1 s apart on charon (for 30 s); 0.5, 1, 2, 4, 8 s on the head-end.
+    let (mut he, control) = start_headend(&ctx, &net.he, &[("retransmit_timeout", "500ms")], "");
     let (charon, sa0, vip) = charon_tunnel(
         &ctx,
         &net,
         &he,
-        "retransmit_base = 1.0\n  retransmit_tries = 8",
+        "retransmit_base = 1.0\n  retransmit_tries = 30",
     );
     let filters = [IkeFilter::new(&net.he), IkeFilter::new(&net.peer)];
     let before = scrape_in(&net.he);
@@ -672,15 +672,14 @@ fn esp_daemon_simultaneous_child_rekey_with_charon_during_iperf3() {
             .count()
     };
 
-    let (json, ok) = iperf3_in(&net.he, &net.peer, &vip, &["-t", "24"], || {
+    let (json, ok) = iperf3_in(&net.he, &net.peer, &vip, &["-t", "30"], || {
         for round in 1..=2 {
-            std::thread::sleep(Duration::from_secs(3));
+            std::thread::sleep(Duration::from_secs(2));
+            // Both requests leave and are lost.
             for f in &filters {
                 f.drop(&[CREATE_CHILD_SA]);
             }
-            // Requests leave at t0 + (0..0.4 s); retransmitted by charon every second,
-            // by the head-end after 1, 3 and 7 s.
-            let t0 = Instant::now();
+            let (he_from, charon_from) = (he.log_len(), charon.log_len());
             std::thread::scope(|s| {
                 s.spawn(|| {
                     let o = charon.rekey("child", "net");
@@ -688,32 +687,38 @@ fn esp_daemon_simultaneous_child_rekey_with_charon_during_iperf3() {
                 });
                 s.spawn(|| rekey_cli(&control, SWAN_GW));
             });
-            // From 1.5 s, requests pass (charon's at 2 s, the head-end's at 3 s: each
-            // end answers the other's while its own is unanswered), answers do not.
-            std::thread::sleep(
-                (t0 + Duration::from_millis(1500)).saturating_duration_since(Instant::now()),
-            );
+            std::thread::sleep(Duration::from_millis(1200));
+            // Their retransmissions pass, the answers do not: each end answers the
+            // other's request while its own is unanswered (charon retransmits every
+            // second, the head-end after 0.5, 1.5, 3.5, 7.5 s).
             for f in &filters {
                 f.drop(&[CREATE_CHILD_SA, RESPONSE]);
             }
-            // From 3.6 s everything passes: charon's retransmission at 4 s and the
-            // head-end's at 7 s get the answers.
-            std::thread::sleep(
-                (t0 + Duration::from_millis(3600)).saturating_duration_since(Instant::now()),
+            wait_for(
+                "both ends answered the other's rekey",
+                Duration::from_secs(15),
+                || {
+                    let he_answered = he.log_since(he_from).contains("CHILD SA rekeyed");
+                    let charon_answered = charon
+                        .log_since(charon_from)
+                        .contains("detected CHILD_REKEY collision");
+                    (he_answered && charon_answered).then_some(())
+                },
             );
+            // Everything passes: the retransmitted requests get the answers.
             for f in &filters {
                 f.clear();
             }
             wait_for(
                 "the head-end's rekey answered",
-                Duration::from_secs(8),
+                Duration::from_secs(15),
                 || (collisions(&he) >= round).then_some(()),
             );
         }
     });
     assert!(ok, "iperf3 through simultaneous rekeys failed:\n{json}");
     let iv = interval_bps(&json);
-    assert!(iv.len() >= 23, "intervals: {iv:?}");
+    assert!(iv.len() >= 29, "intervals: {iv:?}");
     assert!(
         iv.iter().all(|b| *b > 0.0),
         "a stalled second: {iv:?}\n{}",
