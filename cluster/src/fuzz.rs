@@ -2,8 +2,9 @@
 //! CI runs exactly what the fuzzer runs. Not an API (hidden from the documentation).
 //!
 //! [`frames`]: a byte stream as one TCP connection delivers it to [`crate::net`]'s frame
-//! reader (4-byte length, JSON). First octet bit 0 clear: the join port, unauthenticated
-//! ([`JoinMsg`]; a `Hello` goes through SPAKE2 with our secret, [`join::finish`]).
+//! reader (4-byte length, JSON). First octet bit 0 clear: a join connection,
+//! unauthenticated ([`JoinMsg`]; a `Hello` goes through SPAKE2 with our secret as the
+//! member does, a `Challenge` as the joiner does, [`join::finish`], then [`join::verify`]).
 //! Set: a replication link, a `LinkHello` then [`Message`]s into a [`Node`] holding
 //! records of its own (bit 1: messages come from the configured peer rather than the
 //! member the hello names). Invariants: nothing panics; the node stays within its
@@ -36,13 +37,24 @@ pub fn frames(data: &[u8]) -> usize {
         let exporter = [7u8; 32];
         while let Some(Ok(msg)) = ready(read_frame_max::<_, JoinMsg>(&mut stream, MAX_JOIN_FRAME)) {
             decoded += 1;
-            if let JoinMsg::Hello { pake } = msg {
-                let (state, _ours) = join::member_start("fuzz-secret", &exporter);
-                if let Ok(key) = join::finish(state, &pake) {
-                    // Our own confirmation reflected back never passes as the joiner's.
-                    let ours = join::confirm(&key, false, &exporter);
-                    assert!(!join::verify(&key, true, &exporter, &ours));
+            // The member's side of a Hello, the joiner's side of a Challenge (an impostor
+            // member may send it): SPAKE2 on their share, then their key confirmation.
+            let (state, joiner, pake, confirm) = match msg {
+                JoinMsg::Hello { pake } => {
+                    let (state, _ours) = join::member_start("fuzz-secret", &exporter);
+                    (state, false, pake, Vec::new())
                 }
+                JoinMsg::Challenge { pake, confirm } => {
+                    let (state, _ours) = join::joiner_start("fuzz-secret", &exporter);
+                    (state, true, pake, confirm)
+                }
+                _ => continue,
+            };
+            if let Ok(key) = join::finish(state, &pake) {
+                let _ = join::verify(&key, !joiner, &exporter, &confirm);
+                // Our own confirmation reflected back never passes as theirs.
+                let ours = join::confirm(&key, joiner, &exporter);
+                assert!(!join::verify(&key, !joiner, &exporter, &ours));
             }
         }
         return decoded;
@@ -137,6 +149,18 @@ mod tests {
         s
     }
 
+    /// The joiner's view of a join connection: the member's SPAKE2 Challenge.
+    fn challenge_seed() -> Vec<u8> {
+        let (_, pake) = join::member_start("fuzz-secret", &[7u8; 32]);
+        let challenge = JoinMsg::Challenge {
+            pake,
+            confirm: vec![0; 32],
+        };
+        let mut s = vec![0u8];
+        s.extend(frame(&serde_json::to_vec(&challenge).unwrap()));
+        s
+    }
+
     /// A join connection: the joiner's SPAKE2 Hello, then a Confirm.
     fn join_seed() -> Vec<u8> {
         let (_, pake) = join::joiner_start("fuzz-secret", &[7u8; 32]);
@@ -155,8 +179,8 @@ mod tests {
 
     /// The seeds in `fuzz/seeds/frames` are what the target expects (every frame
     /// decodes), the link seed is exactly what [`link_seed`] builds, and a smoke run of
-    /// deterministic mutations passes. (The join seed's SPAKE2 share is random, so the
-    /// file is one run of [`join_seed`].)
+    /// deterministic mutations passes. (SPAKE2 shares are random, so the join and
+    /// challenge files are one run of [`join_seed`] and [`challenge_seed`].)
     #[test]
     fn frames_fuzz_target_on_seeds_and_mutations() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/frames");
@@ -170,6 +194,8 @@ mod tests {
         assert_eq!(frames(&seeds["link"]), 4);
         assert_eq!(frames(&seeds["join"]), 2);
         assert_eq!(frames(&join_seed()), 2);
+        assert_eq!(frames(&seeds["challenge"]), 1);
+        assert_eq!(frames(&challenge_seed()), 1);
         // Mutations of the link only: SPAKE2 without optimisation takes 0.2 s a Hello
         // (`cargo fuzz` covers the join port at full speed).
         // JSON punctuation and digits: the edits that keep a frame half-parsable.
