@@ -8,6 +8,8 @@
 //! * [`tcp`]: a byte stream as one TCP connection delivers it (RFC 1035 4.2.2 two-octet
 //!   length framing, RFC 7766), through the connection loop of [`crate::tcp`], zone
 //!   transfers included (several responses per request).
+//! * [`xfr`]: the same with every message signed with `k` now, so transfer requests
+//!   reach the AXFR/IXFR code past TSIG.
 //!
 //! Invariants: nothing panics; every response is at least a header, has QR set, echoes
 //! a request's ID, and fits 1232 octets over UDP; over TCP the output is whole frames,
@@ -30,7 +32,15 @@ fn src() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 5353))
 }
 
-/// The handler of both targets and of the seed tests, made once.
+fn key_config() -> TsigKeyConfig {
+    TsigKeyConfig {
+        name: "k".into(),
+        algorithm: TsigAlgorithmName::HmacSha256,
+        secret: TsigSecret(SECRET.to_vec()),
+    }
+}
+
+/// The handler of the targets and of the seed tests, made once.
 pub fn handler() -> &'static (DnsHandler, Arc<Shard>) {
     static H: OnceLock<(DnsHandler, Arc<Shard>)> = OnceLock::new();
     H.get_or_init(|| {
@@ -39,11 +49,7 @@ pub fn handler() -> &'static (DnsHandler, Arc<Shard>) {
                 name: "ns1".into(),
                 addrs: vec![[192, 0, 2, 1].into()],
             }],
-            tsig_key: vec![TsigKeyConfig {
-                name: "k".into(),
-                algorithm: TsigAlgorithmName::HmacSha256,
-                secret: TsigSecret(SECRET.to_vec()),
-            }],
+            tsig_key: vec![key_config()],
             secondary: vec![SecondaryConfig {
                 address: SecondaryAddr(SocketAddr::from(([127, 0, 0, 1], 53))),
                 tsig_key: "k".into(),
@@ -115,6 +121,39 @@ fn frames(mut stream: &[u8]) -> Vec<&[u8]> {
 
 /// One TCP connection's bytes; returns how many responses were written.
 pub fn tcp(data: &[u8]) -> usize {
+    serve(data).len()
+}
+
+/// Like [`tcp`], but every message is first signed with key `k` at the current time
+/// (RFC 8945), as the configured secondary would: requests get past TSIG to the zone
+/// transfer code (AXFR, IXFR with the client's SOA serial, RFC 1995) and its signed
+/// multi-message answers. Returns how many answer records the responses carried.
+pub fn xfr(data: &[u8]) -> usize {
+    let key = match crate::tsig::TsigKey::new(&key_config()) {
+        Ok(k) => k,
+        Err(e) => panic!("fuzz key: {e}"),
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut stream = Vec::new();
+    for msg in frames(data) {
+        let mut signed = msg.to_vec();
+        if let Some((rr, _)) = crate::tsig::sign(&key, msg, None, false, now, None, Vec::new()) {
+            let mut with = signed.clone();
+            if crate::tsig::append(&mut with, &rr).is_some() && with.len() <= usize::from(u16::MAX)
+            {
+                signed = with;
+            }
+        }
+        stream.extend_from_slice(&(signed.len() as u16).to_be_bytes());
+        stream.extend_from_slice(&signed);
+    }
+    serve(&stream).iter().map(|m| m.answers.len()).sum()
+}
+
+/// Runs one connection; checks and parses what it wrote.
+fn serve(data: &[u8]) -> Vec<hickory_proto::op::Message> {
     static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
     let rt = RT.get_or_init(|| {
         match tokio::runtime::Builder::new_current_thread()
@@ -145,14 +184,17 @@ pub fn tcp(data: &[u8]) -> usize {
         out.len(),
         "whole frames only"
     );
-    for r in &responses {
-        assert!(r.len() >= 12 && r[2] & 0x80 != 0, "a response: {r:02x?}");
-        assert!(ids.contains(&r[..2]), "echoes a request's ID");
-        if let Err(e) = hickory_proto::op::Message::from_vec(r) {
-            panic!("{e}: response {r:02x?}");
-        }
-    }
-    responses.len()
+    responses
+        .iter()
+        .map(|r| {
+            assert!(r.len() >= 12 && r[2] & 0x80 != 0, "a response: {r:02x?}");
+            assert!(ids.contains(&r[..2]), "echoes a request's ID");
+            match hickory_proto::op::Message::from_vec(r) {
+                Ok(m) => m,
+                Err(e) => panic!("{e}: response {r:02x?}"),
+            }
+        })
+        .collect()
 }
 
 /// Deterministic mutations of `seeds` (byte changes, bit flips, cuts, compression
@@ -217,6 +259,23 @@ mod tests {
         let seeds: Vec<Vec<u8>> = seeds.into_values().collect();
         mutations(&seeds, 5_000, |_, m| {
             tcp(m);
+        });
+    }
+
+    /// Signed by the harness, the transfer seeds are served: the AXFR is the whole zone
+    /// (50 tunnels, 1225 addresses), the IXFR from an old serial too (no journal that far
+    /// back); then mutations.
+    #[test]
+    fn xfr_fuzz_target_on_seeds_and_mutations() {
+        let seeds = seeds("xfr");
+        assert!(xfr(&seeds["axfr"]) > 1225);
+        assert!(xfr(&seeds["ixfr-old-serial"]) > 1225);
+        for s in seeds.values() {
+            xfr(s);
+        }
+        let seeds: Vec<Vec<u8>> = seeds.into_values().collect();
+        mutations(&seeds, 2_000, |_, m| {
+            xfr(m);
         });
     }
 }
