@@ -334,12 +334,38 @@ impl Endpoint {
         }
     }
 
+    /// Open another CHILD SA on the established IKE SA `id` (RFC 7296 1.3.1), e.g. one
+    /// for other protocols or ports to the same networks (RFC 4301 4.4.1): `local_ts`
+    /// and `remote_ts` are the selectors we ask for (TSi, TSr). `ChildSaInstalled`
+    /// follows with the selectors the responder narrowed them to; a refusal is logged
+    /// and changes nothing.
+    pub fn create_child_sa(
+        &mut self,
+        now: Instant,
+        id: IkeSaId,
+        local_ts: Vec<TrafficSelector>,
+        remote_ts: Vec<TrafficSelector>,
+    ) -> Result<(), Error> {
+        self.queue_on_established(now, id, LocalReq::CreateChild(local_ts, remote_ts))
+    }
+
     /// Rekey an IKE SA now (RFC 7296 2.18).
     pub fn rekey_ike_sa(&mut self, now: Instant, id: IkeSaId) -> Result<(), Error> {
+        self.queue_on_established(now, id, LocalReq::RekeyIke)
+    }
+
+    /// Queue a local request on the established IKE SA `id` (once: an identical request
+    /// already queued is not repeated), then start it if the exchange window is free.
+    fn queue_on_established(
+        &mut self,
+        now: Instant,
+        id: IkeSaId,
+        req: LocalReq,
+    ) -> Result<(), Error> {
         let mut sa = self.sas.remove(&id).ok_or(Error::NoSuchSa)?;
         let ok = sa.state == IkeSaState::Established;
-        if ok && !sa.queue.contains(&LocalReq::RekeyIke) {
-            sa.queue.push_back(LocalReq::RekeyIke);
+        if ok && !sa.queue.contains(&req) {
+            sa.queue.push_back(req);
             self.kick(now, &mut sa);
         }
         self.finish(now, sa, After::Keep);
@@ -603,9 +629,9 @@ impl Endpoint {
             self.child_index.remove(&fc.our_spi);
         }
         match sa.pending.take().map(|p| p.kind) {
-            Some(PendingKind::RekeyChild { our_spi, .. })
-                if self.child_index.get(&our_spi) == Some(&sa.id) =>
-            {
+            Some(
+                PendingKind::RekeyChild { our_spi, .. } | PendingKind::CreateChild { our_spi, .. },
+            ) if self.child_index.get(&our_spi) == Some(&sa.id) => {
                 self.child_index.remove(&our_spi);
             }
             Some(PendingKind::RekeyIke { new_spi, .. })
@@ -965,6 +991,9 @@ impl Endpoint {
                     )
                 }
                 LocalReq::RekeyChild(old) => self.start_child_rekey(now, sa, old),
+                LocalReq::CreateChild(local_ts, remote_ts) => {
+                    self.start_create_child(now, sa, local_ts, remote_ts)
+                }
                 LocalReq::RekeyIke => self.start_ike_rekey(now, sa),
             };
             if let Err(e) = r {
@@ -2281,35 +2310,14 @@ impl Endpoint {
         c.peer_rekey = None;
         let (local_ts, remote_ts, pfs) =
             (c.sa.local_ts.clone(), c.sa.remote_ts.clone(), c.pfs_group);
-        let proposals = self.esp_proposals(sa);
-        let our_spi = self.new_esp_spi();
-        self.child_index.insert(our_spi, sa.id);
-        let ni = random_nonce(&mut sa.rng);
-        // PFS (2.17): the group this CHILD SA last used, else our first configured one.
-        let group = pfs.or_else(|| proposals.iter().flat_map(|p| p.dh.first()).next().copied());
-        let ke = match group {
-            Some(g) => Some(KeyExchange::generate(g, &mut sa.rng)?),
-            None => None,
-        };
-        let mut payloads = vec![
-            Payload::Notify(Notify {
-                protocol: ProtocolId::Esp,
-                spi: old.0.to_be_bytes().to_vec(),
-                kind: NotifyType::REKEY_SA,
-                data: vec![],
-            }),
-            Payload::Sa(neg::esp_offer(&proposals, our_spi, group)),
-            Payload::Nonce(ni.clone()),
-        ];
-        if let Some(k) = &ke {
-            payloads.push(Payload::Ke {
-                group: crate::crypto::group_number(k.group()),
-                data: k.public_value().to_vec(),
-            });
-        }
-        // TSi/TSr are from the exchange initiator's point of view (2.9).
-        payloads.push(Payload::TsI(local_ts));
-        payloads.push(Payload::TsR(remote_ts));
+        let rekey_sa = Payload::Notify(Notify {
+            protocol: ProtocolId::Esp,
+            spi: old.0.to_be_bytes().to_vec(),
+            kind: NotifyType::REKEY_SA,
+            data: vec![],
+        });
+        let (payloads, our_spi, ni, ke) =
+            self.child_offer(sa, Some(rekey_sa), pfs, local_ts, remote_ts)?;
         self.send_request(
             now,
             sa,
@@ -2321,6 +2329,66 @@ impl Endpoint {
                 ni,
                 ke,
                 peer: None,
+            },
+        )
+    }
+
+    /// A CREATE_CHILD_SA request's payloads for a new CHILD SA (2.17, 1.3.1): [`notify`]
+    /// (REKEY_SA for a rekey), SA with a fresh inbound SPI (reserved in the child
+    /// index), Ni, KEi when a group applies (`group`, else our first configured one:
+    /// PFS), TSi, TSr (from our point of view as the exchange initiator, 2.9).
+    #[allow(clippy::type_complexity)]
+    fn child_offer(
+        &mut self,
+        sa: &mut IkeSa,
+        notify: Option<Payload>,
+        group: Option<crate::config::DhGroup>,
+        local_ts: Vec<TrafficSelector>,
+        remote_ts: Vec<TrafficSelector>,
+    ) -> Result<(Vec<Payload>, Spi, Vec<u8>, Option<KeyExchange>), Error> {
+        let proposals = self.esp_proposals(sa);
+        let our_spi = self.new_esp_spi();
+        self.child_index.insert(our_spi, sa.id);
+        let ni = random_nonce(&mut sa.rng);
+        let group = group.or_else(|| proposals.iter().flat_map(|p| p.dh.first()).next().copied());
+        let ke = match group {
+            Some(g) => Some(KeyExchange::generate(g, &mut sa.rng)?),
+            None => None,
+        };
+        let mut payloads: Vec<Payload> = notify.into_iter().collect();
+        payloads.push(Payload::Sa(neg::esp_offer(&proposals, our_spi, group)));
+        payloads.push(Payload::Nonce(ni.clone()));
+        if let Some(k) = &ke {
+            payloads.push(Payload::Ke {
+                group: crate::crypto::group_number(k.group()),
+                data: k.public_value().to_vec(),
+            });
+        }
+        payloads.push(Payload::TsI(local_ts));
+        payloads.push(Payload::TsR(remote_ts));
+        Ok((payloads, our_spi, ni, ke))
+    }
+
+    /// CREATE_CHILD_SA for another CHILD SA on this IKE SA (1.3.1).
+    fn start_create_child(
+        &mut self,
+        now: Instant,
+        sa: &mut IkeSa,
+        local_ts: Vec<TrafficSelector>,
+        remote_ts: Vec<TrafficSelector>,
+    ) -> Result<(), Error> {
+        let asked = (local_ts.clone(), remote_ts.clone());
+        let (payloads, our_spi, ni, ke) = self.child_offer(sa, None, None, local_ts, remote_ts)?;
+        self.send_request(
+            now,
+            sa,
+            ExchangeType::CreateChildSa,
+            &payloads,
+            PendingKind::CreateChild {
+                our_spi,
+                ni,
+                ke,
+                asked,
             },
         )
     }
@@ -2943,6 +3011,19 @@ impl Endpoint {
                 }
                 Ok(After::Keep)
             }
+            PendingKind::CreateChild {
+                our_spi,
+                ni,
+                ke,
+                asked,
+            } => {
+                let r = self.on_create_child_response(now, sa, our_spi, ni, ke, asked, &payloads);
+                if let Err(e) = r {
+                    self.child_index.remove(&our_spi);
+                    tracing::info!(ike_sa = sa.id.0, error = %e, "new CHILD SA refused");
+                }
+                Ok(After::Keep)
+            }
             PendingKind::RekeyIke { new_spi, ni, ke } => {
                 match self.on_ike_rekey_response(now, sa, new_spi, ni, ke, &payloads) {
                     Ok(()) => {}
@@ -3011,20 +3092,9 @@ impl Endpoint {
         peer: Option<(Spi, Vec<u8>, Vec<u8>)>,
         payloads: &[Payload],
     ) -> Result<(), Error> {
-        let pfs = ke.is_some();
         let proposals = self.esp_proposals(sa);
-        let mut sa_p = None;
-        let mut nr = None;
-        let mut ke_p = None;
-        let mut tsi = None;
-        let mut tsr = None;
         for p in payloads {
             match p {
-                Payload::Sa(v) => sa_p = Some(v),
-                Payload::Nonce(n) => nr = Some(n),
-                Payload::Ke { group, data } => ke_p = Some((*group, data)),
-                Payload::TsI(v) => tsi = Some(v),
-                Payload::TsR(v) => tsr = Some(v),
                 Payload::Notify(n) if n.kind == NotifyType::INVALID_KE_PAYLOAD => {
                     // 1.3 / 2.7: retry with the group the responder asked for, if ours.
                     let want = n.data.get(..2).map(|b| u16::from_be_bytes([b[0], b[1]]));
@@ -3043,36 +3113,11 @@ impl Endpoint {
                         want: want.unwrap_or(0),
                     });
                 }
-                Payload::Notify(n) if n.kind.is_error() => {
-                    return Err(Error::InvalidField {
-                        field: "CREATE_CHILD_SA",
-                        detail: notify_name(n.kind),
-                    })
-                }
                 _ => {}
             }
         }
-        let (s, peer_spi) =
-            neg::check_esp_reply(sa_p.ok_or(Error::MissingPayload("SA"))?, &proposals, pfs)?;
-        let nr = nr.ok_or(Error::MissingPayload("Nr"))?.clone();
-        let g_ir = match (ke, ke_p) {
-            (Some(k), Some((_, data))) => Some(k.agree(data)?),
-            (None, None) => None,
-            _ => return Err(Error::MissingPayload("KE")),
-        };
-        let keys = sa.keys.as_ref().ok_or(Error::NoSuchSa)?;
-        let (i2r, r2i) = child_sa_keys(
-            keys.prf,
-            &keys.sk_d,
-            g_ir.as_ref().map(|g| g.as_slice()),
-            &ni,
-            &nr,
-            s.encr,
-            s.integ,
-        );
-        let ts_i = tsi.ok_or(Error::MissingPayload("TSi"))?.clone();
-        let ts_r = tsr.ok_or(Error::MissingPayload("TSr"))?.clone();
-        let child = self.make_child(sa, now, s, our_spi, peer_spi, i2r, r2i, true, ts_i, ts_r);
+        refused_child(payloads)?;
+        let (child, nr) = self.child_from_reply(now, sa, our_spi, &ni, ke, payloads)?;
         let peer_rekey = sa
             .child_by_inbound(old)
             .and_then(|c| {
@@ -3097,6 +3142,81 @@ impl Endpoint {
         self.install_child(sa, child, Some((old, true, redundant)));
         let delete = if redundant { our_spi } else { old };
         sa.queue.push_back(LocalReq::DeleteChild(vec![delete]));
+        Ok(())
+    }
+
+    /// The CHILD SA a CREATE_CHILD_SA response gives us (2.17): the chosen proposal (one
+    /// of ours, our inbound SPI `our_spi`), Nr, KEr when we sent KEi, TSi/TSr; keys
+    /// from SK_d. Also returns Nr.
+    fn child_from_reply(
+        &mut self,
+        now: Instant,
+        sa: &mut IkeSa,
+        our_spi: Spi,
+        ni: &[u8],
+        ke: Option<KeyExchange>,
+        payloads: &[Payload],
+    ) -> Result<(Child, Vec<u8>), Error> {
+        let pfs = ke.is_some();
+        let proposals = self.esp_proposals(sa);
+        let (mut sa_p, mut nr, mut ke_p, mut tsi, mut tsr) = (None, None, None, None, None);
+        for p in payloads {
+            match p {
+                Payload::Sa(v) => sa_p = Some(v),
+                Payload::Nonce(n) => nr = Some(n),
+                Payload::Ke { data, .. } => ke_p = Some(data),
+                Payload::TsI(v) => tsi = Some(v),
+                Payload::TsR(v) => tsr = Some(v),
+                _ => {}
+            }
+        }
+        let (s, peer_spi) =
+            neg::check_esp_reply(sa_p.ok_or(Error::MissingPayload("SA"))?, &proposals, pfs)?;
+        let nr = nr.ok_or(Error::MissingPayload("Nr"))?.clone();
+        let g_ir = match (ke, ke_p) {
+            (Some(k), Some(data)) => Some(k.agree(data)?),
+            (None, None) => None,
+            _ => return Err(Error::MissingPayload("KE")),
+        };
+        let keys = sa.keys.as_ref().ok_or(Error::NoSuchSa)?;
+        let (i2r, r2i) = child_sa_keys(
+            keys.prf,
+            &keys.sk_d,
+            g_ir.as_ref().map(|g| g.as_slice()),
+            ni,
+            &nr,
+            s.encr,
+            s.integ,
+        );
+        let ts_i = tsi.ok_or(Error::MissingPayload("TSi"))?.clone();
+        let ts_r = tsr.ok_or(Error::MissingPayload("TSr"))?.clone();
+        let child = self.make_child(sa, now, s, our_spi, peer_spi, i2r, r2i, true, ts_i, ts_r);
+        Ok((child, nr))
+    }
+
+    /// Our CREATE_CHILD_SA for another CHILD SA answered (1.3.1): installed when the
+    /// responder's selectors lie within what we asked (2.9); else the peer's half is
+    /// deleted again and nothing is installed.
+    #[allow(clippy::too_many_arguments)]
+    fn on_create_child_response(
+        &mut self,
+        now: Instant,
+        sa: &mut IkeSa,
+        our_spi: Spi,
+        ni: Vec<u8>,
+        ke: Option<KeyExchange>,
+        asked: (Vec<TrafficSelector>, Vec<TrafficSelector>),
+        payloads: &[Payload],
+    ) -> Result<(), Error> {
+        refused_child(payloads)?;
+        let (child, _) = self.child_from_reply(now, sa, our_spi, &ni, ke, payloads)?;
+        if !neg::ts_within(&child.sa.local_ts, &asked.0)
+            || !neg::ts_within(&child.sa.remote_ts, &asked.1)
+        {
+            sa.queue.push_back(LocalReq::DeleteChild(vec![our_spi]));
+            return Err(Error::TsUnacceptable);
+        }
+        self.install_child(sa, child, None);
         Ok(())
     }
 
@@ -3283,6 +3403,21 @@ fn notify(kind: NotifyType, data: Vec<u8>) -> Payload {
         kind,
         data,
     })
+}
+
+/// An error notify in a CREATE_CHILD_SA response (NO_PROPOSAL_CHOSEN, TS_UNACCEPTABLE,
+/// ...): the CHILD SA was refused (2.21.4).
+fn refused_child(payloads: &[Payload]) -> Result<(), Error> {
+    match payloads.iter().find_map(|p| match p {
+        Payload::Notify(n) if n.kind.is_error() => Some(n.kind),
+        _ => None,
+    }) {
+        Some(kind) => Err(Error::InvalidField {
+            field: "CREATE_CHILD_SA",
+            detail: notify_name(kind),
+        }),
+        None => Ok(()),
+    }
 }
 
 fn notify_name(k: NotifyType) -> String {

@@ -1334,3 +1334,83 @@ fn cookie_then_invalid_ke_then_established() {
         .collect();
     assert_eq!(inits.len(), 3);
 }
+
+/// RFC 7296 1.3.1 and RFC 4301 4.4.1: beside the CHILD SA of IKE_AUTH, the initiator opens
+/// two more with CREATE_CHILD_SA, to the same inside network but one for TCP port 5201
+/// and one for ICMP; the responder narrows each (the virtual IP on the initiator's side)
+/// and both ends install all three with the same selectors. Selectors outside the
+/// responder's networks are refused (TS_UNACCEPTABLE): nothing installed, the IKE SA
+/// and its CHILD SAs stay.
+#[test]
+fn more_child_sas_with_narrower_selectors_on_one_ike_sa() {
+    let (mut p, id) = established_pair(91);
+    let vip = match p.initiator.established()[0] {
+        Event::IkeSaEstablished { virtual_ips, .. } => virtual_ips[0],
+        _ => unreachable!(),
+    };
+    let sel = |a: [u8; 4], b: [u8; 4], protocol: u8, ports: (u16, u16)| ike::TrafficSelector {
+        start: std::net::Ipv4Addr::from(a).into(),
+        end: std::net::Ipv4Addr::from(b).into(),
+        protocol,
+        start_port: ports.0,
+        end_port: ports.1,
+    };
+    let any_v4 = |protocol: u8| sel([0; 4], [255; 4], protocol, (0, 65535));
+    let inside = |protocol: u8, ports: (u16, u16)| {
+        sel([10, 200, 0, 0], [10, 200, 255, 255], protocol, ports)
+    };
+    for (protocol, ports) in [(6, (5201, 5201)), (1, (0, 65535))] {
+        p.initiator
+            .ep
+            .create_child_sa(
+                p.now,
+                id,
+                vec![any_v4(protocol)],
+                vec![inside(protocol, ports)],
+            )
+            .unwrap();
+        p.drive();
+    }
+    let (ci, cr) = (child_installed(&p.initiator), child_installed(&p.responder));
+    assert_eq!((ci.len(), cr.len()), (3, 3), "{ci:?}\n{cr:?}");
+    for (k, (protocol, ports)) in [(6u8, (5201u16, 5201u16)), (1, (0, 65535))]
+        .into_iter()
+        .enumerate()
+    {
+        let (i, r) = (&ci[k + 1], &cr[k + 1]);
+        let host = ike::TrafficSelector {
+            start: vip,
+            end: vip,
+            protocol,
+            start_port: 0,
+            end_port: 65535,
+        };
+        assert_eq!(i.local_ts, vec![host.clone()], "narrowed to the virtual IP");
+        assert_eq!(i.remote_ts, vec![inside(protocol, ports)]);
+        assert_eq!(
+            (r.local_ts.clone(), r.remote_ts.clone()),
+            (i.remote_ts.clone(), i.local_ts.clone())
+        );
+        assert_eq!(
+            (i.inbound.spi, i.outbound.spi),
+            (r.outbound.spi, r.inbound.spi)
+        );
+        assert_eq!(i.inbound.encr_key, r.outbound.encr_key);
+    }
+    assert_eq!(children(&p.initiator).len(), 3);
+
+    // Outside the responder's networks: refused, nothing changes.
+    let other = sel([192, 168, 0, 0], [192, 168, 0, 255], 6, (80, 80));
+    p.initiator
+        .ep
+        .create_child_sa(p.now, id, vec![any_v4(6)], vec![other])
+        .unwrap();
+    p.drive();
+    assert_eq!(child_installed(&p.initiator).len(), 3);
+    assert_eq!(child_installed(&p.responder).len(), 3);
+    assert_eq!(
+        (children(&p.initiator).len(), children(&p.responder).len()),
+        (3, 3)
+    );
+    assert!(p.initiator.deleted().is_empty() && p.responder.deleted().is_empty());
+}

@@ -9,7 +9,7 @@ use zeroize::Zeroizing;
 
 use crate::config::{EspProposal, InitiatorConfig, PrfAlg};
 use crate::crypto::{IkeKeys, IkeSuite, KeyExchange, SkCipher};
-use crate::event::{ChildSa, Identity, IkeSaId, SocketKind, Spi};
+use crate::event::{ChildSa, Identity, IkeSaId, SocketKind, Spi, TrafficSelector};
 
 use super::{IkeSaState, Reassembly};
 
@@ -80,6 +80,8 @@ pub(crate) enum LocalReq {
     Dpd,
     /// Tell the peer its ESP SPI is unknown here (2.21.4).
     InvalidSpi(Spi),
+    /// Open another CHILD SA asking for these selectors (ours, the peer's), 1.3.1.
+    CreateChild(Vec<TrafficSelector>, Vec<TrafficSelector>),
 }
 
 /// What an outstanding request of ours was about.
@@ -100,6 +102,13 @@ pub(crate) enum PendingKind {
         new_spi: u64,
         ni: Vec<u8>,
         ke: Option<KeyExchange>,
+    },
+    /// A new CHILD SA (1.3.1) and the selectors we asked for (TSi, TSr).
+    CreateChild {
+        our_spi: Spi,
+        ni: Vec<u8>,
+        ke: Option<KeyExchange>,
+        asked: (Vec<TrafficSelector>, Vec<TrafficSelector>),
     },
     DeleteChild(Vec<Spi>),
     DeleteIke,
