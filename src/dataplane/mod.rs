@@ -140,6 +140,10 @@ pub struct DataplaneConfig {
     pub offload: bool,
     /// UDP GSO on send and GRO on receive where the kernel supports them.
     pub udp_gso: bool,
+    /// Verify the TCP/UDP checksum of every decrypted packet before coalescing it into a
+    /// TUN super-packet. Off by default: the ESP ICV already proves the packet is what the
+    /// peer's ESP layer sealed (see `gro.rs`).
+    pub verify_inner_checksums: bool,
     /// Soft lifetimes: a rekey request when crossed (0 = none).
     pub soft_lifetime_bytes: u64,
     pub soft_lifetime_packets: u64,
@@ -177,6 +181,7 @@ impl Default for DataplaneConfig {
             raw_esp: true,
             offload: true,
             udp_gso: true,
+            verify_inner_checksums: false,
             soft_lifetime_bytes: 0,
             soft_lifetime_packets: 0,
             hard_lifetime_bytes: 0,
@@ -363,6 +368,15 @@ impl Dataplane {
             .map_err(|e| Error::Other(format!("cannot create TUN {}: {e}", cfg.tun_name)))?;
         tun.enabled(true)?;
         let tun_name = tun.name().unwrap_or_else(|_| cfg.tun_name.clone());
+        if cfg.offload && cfg.udp_gso {
+            // A TSO super-packet from the TUN whose sealed segments fit one UDP GSO send.
+            let size = worker::tso_max_size(cfg.mtu);
+            if let Err(e) = ip_link_set(&tun_name, "gso_max_size", &size.to_string()) {
+                tracing::warn!(
+                    "cannot cap the TUN's TSO size (one GSO send per super-packet): {e}"
+                );
+            }
+        }
         let mut tuns = vec![tun];
         for _ in 1..queues {
             let q = tuns[0].try_clone()?;
@@ -777,6 +791,21 @@ impl Housekeeping {
         }
         self.installed = want;
         err
+    }
+}
+
+fn ip_link_set(dev: &str, key: &str, value: &str) -> Result<(), String> {
+    let out = std::process::Command::new("ip")
+        .args(["link", "set", "dev", dev, key, value])
+        .output()
+        .map_err(|e| format!("ip link set dev {dev} {key} {value}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip link set dev {dev} {key} {value}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
     }
 }
 

@@ -23,6 +23,18 @@ const HEADROOM: usize = VIRTIO_NET_HDR_LEN + MAX_HEADROOM;
 const GSO_MAX_BYTES: usize = 65000;
 const GSO_MAX_SEGS: usize = 64;
 
+/// The TUN's `gso_max_size` for a tunnel MTU: the largest TSO super-packet whose segments,
+/// each sealed with the largest ESP overhead of any transform, fit in one UDP GSO send of
+/// [`GSO_MAX_BYTES`]. The kernel's default (64 KiB) splits every super-packet over two
+/// sends, and two receives at the other end. Segments are assumed to carry the largest
+/// headers (IPv6 and 60 octets of TCP), so smaller headers only give fewer segments.
+pub(super) fn tso_max_size(mtu: u16) -> u32 {
+    const HEADERS: usize = 40 + 60;
+    let mtu = (mtu as usize).max(1280);
+    let segs = (GSO_MAX_BYTES / (mtu + MAX_HEADROOM + MAX_TAILROOM)).clamp(1, GSO_MAX_SEGS);
+    (segs * (mtu - HEADERS) + HEADERS) as u32
+}
+
 pub(super) struct Worker {
     pub shared: Arc<Shared>,
     pub tun: Arc<SyncDevice>,
@@ -336,7 +348,7 @@ impl Worker {
             if self.gso { 8 } else { BATCH },
             if self.gso { GRO_BUF } else { 4096 },
         );
-        let mut out = TunOut::new(&self.tun);
+        let mut out = TunOut::new(&self.tun, self.shared.cfg.verify_inner_checksums);
         // IKE datagrams carry this socket's address (its family's, see natt.rs).
         let Ok(local) = self.sock.local_addr() else {
             return;
@@ -453,7 +465,7 @@ impl Worker {
     /// header right away.
     pub fn run_raw_decrypt(self, v6: bool) {
         let mut bufs = [vec![0u8; 65536]];
-        let mut out = TunOut::new(&self.tun);
+        let mut out = TunOut::new(&self.tun, self.shared.cfg.verify_inner_checksums);
         while !self.stopped() {
             let n = match self.sock.recv_from(&mut bufs[0]) {
                 Ok((n, _)) => n,
@@ -500,9 +512,9 @@ struct TunOut {
 }
 
 impl TunOut {
-    fn new(tun: &SyncDevice) -> Self {
+    fn new(tun: &SyncDevice, verify: bool) -> Self {
         TunOut {
-            gro: Coalescer::new(tun.tcp_gso(), tun.udp_gso()),
+            gro: Coalescer::new(tun.tcp_gso(), tun.udp_gso(), verify),
             writev: Writev::new(gro::MAX_SEGS + 2),
             fd: tun.as_raw_fd(),
         }
@@ -522,5 +534,28 @@ impl TunOut {
         for _ in 0..failed {
             counters.count_drop(DROP_IO);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_capped_tso_super_packet_is_one_gso_send_for_any_headers() {
+        for mtu in (1280u16..=9000).step_by(7) {
+            let n = tso_max_size(mtu) as usize;
+            let mtu = mtu as usize;
+            // IPv4 + bare TCP (most payload per segment) to IPv6 + 60 octets of TCP.
+            for hdrs in 40..=100 {
+                let segs = (n - hdrs).div_ceil(mtu - hdrs);
+                assert!(segs <= GSO_MAX_SEGS, "mtu {mtu}: {segs} segments");
+                assert!(
+                    segs * (mtu + MAX_HEADROOM + MAX_TAILROOM) <= GSO_MAX_BYTES,
+                    "mtu {mtu}, headers {hdrs}: {segs} sealed segments exceed one send"
+                );
+            }
+        }
+        assert_eq!(tso_max_size(1400), 57300);
     }
 }
