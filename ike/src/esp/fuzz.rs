@@ -502,7 +502,9 @@ pub fn inner_packet(data: &[u8], start: Instant) -> usize {
             icmp_invariants(pkt, kind, sources, &out[..n]);
         }
     }
-    coalesce(flags & 4 != 0, flags & 8 != 0, &mut bufs)
+    // Every flag bit has a job already: checksum verification goes by their parity.
+    let verify = flags.count_ones() % 2 == 1;
+    coalesce(flags & 4 != 0, flags & 8 != 0, verify, &mut bufs)
 }
 
 /// Datagram key of the fragment model: addresses, protocol, Identification, SA.
@@ -603,8 +605,8 @@ fn icmp_invariants(pkt: &[u8], kind: icmp::Kind, sources: icmp::Sources, r: &[u8
 /// Every packet into a [`Coalescer`] and out again: each is written exactly once, a
 /// merged write's IP length is its length, its virtio header describes it, and the
 /// partial transport checksum completes to a valid one.
-fn coalesce(vnet: bool, uso: bool, bufs: &mut [Vec<u8>]) -> usize {
-    let mut c = Coalescer::new(vnet, uso);
+fn coalesce(vnet: bool, uso: bool, verify: bool, bufs: &mut [Vec<u8>]) -> usize {
+    let mut c = Coalescer::new(vnet, uso, verify);
     let (mut written, mut merged) = (0, 0);
     let mut flush = |c: &mut Coalescer, bufs: &mut [Vec<u8>]| {
         let failed = c.flush(bufs, |parts| {
