@@ -67,7 +67,8 @@ pub struct Config {
     /// `[auth]`: certificate authentication instead of PSKs (issue 7).
     #[serde(default)]
     pub auth: Option<AuthSection>,
-    /// `[metrics]`: Prometheus metrics over HTTP (`headend run --metrics` overrides).
+    /// `[metrics]`: Prometheus metrics over HTTP (`headend run --metrics` and `headend peer
+    /// --metrics` override).
     #[serde(default)]
     pub metrics: Option<MetricsSection>,
     /// The `[auth]` files, loaded by [`Config::load`]; shared with the engine.
@@ -293,7 +294,8 @@ pub struct PoolSection {
     pub dns: Vec<IpAddr>,
 }
 
-/// `[metrics]`: where `headend run` serves Prometheus metrics (`GET /metrics`).
+/// `[metrics]`: where `headend run` or `headend peer` serves Prometheus metrics
+/// (`GET /metrics`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsSection {

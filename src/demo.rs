@@ -553,6 +553,7 @@ pub async fn run(opts: &DemoOptions) -> Result<Summary, Error> {
         count: Some(opts.routers),
         id_prefix: Some("router-".into()),
         duration: None,
+        metrics: None,
     };
     let ids = peer::router_ids(rcfg.validate_peer("<demo routers>")?, &popts)?;
     let mut view: Vec<RouterView> = ids

@@ -63,6 +63,10 @@ enum Cmd {
         /// Stop after this long (e.g. 30s); default: until SIGTERM/SIGINT.
         #[arg(long, value_parser = duration_arg)]
         duration: Option<Duration>,
+        /// Serve Prometheus metrics over HTTP here (e.g. 127.0.0.1:9091); overrides
+        /// `[metrics] listen`.
+        #[arg(long)]
+        metrics: Option<SocketAddr>,
     },
     /// The newcomer's first command: a three-member cluster on loopback, thirty routers,
     /// the busiest member killed, failover followed in DNS; prints p50/p99/max.
@@ -386,6 +390,7 @@ fn main() -> ExitCode {
             count,
             id_prefix,
             duration,
+            metrics,
         } => {
             let cfg = match load(&config) {
                 Ok(c) => c,
@@ -437,6 +442,7 @@ fn main() -> ExitCode {
                     count,
                     id_prefix,
                     duration,
+                    metrics,
                 };
                 let r = peer::run(&cfg, opts, tx).await;
                 let _ = printer.await;

@@ -1,5 +1,6 @@
 //! Prometheus metrics over HTTP (`[metrics] listen` or `headend run --metrics ADDR`,
-//! issue 6), text exposition format 0.0.4. The cluster-wide series come from what the
+//! issue 6), text exposition format 0.0.4. `headend peer` serves the IKE and ESP series
+//! of its own routers with the same code ([`render_peer`], [`serve_with`]). The cluster-wide series come from what the
 //! cluster replicates (member states, records per member, and every member's own
 //! figures, which each member shares about every second), so any member shows the whole
 //! cluster, lifting the seed's "statistics are not shared between units" (seed 000).
@@ -195,138 +196,161 @@ pub fn render_cluster_figures(out: &mut String, members: &[(String, BTreeMap<Str
     }
 }
 
-/// The whole exposition.
-pub async fn render(s: &Services) -> String {
-    let mut o = String::new();
-    let tunnels = s.daemon.status().await;
+/// The IKE series: tunnels (IKE SAs) up and the engine's counters.
+fn render_ike(o: &mut String, tunnels_up: usize, c: Option<&ike::endpoint::Counters>) {
     family(
-        &mut o,
+        o,
         "headend_tunnels_up",
         "gauge",
         "IKE SAs (tunnels) up on this member.",
     );
-    let _ = writeln!(o, "headend_tunnels_up {}", tunnels.len());
-    if let Some(c) = s.daemon.counters().await {
-        family(
-            &mut o,
-            "headend_ike_sa_setups_total",
-            "counter",
-            "IKE SAs that completed IKE_AUTH.",
+    let _ = writeln!(o, "headend_tunnels_up {tunnels_up}");
+    let Some(c) = c else { return };
+    family(
+        o,
+        "headend_ike_sa_setups_total",
+        "counter",
+        "IKE SAs that completed IKE_AUTH.",
+    );
+    let _ = writeln!(o, "headend_ike_sa_setups_total {}", c.established);
+    family(
+        o,
+        "headend_ike_sa_failures_total",
+        "counter",
+        "IKE SA negotiations that failed.",
+    );
+    let _ = writeln!(o, "headend_ike_sa_failures_total {}", c.failed);
+    family(
+        o,
+        "headend_ike_sa_failures_by_reason_total",
+        "counter",
+        "IKE SA negotiations that failed, by reason (our error label, peer_<notify>, no_response).",
+    );
+    for (reason, n) in &c.failed_by {
+        let _ = writeln!(
+            o,
+            "headend_ike_sa_failures_by_reason_total{{reason=\"{}\"}} {n}",
+            label(reason)
         );
-        let _ = writeln!(o, "headend_ike_sa_setups_total {}", c.established);
-        family(
-            &mut o,
-            "headend_ike_sa_failures_total",
-            "counter",
-            "IKE SA negotiations that failed.",
-        );
-        let _ = writeln!(o, "headend_ike_sa_failures_total {}", c.failed);
-        family(
-            &mut o,
-            "headend_ike_sa_failures_by_reason_total",
-            "counter",
-            "IKE SA negotiations that failed, by reason (our error label, peer_<notify>, no_response).",
-        );
-        for (reason, n) in &c.failed_by {
-            let _ = writeln!(
-                o,
-                "headend_ike_sa_failures_by_reason_total{{reason=\"{}\"}} {n}",
-                label(reason)
-            );
-        }
-        family(
-            &mut o,
-            "headend_ike_dropped_total",
-            "counter",
-            "IKE datagrams dropped, by reason.",
-        );
-        for (reason, n) in &c.dropped {
-            let _ = writeln!(
-                o,
-                "headend_ike_dropped_total{{reason=\"{}\"}} {n}",
-                label(reason)
-            );
-        }
-        family(
-            &mut o,
-            "headend_ike_retransmitted_total",
-            "counter",
-            "IKE requests retransmitted.",
-        );
-        let _ = writeln!(o, "headend_ike_retransmitted_total {}", c.retransmitted);
-        family(
-            &mut o,
-            "headend_ike_cookies_sent_total",
-            "counter",
-            "COOKIE challenges sent.",
-        );
-        let _ = writeln!(o, "headend_ike_cookies_sent_total {}", c.cookies_sent);
     }
+    family(
+        o,
+        "headend_ike_dropped_total",
+        "counter",
+        "IKE datagrams dropped, by reason.",
+    );
+    for (reason, n) in &c.dropped {
+        let _ = writeln!(
+            o,
+            "headend_ike_dropped_total{{reason=\"{}\"}} {n}",
+            label(reason)
+        );
+    }
+    family(
+        o,
+        "headend_ike_retransmitted_total",
+        "counter",
+        "IKE requests retransmitted.",
+    );
+    let _ = writeln!(o, "headend_ike_retransmitted_total {}", c.retransmitted);
+    family(
+        o,
+        "headend_ike_cookies_sent_total",
+        "counter",
+        "COOKIE challenges sent.",
+    );
+    let _ = writeln!(o, "headend_ike_cookies_sent_total {}", c.cookies_sent);
+}
+
+/// The ESP data plane's series.
+fn render_esp(o: &mut String, c: &crate::dataplane::Counters) {
+    family(
+        o,
+        "headend_esp_packets_total",
+        "counter",
+        "Inner packets through ESP, by direction.",
+    );
+    let _ = writeln!(
+        o,
+        "headend_esp_packets_total{{direction=\"tx\"}} {}",
+        c.tx_packets
+    );
+    let _ = writeln!(
+        o,
+        "headend_esp_packets_total{{direction=\"rx\"}} {}",
+        c.rx_packets
+    );
+    family(
+        o,
+        "headend_esp_bytes_total",
+        "counter",
+        "Inner bytes through ESP, by direction.",
+    );
+    let _ = writeln!(
+        o,
+        "headend_esp_bytes_total{{direction=\"tx\"}} {}",
+        c.tx_bytes
+    );
+    let _ = writeln!(
+        o,
+        "headend_esp_bytes_total{{direction=\"rx\"}} {}",
+        c.rx_bytes
+    );
+    family(
+        o,
+        "headend_esp_drops_total",
+        "counter",
+        "ESP packets dropped, by reason.",
+    );
+    for (reason, n) in &c.drops {
+        let _ = writeln!(
+            o,
+            "headend_esp_drops_total{{reason=\"{}\"}} {n}",
+            label(reason)
+        );
+    }
+    family(
+        o,
+        "headend_esp_icmp_unreachable_total",
+        "counter",
+        "ICMP destination unreachable sent back into the TUN device for packets no SA covers.",
+    );
+    let _ = writeln!(
+        o,
+        "headend_esp_icmp_unreachable_total {}",
+        c.icmp_unreachable
+    );
+    family(
+        o,
+        "headend_esp_icmp_too_big_total",
+        "counter",
+        "ICMP fragmentation needed / Packet Too Big sent back into the TUN device for inner packets longer than the tunnel MTU.",
+    );
+    let _ = writeln!(o, "headend_esp_icmp_too_big_total {}", c.icmp_too_big);
+}
+
+/// What `headend peer` serves: its routers' tunnels up, its engine's IKE counters and
+/// its data plane's ESP counters (the same series as `headend run`).
+pub fn render_peer(
+    tunnels_up: usize,
+    ike: &ike::endpoint::Counters,
+    esp: Option<&crate::dataplane::Counters>,
+) -> String {
+    let mut o = String::new();
+    render_ike(&mut o, tunnels_up, Some(ike));
+    if let Some(c) = esp {
+        render_esp(&mut o, c);
+    }
+    o
+}
+
+/// The whole exposition.
+pub async fn render(s: &Services) -> String {
+    let mut o = String::new();
+    let tunnels = s.daemon.status().await;
+    render_ike(&mut o, tunnels.len(), s.daemon.counters().await.as_ref());
     if let Some(dp) = &s.dataplane {
-        let c = dp.counters();
-        family(
-            &mut o,
-            "headend_esp_packets_total",
-            "counter",
-            "Inner packets through ESP, by direction.",
-        );
-        let _ = writeln!(
-            o,
-            "headend_esp_packets_total{{direction=\"tx\"}} {}",
-            c.tx_packets
-        );
-        let _ = writeln!(
-            o,
-            "headend_esp_packets_total{{direction=\"rx\"}} {}",
-            c.rx_packets
-        );
-        family(
-            &mut o,
-            "headend_esp_bytes_total",
-            "counter",
-            "Inner bytes through ESP, by direction.",
-        );
-        let _ = writeln!(
-            o,
-            "headend_esp_bytes_total{{direction=\"tx\"}} {}",
-            c.tx_bytes
-        );
-        let _ = writeln!(
-            o,
-            "headend_esp_bytes_total{{direction=\"rx\"}} {}",
-            c.rx_bytes
-        );
-        family(
-            &mut o,
-            "headend_esp_drops_total",
-            "counter",
-            "ESP packets dropped, by reason.",
-        );
-        for (reason, n) in &c.drops {
-            let _ = writeln!(
-                o,
-                "headend_esp_drops_total{{reason=\"{}\"}} {n}",
-                label(reason)
-            );
-        }
-        family(
-            &mut o,
-            "headend_esp_icmp_unreachable_total",
-            "counter",
-            "ICMP destination unreachable sent back into the TUN device for packets no SA covers.",
-        );
-        let _ = writeln!(
-            o,
-            "headend_esp_icmp_unreachable_total {}",
-            c.icmp_unreachable
-        );
-        family(
-            &mut o,
-            "headend_esp_icmp_too_big_total",
-            "counter",
-            "ICMP fragmentation needed / Packet Too Big sent back into the TUN device for inner packets longer than the tunnel MTU.",
-        );
-        let _ = writeln!(o, "headend_esp_icmp_too_big_total {}", c.icmp_too_big);
+        render_esp(&mut o, &dp.counters());
     }
     if let Some(d) = &s.dns {
         let v = d.server.counters().values();
@@ -481,6 +505,15 @@ pub async fn share(s: &Services) {
 
 /// Serves `GET /metrics` until the listener fails.
 pub async fn serve(listener: TcpListener, s: &Services) {
+    serve_with(listener, || render(s)).await
+}
+
+/// Serves `GET /metrics` with what `render` gives, until the listener fails.
+pub async fn serve_with<F, Fut>(listener: TcpListener, render: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = String>,
+{
     loop {
         let Ok((mut conn, _)) = listener.accept().await else {
             return;
@@ -507,7 +540,7 @@ pub async fn serve(listener: TcpListener, s: &Services) {
         let head = String::from_utf8_lossy(&buf[..n]);
         let path = head.split_whitespace().nth(1).unwrap_or("");
         let (status, body) = if head.starts_with("GET ") && (path == "/metrics" || path == "/") {
-            ("200 OK", render(s).await)
+            ("200 OK", render().await)
         } else {
             ("404 Not Found", "not found\n".to_string())
         };

@@ -402,6 +402,38 @@ pub struct PeerOptions {
     pub id_prefix: Option<String>,
     /// Stop after this long (for tests and demos); `None` runs until a signal.
     pub duration: Option<Duration>,
+    /// Serve Prometheus metrics here (overrides `[metrics] listen`).
+    pub metrics: Option<SocketAddr>,
+}
+
+/// A request from the metrics endpoint for a snapshot of the engine's figures.
+type FiguresRequest = tokio::sync::oneshot::Sender<(usize, ike::endpoint::Counters)>;
+
+/// Serves `/metrics` on `listener` (`crate::metrics`, the series of `headend run`):
+/// the routers' tunnels up and the engine's counters come from the engine loop through
+/// `figures`, the ESP counters from the data plane.
+fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    figures: mpsc::Sender<FiguresRequest>,
+    dp: Option<Arc<crate::dataplane::DataplaneHandle>>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        crate::metrics::serve_with(listener, || {
+            let (figures, dp) = (figures.clone(), dp.clone());
+            async move {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                if figures.send(tx).await.is_err() {
+                    return String::new();
+                }
+                let Ok((up, ike)) = rx.await else {
+                    return String::new();
+                };
+                let esp = dp.as_ref().map(|d| d.counters());
+                crate::metrics::render_peer(up, &ike, esp.as_ref())
+            }
+        })
+        .await
+    })
 }
 
 /// The identities of the routers to simulate.
@@ -451,6 +483,19 @@ pub async fn run(
     }
     let local = sockets.ike_addrs[0];
     let natt_port = sockets.natt_addrs[0].port();
+    // `/metrics`: the same series as `headend run` (issue 6), for the routers here.
+    let (figures_tx, mut figures_rx) = mpsc::channel::<FiguresRequest>(16);
+    let mut metrics_task = None;
+    if let Some(addr) = opts.metrics.or(cfg.metrics.as_ref().map(|m| m.listen)) {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| Error::Bind { addr, source })?;
+        tracing::info!(listen = %addr, "metrics served at /metrics");
+        let dp = _dp_handle.as_ref().map(|(h, _)| h.clone());
+        metrics_task = Some(serve_metrics(listener, figures_tx, dp));
+    } else {
+        drop(figures_tx);
+    }
     let mut ep = Endpoint::new(cfg.initiator_endpoint(natt_port), driver::seed());
     let now = Instant::now();
     let mut routers = Routers::new(cfg, &peer, ids, local, now);
@@ -489,6 +534,10 @@ pub async fn run(
                     tracing::debug!(spi = %format_args!("{:08x}", spi.0), error = %e, "CHILD SA rekey request refused");
                 }
             }
+            Some(tx) = figures_rx.recv() => {
+                let _ = tx.send((routers.up_count(), ep.counters().clone()));
+                continue;
+            }
         }
         sockets.flush(&mut ep).await;
         while let Some(ev) = ep.poll() {
@@ -509,6 +558,9 @@ pub async fn run(
                 ip_addr("del", *v, h.tun_name());
             }
         }
+    }
+    if let Some(t) = metrics_task {
+        t.abort();
     }
     // Leave cleanly: Delete our IKE SAs so the head-ends release the addresses.
     let now = Instant::now();
@@ -609,7 +661,7 @@ mod tests {
             &PeerOptions {
                 count: Some(3),
                 id_prefix: Some("SN-".into()),
-                duration: None,
+                ..Default::default()
             },
         )
         .unwrap();

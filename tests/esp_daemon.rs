@@ -29,6 +29,9 @@ use support::{try_wait_for, wait_for, Proc, TestCtx};
 const PSK: &str = "esp-daemon-psk";
 const PEER_ID: &str = "router-esp";
 const METRICS: &str = "127.0.0.1:9400";
+/// The peer's `[metrics] listen`, and its `--metrics` flag, which overrides it.
+const PEER_METRICS_KEY: &str = "127.0.0.1:9401";
+const PEER_METRICS: &str = "127.0.0.1:9402";
 
 /// A `headend peer` -> `headend run` tunnel, up and carrying ping.
 struct Tunnel {
@@ -87,7 +90,8 @@ fn tunnel(name: &str, he_ike: &[(&str, &str)], he_dataplane: &str) -> Tunnel {
     let p = pr_conf.peer.as_mut().unwrap();
     p.bind = Some("10.1.0.2:0".into());
     p.remote_ts = vec![INSIDE_NET.into()];
-    pr_conf.extra = "[dataplane]\ntun_name = \"pr0\"\n".into();
+    pr_conf.extra =
+        format!("[dataplane]\ntun_name = \"pr0\"\n[metrics]\nlisten = \"{PEER_METRICS_KEY}\"\n");
     let pr_path = ctx.write("pr.toml", &pr_conf.render());
     let pr = net.peer.spawn(
         &ctx,
@@ -97,6 +101,8 @@ fn tunnel(name: &str, he_ike: &[(&str, &str)], he_dataplane: &str) -> Tunnel {
             "peer".into(),
             "--config".into(),
             pr_path.display().to_string(),
+            "--metrics".into(),
+            PEER_METRICS.into(),
         ],
         &[("NO_COLOR", "1")],
     );
@@ -167,16 +173,21 @@ fn scrape(t: &Tunnel) -> String {
 }
 
 fn scrape_in(ns: &Netns) -> String {
+    scrape_at(ns, METRICS).unwrap()
+}
+
+/// `GET /metrics` from `addr` inside `ns`; the connection error if none listens.
+fn scrape_at(ns: &Netns, addr: &'static str) -> std::io::Result<String> {
     let path = format!("/run/netns/{}", ns.name);
     std::thread::spawn(move || {
         sys::enter_netns(&path).unwrap();
-        let mut s = TcpStream::connect(METRICS).unwrap();
+        let mut s = TcpStream::connect(addr)?;
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
             .unwrap();
         let mut body = String::new();
         s.read_to_string(&mut body).unwrap();
-        body
+        Ok(body)
     })
     .join()
     .unwrap()
@@ -261,6 +272,7 @@ fn send_to_headend(t: &Tunnel, dgrams: Vec<Vec<u8>>) {
 fn esp_daemon_peer_carries_iperf3_both_ways_and_status_counts_it() {
     let mut t = tunnel("esp-daemon-iperf", &[], "");
     let before = scrape(&t);
+    let peer_before = scrape_at(&t.net.peer, PEER_METRICS).unwrap();
     let (fwd, ok) = iperf3(&t, &["-t", "3"]);
     assert!(ok, "iperf3 peer -> inside failed");
     let (rev, ok) = iperf3(&t, &["-t", "3", "-R"]);
@@ -285,6 +297,33 @@ fn esp_daemon_peer_carries_iperf3_both_ways_and_status_counts_it() {
     // At least one packet per 1500 bytes, each way.
     assert!(grew("headend_esp_packets_total{direction=\"rx\"}") >= up / 1500);
     assert!(grew("headend_esp_packets_total{direction=\"tx\"}") >= down / 1500);
+
+    // The peer's own /metrics (`--metrics`, which overrides its `[metrics] listen`): the
+    // same series from the router's side, its tunnel up, its IKE SA set up, and the bytes
+    // mirrored (what it sent, the head-end received).
+    let peer_after = scrape_at(&t.net.peer, PEER_METRICS).unwrap();
+    let pgrew = |series: &str| metric(&peer_after, series) - metric(&peer_before, series);
+    assert_eq!(metric(&peer_after, "headend_tunnels_up"), 1, "{peer_after}");
+    assert!(
+        metric(&peer_after, "headend_ike_sa_setups_total") >= 1,
+        "{peer_after}"
+    );
+    let (p_tx, p_rx) = (
+        pgrew("headend_esp_bytes_total{direction=\"tx\"}"),
+        pgrew("headend_esp_bytes_total{direction=\"rx\"}"),
+    );
+    assert!(
+        p_tx >= up && p_rx >= down,
+        "peer tx/rx bytes {p_tx}/{p_rx}, iperf3 {up}/{down}:\n{peer_after}"
+    );
+    assert!(
+        peer_after.contains("headend_esp_drops_total{reason=\"esp_unknown_spi\"}"),
+        "{peer_after}"
+    );
+    assert!(
+        scrape_at(&t.net.peer, PEER_METRICS_KEY).is_err(),
+        "--metrics overrides [metrics] listen"
+    );
 
     // show vpn ipsec sa: the tunnel's own figures.
     let (bi, bo, pi, po) = show_sa(&t);
