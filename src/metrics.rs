@@ -196,30 +196,36 @@ pub fn render_cluster_figures(out: &mut String, members: &[(String, BTreeMap<Str
     }
 }
 
+/// One series without labels: its family header and its value.
+fn scalar(o: &mut String, name: &str, kind: &str, help: &str, v: impl std::fmt::Display) {
+    family(o, name, kind, help);
+    let _ = writeln!(o, "{name} {v}");
+}
+
 /// The IKE series: tunnels (IKE SAs) up and the engine's counters.
 fn render_ike(o: &mut String, tunnels_up: usize, c: Option<&ike::endpoint::Counters>) {
-    family(
+    scalar(
         o,
         "headend_tunnels_up",
         "gauge",
         "IKE SAs (tunnels) up on this member.",
+        tunnels_up,
     );
-    let _ = writeln!(o, "headend_tunnels_up {tunnels_up}");
     let Some(c) = c else { return };
-    family(
+    scalar(
         o,
         "headend_ike_sa_setups_total",
         "counter",
         "IKE SAs that completed IKE_AUTH.",
+        c.established,
     );
-    let _ = writeln!(o, "headend_ike_sa_setups_total {}", c.established);
-    family(
+    scalar(
         o,
         "headend_ike_sa_failures_total",
         "counter",
         "IKE SA negotiations that failed.",
+        c.failed,
     );
-    let _ = writeln!(o, "headend_ike_sa_failures_total {}", c.failed);
     family(
         o,
         "headend_ike_sa_failures_by_reason_total",
@@ -246,20 +252,20 @@ fn render_ike(o: &mut String, tunnels_up: usize, c: Option<&ike::endpoint::Count
             label(reason)
         );
     }
-    family(
+    scalar(
         o,
         "headend_ike_retransmitted_total",
         "counter",
         "IKE requests retransmitted.",
+        c.retransmitted,
     );
-    let _ = writeln!(o, "headend_ike_retransmitted_total {}", c.retransmitted);
-    family(
+    scalar(
         o,
         "headend_ike_cookies_sent_total",
         "counter",
         "COOKIE challenges sent.",
+        c.cookies_sent,
     );
-    let _ = writeln!(o, "headend_ike_cookies_sent_total {}", c.cookies_sent);
 }
 
 /// The ESP data plane's series.
