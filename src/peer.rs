@@ -415,7 +415,7 @@ type FiguresRequest = tokio::sync::oneshot::Sender<(usize, ike::endpoint::Counte
 fn serve_metrics(
     listener: tokio::net::TcpListener,
     figures: mpsc::Sender<FiguresRequest>,
-    dp: Option<Arc<crate::dataplane::DataplaneHandle>>,
+    dp: Option<Arc<dyn crate::dataplane::EspBackend>>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         crate::metrics::serve_with(listener, || {
@@ -474,11 +474,14 @@ pub async fn run(
     let mut sink: Box<dyn ChildSaSink> = Box::new(NullDataplane::default());
     let mut rekey = None;
     let mut _dp_handle = None;
+    // The TUN device the routers' virtual IPs go on (with a data plane only).
+    let mut tun = None;
     if let Some(parts) = dp {
         let (locals, rx, send) = parts.natt;
         sockets.attach_natt(&locals, rx, send);
         sink = parts.sink;
         rekey = parts.rekey;
+        tun = Some(parts.tun);
         _dp_handle = Some((parts.handle, parts.tasks));
     }
     let local = sockets.ike_addrs[0];
@@ -545,17 +548,17 @@ pub async fn run(
             routers.handle_event(&mut ep, Instant::now(), &ev);
         }
         for e in routers.events.drain(..) {
-            if let Some((h, _)) = &_dp_handle {
-                vip_addresses(h.tun_name(), &e, &mut assigned);
+            if let Some(tun) = &tun {
+                vip_addresses(tun, &e, &mut assigned);
             }
             let _ = out.send(e);
         }
         sockets.flush(&mut ep).await;
     }
-    if let Some((h, _)) = &_dp_handle {
+    if let Some(tun) = &tun {
         for vips in assigned.values() {
             for v in vips {
-                ip_addr("del", *v, h.tun_name());
+                ip_addr("del", *v, tun);
             }
         }
     }

@@ -947,4 +947,138 @@ mod tests {
         assert_eq!(ids, vec!["a", "b"]);
         assert!(t.is_empty());
     }
+
+    /// What the daemon calls on an ESP back end (`dataplane::backend`), in order.
+    #[derive(Debug, PartialEq)]
+    enum Call {
+        Install(u32, u32),
+        Rekey(u32, u32, u32, crate::dataplane::Handover),
+        Remove(u32, u32),
+    }
+
+    /// A back end that records the calls and refuses to install the SPI `refuse`.
+    struct Recorder {
+        calls: std::sync::Mutex<std::sync::mpsc::Sender<Call>>,
+        rekey: Option<mpsc::UnboundedReceiver<crate::dataplane::RekeyRequest>>,
+        refuse: Spi,
+    }
+
+    impl Recorder {
+        fn record(&self, c: Call) {
+            let _ = self.calls.lock().unwrap().send(c);
+        }
+    }
+
+    impl crate::dataplane::EspBackend for Recorder {
+        fn install(&self, sa: &ChildSa) -> Result<(), Error> {
+            self.record(Call::Install(sa.inbound.spi.0, sa.outbound.spi.0));
+            if sa.inbound.spi == self.refuse {
+                return Err(Error::Other("refused".into()));
+            }
+            Ok(())
+        }
+        fn rekey(
+            &self,
+            old_inbound: Spi,
+            new: &ChildSa,
+            handover: crate::dataplane::Handover,
+        ) -> Result<(), Error> {
+            let (i, o) = (new.inbound.spi.0, new.outbound.spi.0);
+            self.record(Call::Rekey(old_inbound.0, i, o, handover));
+            Ok(())
+        }
+        fn remove(&self, inbound: Spi, outbound: Spi) -> Result<(), Error> {
+            self.record(Call::Remove(inbound.0, outbound.0));
+            Ok(())
+        }
+        fn usage(&self, _child: Spi) -> Option<((u64, u64), (u64, u64))> {
+            None
+        }
+        fn counters(&self) -> crate::dataplane::Counters {
+            crate::dataplane::Counters::default()
+        }
+        fn take_rekey_requests(
+            &mut self,
+        ) -> Option<mpsc::UnboundedReceiver<crate::dataplane::RekeyRequest>> {
+            self.rekey.take()
+        }
+    }
+
+    /// The back-end seam's contract, which a kernel XFRM back end would have to pass too:
+    /// the engine's CHILD SA events, through the glue `headend run` and `headend peer` use
+    /// (`to_dataplane` into `services::attach_backend`'s sink), reach the back end in
+    /// their order: install; rekey with the new pair carrying traffic at once when we
+    /// initiated, at the old pair's delete when we answered, never for the redundant SA
+    /// of a simultaneous rekey; delete. A refused install does not stop the ones after
+    /// it, events of no CHILD SA reach nothing, and the back end's rekey requests reach
+    /// the engine as the CHILD SA's inbound SPI.
+    #[tokio::test]
+    async fn the_daemon_drives_the_data_plane_through_the_backend_seam() {
+        use crate::dataplane::{Handover, RekeyRequest};
+        let (calls_tx, calls) = std::sync::mpsc::channel();
+        let (rekey_tx, rekey_rx) = mpsc::unbounded_channel();
+        let fake = Recorder {
+            calls: std::sync::Mutex::new(calls_tx),
+            rekey: Some(rekey_rx),
+            refuse: Spi(0x666),
+        };
+        let mut parts = crate::services::attach_backend(Box::new(fake)).unwrap();
+        let rekey = |old, c, initiator, redundant| Event::ChildSaRekeyed {
+            old_inbound: Spi(old),
+            new: c,
+            initiator,
+            redundant,
+        };
+        let deleted = |i, o| Event::ChildSaDeleted {
+            ike_sa: IkeSaId(1),
+            inbound: Spi(i),
+            outbound: Spi(o),
+        };
+        let events = [
+            est(1, "r1", [10, 99, 0, 1]),
+            Event::ChildSaInstalled(child(1, 0x666, 0x777)),
+            Event::ChildSaInstalled(child(1, 0x100, 0x200)),
+            rekey(0x100, child(1, 0x101, 0x201), true, false),
+            rekey(0x101, child(1, 0x102, 0x202), false, false),
+            rekey(0x101, child(1, 0x103, 0x203), true, true),
+            deleted(0x103, 0x203),
+            deleted(0x100, 0x200),
+            deleted(0x101, 0x201),
+        ];
+        for ev in &events {
+            to_dataplane(parts.sink.as_mut(), ev);
+        }
+        let want = vec![
+            Call::Install(0x666, 0x777),
+            Call::Install(0x100, 0x200),
+            Call::Rekey(0x100, 0x101, 0x201, Handover::Now),
+            Call::Rekey(0x101, 0x102, 0x202, Handover::AtDelete),
+            Call::Rekey(0x101, 0x103, 0x203, Handover::Never),
+            Call::Remove(0x103, 0x203),
+            Call::Remove(0x100, 0x200),
+            Call::Remove(0x101, 0x201),
+        ];
+        let wait = Duration::from_secs(10);
+        let got: Vec<Call> = (0..want.len())
+            .map_while(|_| calls.recv_timeout(wait).ok())
+            .collect();
+        assert_eq!(got, want);
+
+        rekey_tx
+            .send(RekeyRequest {
+                child: Spi(0x102),
+                reason: ike::esp::RekeyReason::Bytes,
+            })
+            .unwrap();
+        let mut to_engine = parts.rekey.take().expect("the back end's rekey requests");
+        let asked = tokio::time::timeout(wait, to_engine.recv()).await;
+        assert_eq!(asked.ok().flatten(), Some(Spi(0x102)));
+
+        // Nothing else was called: once the daemon lets go, the back end is dropped.
+        drop(parts);
+        assert_eq!(
+            calls.recv_timeout(wait).err(),
+            Some(std::sync::mpsc::RecvTimeoutError::Disconnected)
+        );
+    }
 }

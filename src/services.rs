@@ -10,7 +10,7 @@ use ike::{ChildSa, SocketKind, Spi};
 use tokio::sync::{broadcast, mpsc};
 
 use crate::config::Config;
-use crate::dataplane::{Dataplane, DataplaneConfig, DataplaneHandle, Handover};
+use crate::dataplane::{Dataplane, DataplaneConfig, EspBackend, Handover};
 use crate::driver::{ChildSaSink, Datagram, NattSend};
 use crate::error::Error;
 use crate::event::{GatewayEvent, TunnelId};
@@ -19,7 +19,7 @@ use crate::run::{self, DaemonHandle, StartOptions};
 /// Everything `headend run` started.
 pub struct Services {
     pub daemon: DaemonHandle,
-    pub dataplane: Option<Arc<DataplaneHandle>>,
+    pub dataplane: Option<Arc<dyn EspBackend>>,
     pub dns: Option<crate::dns::DnsService>,
     /// The ipsec-ddns member running now, whether the configuration file or a `commit`
     /// started it (`None` when not enabled, or after a `commit` left the cluster).
@@ -200,7 +200,7 @@ impl ChildSaSink for DpSink {
     }
 }
 
-fn dp_worker(h: Arc<DataplaneHandle>, rx: std_mpsc::Receiver<DpOp>) {
+fn dp_worker(h: Arc<dyn EspBackend>, rx: std_mpsc::Receiver<DpOp>) {
     while let Ok(op) = rx.recv() {
         let (what, spi, r) = match &op {
             DpOp::Install(c) => ("install", c.inbound.spi, h.install(c)),
@@ -231,7 +231,9 @@ fn dataplane_config(cfg: &Config, dp: &DataplaneConfig) -> DataplaneConfig {
 
 /// A started data plane, cut into the pieces the IKE drivers take.
 pub struct DataplaneParts {
-    pub handle: Arc<DataplaneHandle>,
+    pub handle: Arc<dyn EspBackend>,
+    /// The TUN device's name.
+    pub tun: String,
     /// The NAT-T sockets' addresses, the IKE datagrams received on them, and how to send
     /// on them (from the socket of the destination's family).
     pub natt: (Vec<SocketAddr>, mpsc::Receiver<Datagram>, NattSend),
@@ -242,37 +244,23 @@ pub struct DataplaneParts {
     pub tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
-/// Starts the userspace data plane (TUN device: needs CAP_NET_ADMIN) and the glue tasks.
-pub fn start_dataplane(dp: DataplaneConfig) -> Result<DataplaneParts, Error> {
+/// An ESP back end wired to the daemon: the CHILD SA half of [`DataplaneParts`].
+pub struct BackendParts {
+    pub handle: Arc<dyn EspBackend>,
+    pub sink: Box<dyn ChildSaSink>,
+    pub rekey: Option<mpsc::UnboundedReceiver<Spi>>,
+    pub tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Wires any [`EspBackend`] to the daemon (the seam, `dataplane::backend`): CHILD SA
+/// events through the returned sink reach it in order on a thread of its own (it may
+/// block on route or netlink updates, the engine task must not; a refused operation is
+/// logged and the next one still applied), its rekey requests become the engine's
+/// CHILD SA rekeys (inbound SPI).
+pub fn attach_backend(mut backend: Box<dyn EspBackend>) -> Result<BackendParts, Error> {
     let mut tasks = vec![];
-    let mut h = Dataplane::start(dp)?;
-    let locals = h.natt_locals().to_vec();
-    let mut ike_rx = h
-        .take_ike_datagrams()
-        .ok_or_else(|| Error::Other("data plane IKE channel already taken".into()))?;
-    let rekey_rx = h.take_rekey_requests();
-    let h = Arc::new(h);
-    let (tx, rx) = mpsc::channel::<Datagram>(4096);
-    tasks.push(tokio::spawn(async move {
-        let mut route_cache = HashMap::new();
-        while let Some(d) = ike_rx.recv().await {
-            let d = Datagram {
-                kind: SocketKind::NatT,
-                // A wildcard NAT-T socket: the address the peer reached, as for 500.
-                local: crate::driver::resolve_local(&mut route_cache, d.local, d.remote),
-                remote: d.remote,
-                data: d.bytes,
-            };
-            if tx.send(d).await.is_err() {
-                return;
-            }
-        }
-    }));
-    let hs = h.clone();
-    let send: NattSend = Arc::new(move |remote, bytes| {
-        hs.send_natt(remote, bytes)
-            .map_err(|e| std::io::Error::other(e.to_string()))
-    });
+    let rekey_rx = backend.take_rekey_requests();
+    let h: Arc<dyn EspBackend> = Arc::from(backend);
     let mut rekey = None;
     if let Some(mut rr) = rekey_rx {
         let (stx, srx) = mpsc::unbounded_channel();
@@ -291,12 +279,54 @@ pub fn start_dataplane(dp: DataplaneConfig) -> Result<DataplaneParts, Error> {
     std::thread::Builder::new()
         .name("dataplane-ops".into())
         .spawn(move || dp_worker(hw, orx))?;
-    tracing::info!(tun = h.tun_name(), natt = ?locals, "data plane started");
-    Ok(DataplaneParts {
+    Ok(BackendParts {
         handle: h,
-        natt: (locals, rx, send),
         sink: Box::new(DpSink { tx: otx }),
         rekey,
+        tasks,
+    })
+}
+
+/// Starts the userspace data plane (TUN device: needs CAP_NET_ADMIN) and the glue tasks.
+pub fn start_dataplane(dp: DataplaneConfig) -> Result<DataplaneParts, Error> {
+    let mut tasks = vec![];
+    let mut h = Dataplane::start(dp)?;
+    let locals = h.natt_locals().to_vec();
+    let mut ike_rx = h
+        .take_ike_datagrams()
+        .ok_or_else(|| Error::Other("data plane IKE channel already taken".into()))?;
+    let tun = h.tun_name().to_string();
+    tracing::info!(tun, natt = ?locals, "data plane started");
+    let (tx, rx) = mpsc::channel::<Datagram>(4096);
+    tasks.push(tokio::spawn(async move {
+        let mut route_cache = HashMap::new();
+        while let Some(d) = ike_rx.recv().await {
+            let d = Datagram {
+                kind: SocketKind::NatT,
+                // A wildcard NAT-T socket: the address the peer reached, as for 500.
+                local: crate::driver::resolve_local(&mut route_cache, d.local, d.remote),
+                remote: d.remote,
+                data: d.bytes,
+            };
+            if tx.send(d).await.is_err() {
+                return;
+            }
+        }
+    }));
+    let natt_send = h.natt_sender();
+    let send: NattSend = Arc::new(move |remote, bytes| {
+        natt_send(remote, bytes).map_err(|e| std::io::Error::other(e.to_string()))
+    });
+    // Only the NAT-T sockets above are the userspace data plane's own; the rest is the
+    // back-end seam.
+    let b = attach_backend(Box::new(h))?;
+    tasks.extend(b.tasks);
+    Ok(DataplaneParts {
+        handle: b.handle,
+        tun,
+        natt: (locals, rx, send),
+        sink: b.sink,
+        rekey: b.rekey,
         tasks,
     })
 }

@@ -15,7 +15,8 @@
 //! The ESP transforms themselves are `ike::esp` (sans-IO).
 //!
 //! # Seam with the daemon
-//! - The daemon calls [`Dataplane::start`] once, then for each engine event:
+//! - The daemon calls [`Dataplane::start`] once, then holds the handle as an
+//!   [`EspBackend`] and, for each engine event:
 //!   `Event::ChildSaInstalled(c)` -> [`DataplaneHandle::install`];
 //!   `Event::ChildSaRekeyed { old_inbound, new, initiator, redundant }` ->
 //!   [`DataplaneHandle::rekey`] with [`Handover::of`]`(initiator, redundant)`: when we
@@ -87,7 +88,10 @@
 //! bind that family's wildcard (the kernel then picks the source address of what we send
 //! by route, not by the address the peer used). A host without IPv6 runs NAT-T over IPv4
 //! alone (one warning at start).
-//! A kernel XFRM back end could sit beside this one behind the same handle methods.
+//! A kernel XFRM back end would sit beside this one behind [`EspBackend`] (the CHILD SA
+//! half of the seam; how it maps to XFRM, and why NAT-T sockets are not part of it: see
+//! [`backend`]). None is built: these kernels have no ESP.
+pub mod backend;
 mod icmp;
 mod natt;
 pub mod sys;
@@ -108,6 +112,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use crate::Error;
+pub use backend::EspBackend;
 pub use table::Handover;
 use table::{InboundEntry, OutboundEntry, Tables};
 
@@ -330,6 +335,16 @@ impl Shared {
     /// The NAT-T socket for datagrams to `to` (the one of its address family).
     fn natt_sock_for(&self, to: &SocketAddr) -> Option<&Arc<std::net::UdpSocket>> {
         self.natt[natt::family(to)].as_ref()
+    }
+
+    fn send_natt(&self, remote: SocketAddr, bytes: &[u8]) -> Result<(), Error> {
+        let sock = self.natt_sock_for(&remote).ok_or_else(|| {
+            Error::Other(format!(
+                "no NAT-T socket of the family of {remote} (natt_bind)"
+            ))
+        })?;
+        sock.send_to(bytes, remote)?;
+        Ok(())
     }
 }
 
@@ -565,13 +580,16 @@ impl DataplaneHandle {
     /// Sends a datagram from the NAT-T socket of `remote`'s address family (the daemon's
     /// IKE transmits).
     pub fn send_natt(&self, remote: SocketAddr, bytes: &[u8]) -> Result<(), Error> {
-        let sock = self.shared.natt_sock_for(&remote).ok_or_else(|| {
-            Error::Other(format!(
-                "no NAT-T socket of the family of {remote} (natt_bind)"
-            ))
-        })?;
-        sock.send_to(bytes, remote)?;
-        Ok(())
+        self.shared.send_natt(remote, bytes)
+    }
+
+    /// [`send_natt`](Self::send_natt) apart from the handle, which the daemon then holds
+    /// as an [`EspBackend`] (NAT-T sockets are not part of that seam, see [`backend`]).
+    pub fn natt_sender(
+        &self,
+    ) -> impl Fn(SocketAddr, &[u8]) -> Result<(), Error> + Send + Sync + 'static {
+        let shared = self.shared.clone();
+        move |remote, bytes| shared.send_natt(remote, bytes)
     }
 
     fn entries(&self, c: &ChildSa) -> Result<(Arc<InboundEntry>, Arc<OutboundEntry>), Error> {
