@@ -266,6 +266,22 @@ fn render_ike(o: &mut String, tunnels_up: usize, c: Option<&ike::endpoint::Count
         "COOKIE challenges sent.",
         c.cookies_sent,
     );
+    family(
+        o,
+        "headend_ike_rekey_collisions_total",
+        "counter",
+        "Simultaneous rekeys of one SA by both ends (RFC 7296 2.8.1), by SA kind.",
+    );
+    let _ = writeln!(
+        o,
+        "headend_ike_rekey_collisions_total{{sa=\"ike\"}} {}",
+        c.ike_rekey_collisions
+    );
+    let _ = writeln!(
+        o,
+        "headend_ike_rekey_collisions_total{{sa=\"child\"}} {}",
+        c.child_rekey_collisions
+    );
 }
 
 /// The ESP data plane's series.

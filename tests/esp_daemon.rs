@@ -764,6 +764,12 @@ fn esp_daemon_simultaneous_child_rekey_with_charon_during_iperf3() {
         he.log_since(log_from)
     );
     assert_eq!(collisions(&he), 2, "{}", he.log_since(log_from));
+    let m = scrape_in(&net.he);
+    assert_eq!(
+        metric(&m, "headend_ike_rekey_collisions_total{sa=\"child\"}"),
+        2,
+        "{m}"
+    );
 
     // One pair on both sides once the redundant and old pairs are gone (and lingered).
     let (sa1, rows) = wait_for(
