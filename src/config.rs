@@ -224,7 +224,11 @@ impl Default for IkeSection {
         let r = Retransmit::default();
         let m = Limits::default();
         Self {
-            listen: vec![IpAddr::from([0, 0, 0, 0])],
+            // Both families, like strongSwan; a host without IPv6 skips `::` (driver.rs).
+            listen: vec![
+                IpAddr::from([0, 0, 0, 0]),
+                IpAddr::from(std::net::Ipv6Addr::UNSPECIFIED),
+            ],
             port: 500,
             natt_port: 4500,
             local_id: IdentityStr(Identity::Fqdn("headend".into())),

@@ -135,6 +135,14 @@ async fn bind(addr: SocketAddr) -> Result<Arc<UdpSocket>, Error> {
     Ok(Arc::new(s))
 }
 
+/// The error a socket or bind call gives on a host with IPv6 disabled.
+fn no_ipv6(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EAFNOSUPPORT) | Some(libc::EADDRNOTAVAIL) | Some(libc::EPROTONOSUPPORT)
+    )
+}
+
 impl Sockets {
     /// Binds an IKE socket and (unless `natt_port` is `None`) a NAT-T socket on each
     /// address (port 0 = any free port) and starts their receive tasks. ESP goes to `esp`.
@@ -155,7 +163,20 @@ impl Sockets {
             tasks: vec![],
         };
         for ip in listen {
-            let ike = bind(SocketAddr::new(*ip, ike_port)).await?;
+            let ike = match bind(SocketAddr::new(*ip, ike_port)).await {
+                Ok(s) => s,
+                // A host without IPv6 still serves IPv4 when `::` is listed (the default).
+                Err(Error::Bind { source, .. })
+                    if ip.is_ipv6()
+                        && ip.is_unspecified()
+                        && listen.len() > 1
+                        && no_ipv6(&source) =>
+                {
+                    tracing::warn!("IPv6 unavailable ({source}): IKE serves IPv4 only");
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             let la = ike.local_addr()?;
             s.ike_addrs.push(la);
             s.by_local.insert((SocketKind::Ike, la), ike.clone());

@@ -336,7 +336,8 @@ fn dual_stack_headend(
     let he_conf = ctx.write(
         "he.toml",
         &format!(
-            "[ike]\nlisten = [\"0.0.0.0\", \"::\"]\nlocal_id = \"headend.test\"\n\
+            // No `listen`: the default serves IKE on both families.
+            "[ike]\nlocal_id = \"headend.test\"\n\
              local_ts = [\"10.241.0.0/16\"]\n[psk]\ndefault = \"{PSK}\"\n\
              [pool]\nv4 = \"10.242.0.0/24\"\n[dataplane]\ntun_name = \"he0\"\n"
         ),
