@@ -244,6 +244,8 @@ pub struct RecvBatch {
     pub addrs: Vec<Option<SocketAddr>>,
     /// GRO segment size per datagram (0 = a single datagram).
     pub segs: Vec<usize>,
+    /// The datagram was longer than its buffer (MSG_TRUNC): what is in it is cut short.
+    pub truncated: Vec<bool>,
     names: Vec<libc::sockaddr_storage>,
     iovs: Vec<libc::iovec>,
     hdrs: Vec<libc::mmsghdr>,
@@ -261,6 +263,7 @@ impl RecvBatch {
             lens: vec![0; n],
             addrs: vec![None; n],
             segs: vec![0; n],
+            truncated: vec![false; n],
             // SAFETY: zeroed C structs are valid values.
             names: (0..n).map(|_| unsafe { zeroed() }).collect(),
             iovs: (0..n)
@@ -318,6 +321,7 @@ impl RecvBatch {
             self.lens[i] = self.hdrs[i].msg_len as usize;
             self.addrs[i] = from_sockaddr(&self.names[i]);
             self.segs[i] = gro_segment(&self.hdrs[i].msg_hdr);
+            self.truncated[i] = self.hdrs[i].msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
         }
         Ok(got)
     }
@@ -479,5 +483,31 @@ impl SendBatch {
             done += r as usize;
         }
         Ok((done, n))
+    }
+}
+
+#[cfg(test)]
+mod recv_tests {
+    use super::*;
+
+    /// A datagram longer than its receive buffer is flagged, not handed on as if whole
+    /// (it would otherwise fail the ICV and be counted as an integrity failure).
+    #[test]
+    fn a_datagram_longer_than_its_buffer_is_flagged_truncated() {
+        let rx = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        rx.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .expect("timeout");
+        let tx = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let to = rx.local_addr().expect("addr");
+        tx.send_to(&[7u8; 5000], to).expect("send");
+        tx.send_to(&[8u8; 100], to).expect("send");
+        let mut b = RecvBatch::new(4, 4096);
+        let mut got = Vec::new();
+        while got.len() < 2 {
+            let n = b.recv(&rx).expect("recv");
+            assert!(n > 0, "timed out");
+            got.extend((0..n).map(|i| (b.lens[i], b.truncated[i])));
+        }
+        assert_eq!(got, vec![(4096, true), (100, false)]);
     }
 }

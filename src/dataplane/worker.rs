@@ -377,6 +377,11 @@ impl Worker {
                     rb.segs[i]
                 };
                 let Some(from) = rb.addrs[i] else { continue };
+                if rb.truncated[i] {
+                    // Longer than the receive buffer (a jumbo datagram without GRO).
+                    self.counters.esp_drop(ike::esp::EspDrop::Oversized);
+                    continue;
+                }
                 let mut off = 0;
                 while off < len {
                     let start = off;
