@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used)]
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 fn bin() -> &'static str {
@@ -27,38 +27,9 @@ fn tcp_port() -> u16 {
         .port()
 }
 
-struct Proc(Child, PathBuf);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Proc {
-    fn spawn(args: &[&str], log: PathBuf) -> Proc {
-        let f = std::fs::File::create(&log).unwrap();
-        let c = Command::new(bin())
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(f.try_clone().unwrap())
-            .stderr(f)
-            .spawn()
-            .unwrap();
-        Proc(c, log)
-    }
-    fn text(&self) -> String {
-        std::fs::read_to_string(&self.1).unwrap_or_default()
-    }
-    fn wait_for(&self, what: &str) {
-        let end = Instant::now() + Duration::from_secs(20);
-        while !self.text().contains(what) {
-            assert!(Instant::now() < end, "no \"{what}\" in:\n{}", self.text());
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
+#[path = "support/logproc.rs"]
+mod logproc;
+use logproc::Proc;
 
 /// Runs `headend <words> --socket <sock>`: (exit code, stdout, stderr).
 fn cli(sock: &Path, words: &str) -> (i32, String, String) {
@@ -140,6 +111,7 @@ listen = "192.0.2.1:9400"
                 "--metrics",
                 &metrics,
             ],
+            &[],
             dir.join(name),
         );
         p.wait_for("authoritative DNS server listening");
@@ -171,6 +143,7 @@ listen = "192.0.2.1:9400"
     .unwrap();
     let peer = Proc::spawn(
         &["peer", "--config", pc.to_str().unwrap()],
+        &[],
         dir.join("peer.log"),
     );
     peer.wait_for("up SN-42");
@@ -352,6 +325,7 @@ listen = "127.0.0.{m}:{metrics}"
             "--control",
             sock.to_str().unwrap(),
         ],
+        &[],
         dir.join(format!("m{m}.log")),
     );
     let end = Instant::now() + Duration::from_secs(15);
@@ -387,6 +361,7 @@ fn commit_starts_joins_and_refuses_the_cluster_in_a_running_daemon() {
     .unwrap();
     let router = Proc::spawn(
         &["peer", "--config", pc.to_str().unwrap()],
+        &[],
         dir.join("peer.log"),
     );
     router.wait_for("up SN-77");
@@ -444,6 +419,7 @@ fn commit_starts_joins_and_refuses_the_cluster_in_a_running_daemon() {
     .unwrap();
     let rogue = Proc::spawn(
         &["peer", "--config", rogue_conf.to_str().unwrap()],
+        &[],
         dir.join("rogue.log"),
     );
     // A name member 1 does not know: NXDOMAIN, counted on member 1.
@@ -639,6 +615,7 @@ fn json_logs_carry_peer_identity_and_gateway_id_on_tunnel_lines() {
     .unwrap();
     let he = Proc::spawn(
         &["run", "--config", conf.to_str().unwrap(), "--no-control"],
+        &[],
         dir.join("he.log"),
     );
     he.wait_for("headend responder listening");
@@ -653,6 +630,7 @@ fn json_logs_carry_peer_identity_and_gateway_id_on_tunnel_lines() {
         .unwrap();
         Proc::spawn(
             &["peer", "--config", pc.to_str().unwrap()],
+            &[],
             dir.join(format!("{id}.log")),
         )
     };

@@ -6,7 +6,7 @@
 #![allow(clippy::unwrap_used)]
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_headend");
@@ -34,60 +34,9 @@ fn tmp(name: &str) -> PathBuf {
     d
 }
 
-struct Proc(Child, PathBuf);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Proc {
-    fn spawn(args: &[&str], env: &[(&str, &str)], log: PathBuf) -> Proc {
-        let f = std::fs::File::create(&log).unwrap();
-        let c = Command::new(BIN)
-            .args(args)
-            .env_remove("NOTIFY_SOCKET")
-            .env_remove("WATCHDOG_USEC")
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(f.try_clone().unwrap())
-            .stderr(f)
-            .spawn()
-            .unwrap();
-        Proc(c, log)
-    }
-    fn text(&self) -> String {
-        std::fs::read_to_string(&self.1).unwrap_or_default()
-    }
-    fn wait_for(&self, what: &str) {
-        let end = Instant::now() + Duration::from_secs(20);
-        while !self.text().contains(what) {
-            assert!(Instant::now() < end, "no \"{what}\" in:\n{}", self.text());
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-    fn sigterm_and_wait(&mut self) -> Option<i32> {
-        let st = Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(st.success());
-        let end = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(st) = self.0.try_wait().unwrap() {
-                return st.code();
-            }
-            assert!(
-                Instant::now() < end,
-                "no exit after SIGTERM:\n{}",
-                self.text()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
+#[path = "support/logproc.rs"]
+mod logproc;
+use logproc::Proc;
 
 fn cli(sock: &Path, words: &str) -> String {
     let mut w: Vec<&str> = words.split_whitespace().collect();
