@@ -29,7 +29,7 @@ fn tcp_port() -> u16 {
 
 #[path = "support/logproc.rs"]
 mod logproc;
-use logproc::Proc;
+use logproc::{http_get, Proc};
 
 /// Runs `headend <words> --socket <sock>`: (exit code, stdout, stderr).
 fn cli(sock: &Path, words: &str) -> (i32, String, String) {
@@ -252,16 +252,6 @@ listen = "192.0.2.1:9400"
         "{shown}"
     );
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-fn http_get(addr: &str, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut c = std::net::TcpStream::connect(addr).unwrap();
-    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(c, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    let mut s = String::new();
-    c.read_to_string(&mut s).unwrap();
-    s
 }
 
 #[test]

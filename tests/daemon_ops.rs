@@ -36,7 +36,7 @@ fn tmp(name: &str) -> PathBuf {
 
 #[path = "support/logproc.rs"]
 mod logproc;
-use logproc::Proc;
+use logproc::{http_get, Proc};
 
 fn cli(sock: &Path, words: &str) -> String {
     let mut w: Vec<&str> = words.split_whitespace().collect();
@@ -55,16 +55,6 @@ fn cli(sock: &Path, words: &str) -> String {
         String::from_utf8_lossy(&o.stderr)
     );
     String::from_utf8_lossy(&o.stdout).into()
-}
-
-fn http_get(addr: &str, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut c = std::net::TcpStream::connect(addr).unwrap();
-    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(c, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    let mut s = String::new();
-    c.read_to_string(&mut s).unwrap();
-    s
 }
 
 /// A responder configuration on 127.0.0.`m` with its own ports; `extra` is appended.

@@ -31,7 +31,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use dns_support::{parse_dig, DigResult, Unbound};
-use support::charon::{Charon, Conn, SwanctlConf};
+use support::charon::{Charon, Conn};
 use support::headend::{wait_down, wait_up, Headend, HeadendConf};
 use support::netns::{veth, Direct};
 use support::{require_tool, try_wait_for, TestCtx};
@@ -95,14 +95,7 @@ impl Rig {
         let mut conn = Conn::initiator("net", &net.peer_addr.to_string(), &he_addr, PEER_ID);
         conn.remote_id = Some(HE_ID.into());
         conn_tweak(&mut conn);
-        charon.load(
-            &ctx,
-            &SwanctlConf {
-                conns: vec![conn],
-                pools: vec![],
-                secrets: vec![(vec![], PSK.into())],
-            },
-        );
+        charon.load_psk(&ctx, conn, PSK);
         let dns_inside = ManuallyDrop::new(dns_support::Netns {
             name: inside.name.clone(),
         });

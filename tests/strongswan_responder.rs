@@ -46,14 +46,7 @@ impl Rig {
         let mut conn = Conn::initiator("net", &peer_addr, &he_addr, PEER_ID);
         conn.remote_id = Some(HE_ID.into());
         conn_tweak(&mut conn);
-        charon.load(
-            &ctx,
-            &SwanctlConf {
-                conns: vec![conn],
-                pools: vec![],
-                secrets: vec![(vec![], PSK.into())],
-            },
-        );
+        charon.load_psk(&ctx, conn, PSK);
         Rig {
             charon,
             he,

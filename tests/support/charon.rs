@@ -339,14 +339,21 @@ impl Charon {
         timeout: Duration,
     ) -> IkeSaState {
         let name = conn.name.clone();
-        let conf = SwanctlConf {
-            conns: vec![conn],
-            pools: vec![],
-            secrets: vec![(vec![], psk.into())],
-        };
-        self.load(ctx, &conf);
+        self.load_psk(ctx, conn, psk);
         self.initiate_ok(&name);
         self.wait_established(&name, timeout)
+    }
+
+    /// Loads `conn` alone, with `psk` for any identity and no pools.
+    pub fn load_psk(&self, ctx: &TestCtx, conn: Conn, psk: &str) {
+        self.load(
+            ctx,
+            &SwanctlConf {
+                conns: vec![conn],
+                pools: vec![],
+                secrets: vec![(vec![], psk.into())],
+            },
+        );
     }
 
     /// `swanctl --initiate --child <child>`; returns the streamed log output.

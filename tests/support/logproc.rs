@@ -67,3 +67,15 @@ impl Proc {
         }
     }
 }
+
+/// A plain HTTP/1.1 GET (the metrics endpoint); the whole response, headers included.
+#[allow(dead_code)]
+pub fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(c, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut s = String::new();
+    c.read_to_string(&mut s).unwrap();
+    s
+}
