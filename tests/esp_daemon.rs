@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use headend::dataplane::sys;
 use support::charon::{Charon, Conn};
-use support::headend::{bin, HeadendConf};
+use support::headend::{bin, child_rows, HeadendConf};
 use support::iperf::{iperf3_in, number_after, received_bytes};
 use support::netns::{Direct, Netns, INSIDE_ADDR, INSIDE_NET};
 use support::{try_wait_for, wait_for, Proc, TestCtx};
@@ -508,51 +508,6 @@ fn charon_tunnel(
     })
     .unwrap_or_else(|| panic!("no ping from charon's VIP:\n{}", he.log_text()));
     (charon, sa0, vip)
-}
-
-/// One CHILD SA row of `headend show vpn ipsec sa detail`.
-#[derive(Debug, Clone)]
-struct ChildRow {
-    spi_in: u32,
-    spi_out: u32,
-    state: String,
-    /// (in, out)
-    packets: (u64, u64),
-}
-
-/// The CHILD SA rows of `headend show vpn ipsec sa detail` (all tunnels): gateway ID,
-/// SPIs in/out, local TS, remote TS, state, bytes in/out, packets in/out.
-fn child_rows(control: &std::path::Path) -> Vec<ChildRow> {
-    let out = Command::new(bin())
-        .args(["show", "--socket"])
-        .arg(control)
-        .args(["vpn", "ipsec", "sa", "detail"])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "show vpn ipsec sa detail failed: {text}"
-    );
-    let pair = |s: &str| -> (u64, u64) {
-        let (a, b) = s.split_once('/').unwrap_or_else(|| panic!("{text}"));
-        (a.parse().unwrap(), b.parse().unwrap())
-    };
-    text.lines()
-        .skip(1)
-        .filter(|l| !l.ends_with("CHILD SA(s)"))
-        .map(|l| {
-            let c: Vec<&str> = l.split_whitespace().collect();
-            assert_eq!(c.len(), 7, "{text}");
-            let (i, o) = c[1].split_once('/').unwrap();
-            ChildRow {
-                spi_in: u32::from_str_radix(i, 16).unwrap(),
-                spi_out: u32::from_str_radix(o, 16).unwrap(),
-                state: c[4].to_string(),
-                packets: pair(c[6]),
-            }
-        })
-        .collect()
 }
 
 /// `headend rekey vpn ipsec sa <gateway ID>` on the head-end's control socket.

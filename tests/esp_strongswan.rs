@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use support::charon::{Charon, Conn};
-use support::headend::{Headend, HeadendConf};
+use support::headend::{child_sas, ChildRow, Headend, HeadendConf};
 use support::netns::{Direct, INSIDE_ADDR};
 use support::{require_tool, TestCtx};
 
@@ -419,50 +419,4 @@ fn esp_strongswan_two_children_to_one_subnet_each_carry_their_own_protocol() {
         icmp.packets,
         icmp2.packets
     );
-}
-
-/// One line of `show vpn ipsec sa detail`.
-#[derive(Debug, Clone)]
-struct ChildRow {
-    /// `<inbound>/<outbound>` SPIs.
-    spis: String,
-    local_ts: String,
-    /// (in, out)
-    bytes: (u64, u64),
-    packets: (u64, u64),
-}
-
-impl ChildRow {
-    /// The row whose (first) local selector ends with `ts`.
-    fn find(rows: &[ChildRow], ts: &str, detail: &str) -> ChildRow {
-        rows.iter()
-            .find(|r| r.local_ts.ends_with(ts))
-            .cloned()
-            .unwrap_or_else(|| panic!("no CHILD SA with local TS {ts}:\n{detail}"))
-    }
-}
-
-/// `show vpn ipsec sa detail` on the head-end's control socket: the text and its rows
-/// ("<gateway id> <spi in/out> <local ts> <remote ts> <bytes in/out> <packets in/out>").
-fn child_sas(control: &std::path::Path) -> (String, Vec<ChildRow>) {
-    let detail = support::headend::show(control, &["vpn", "ipsec", "sa", "detail"]);
-    let pair = |s: &str| -> (u64, u64) {
-        let (a, b) = s.split_once('/').unwrap();
-        (a.parse().unwrap(), b.parse().unwrap())
-    };
-    let rows = detail
-        .lines()
-        .skip(1)
-        .filter(|l| !l.ends_with("CHILD SA(s)"))
-        .map(|l| {
-            let c: Vec<&str> = l.split_whitespace().collect();
-            ChildRow {
-                spis: c[1].to_string(),
-                local_ts: c[2].to_string(),
-                bytes: pair(c[c.len() - 2]),
-                packets: pair(c[c.len() - 1]),
-            }
-        })
-        .collect();
-    (detail, rows)
 }

@@ -227,6 +227,74 @@ pub fn show(control: &std::path::Path, words: &[&str]) -> String {
     text
 }
 
+/// One CHILD SA row of `headend show vpn ipsec sa detail`: gateway ID, SPIs in/out,
+/// local TS, remote TS, state, bytes in/out, packets in/out.
+#[derive(Debug, Clone)]
+pub struct ChildRow {
+    pub gateway_id: String,
+    /// `<inbound>/<outbound>` SPIs, as shown.
+    pub spis: String,
+    pub spi_in: u32,
+    pub spi_out: u32,
+    /// The local selectors, comma-separated.
+    pub local_ts: String,
+    pub remote_ts: String,
+    pub state: String,
+    /// (in, out)
+    pub bytes: (u64, u64),
+    pub packets: (u64, u64),
+}
+
+impl ChildRow {
+    /// The row whose (first) local selector ends with `ts`; `detail` is shown on failure.
+    pub fn find(rows: &[ChildRow], ts: &str, detail: &str) -> ChildRow {
+        rows.iter()
+            .find(|r| r.local_ts.ends_with(ts))
+            .cloned()
+            .unwrap_or_else(|| panic!("no CHILD SA with local TS {ts}:\n{detail}"))
+    }
+}
+
+/// `show vpn ipsec sa detail` on the control socket `control`: the text and its rows.
+pub fn child_sas(control: &std::path::Path) -> (String, Vec<ChildRow>) {
+    let detail = show(control, &["vpn", "ipsec", "sa", "detail"]);
+    let pair = |s: &str| -> (u64, u64) {
+        let (a, b) = s.split_once('/').unwrap_or_else(|| panic!("{detail}"));
+        (
+            a.parse().unwrap_or_else(|_| panic!("{detail}")),
+            b.parse().unwrap_or_else(|_| panic!("{detail}")),
+        )
+    };
+    let rows = detail
+        .lines()
+        .skip(1)
+        .filter(|l| !l.ends_with("CHILD SA(s)"))
+        .map(|l| {
+            let c: Vec<&str> = l.split_whitespace().collect();
+            assert_eq!(c.len(), 7, "{detail}");
+            let (i, o) = c[1].split_once('/').unwrap_or_else(|| panic!("{detail}"));
+            let spi = |s: &str| u32::from_str_radix(s, 16).unwrap_or_else(|_| panic!("{detail}"));
+            ChildRow {
+                gateway_id: c[0].to_string(),
+                spis: c[1].to_string(),
+                spi_in: spi(i),
+                spi_out: spi(o),
+                local_ts: c[2].to_string(),
+                remote_ts: c[3].to_string(),
+                state: c[4].to_string(),
+                bytes: pair(c[5]),
+                packets: pair(c[6]),
+            }
+        })
+        .collect();
+    (detail, rows)
+}
+
+/// The rows of [`child_sas`].
+pub fn child_rows(control: &std::path::Path) -> Vec<ChildRow> {
+    child_sas(control).1
+}
+
 /// A running `headend run` or `headend peer`.
 pub struct Headend {
     pub proc: Proc,
