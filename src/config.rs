@@ -199,7 +199,7 @@ pub struct IkeSection {
     /// CHILD SA (ESP) proposals, most preferred first.
     pub esp_proposals: Vec<EspProposalStr>,
     /// Inside networks offered as local traffic selectors (RFC 7296 2.9).
-    pub local_ts: Vec<Cidr>,
+    pub local_ts: Vec<Selector>,
     pub ike_lifetime: DurationStr,
     pub child_lifetime: DurationStr,
     pub rekey_jitter: DurationStr,
@@ -405,10 +405,10 @@ pub struct PeerSection {
     pub request_vip6: bool,
     /// Traffic selectors for our side; default 0.0.0.0/0 (narrowed to the VIP).
     #[serde(default)]
-    pub local_ts: Vec<Cidr>,
+    pub local_ts: Vec<Selector>,
     /// Networks behind the head-end; default 0.0.0.0/0.
     #[serde(default)]
-    pub remote_ts: Vec<Cidr>,
+    pub remote_ts: Vec<Selector>,
 }
 
 fn default_backoff() -> DurationStr {
@@ -455,26 +455,96 @@ from_str_value!(Cidr6, Ipv6Net, "CIDR", |s| s
     .parse::<Ipv6Net>()
     .map_err(|_| String::new()));
 
-/// An IPv4 or IPv6 prefix, or a bare address (a /32 or /128).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cidr(pub IpNet);
-from_str_value!(Cidr, IpNet, "CIDR", |s| {
-    s.parse::<IpNet>()
-        .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
-        .map_err(|_| String::new())
+/// A traffic selector (RFC 7296 3.13.1) written as strongSwan writes one: a prefix or a
+/// bare address (a /32 or /128), optionally followed by `[proto]` or `[proto/port]`:
+/// `10.1.0.0/16`, `10.1.0.0/16[tcp/443]`, `10.1.0.0/16[udp/1024-65535]`,
+/// `10.1.0.0/16[icmp]`, `10.1.0.0/16[icmp/8]` (ICMP type 8, any code: the port fields
+/// carry type<<8|code, RFC 4301 4.4.1.1), `fd00::/64[ipv6-icmp/128]`,
+/// `10.1.0.0/16[tcp/%opaque]`. A protocol is a name (`tcp`, `udp`, `icmp`, `ipv6-icmp`
+/// or `icmpv6`, `sctp`, `udplite`) or a number 1-255; a port a number, a range `a-b`,
+/// `%any` or `%opaque`. For ICMP and ICMPv6 a number up to 255 is a type (any code);
+/// larger ones are type<<8|code as [`TrafficSelector`]'s `Display` prints them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Selector(pub TrafficSelector);
+from_str_value!(Selector, TrafficSelector, "traffic selector", |s| {
+    parse_selector(s).map_err(|e| format!(": {e}"))
 });
 
-impl Cidr {
-    /// The selector covering this prefix, any protocol and port (RFC 7296 3.13.1).
-    pub fn ts(&self) -> TrafficSelector {
-        TrafficSelector {
-            start: self.0.network(),
-            end: self.0.broadcast(),
-            protocol: 0,
-            start_port: 0,
-            end_port: 65535,
+/// Parses a [`Selector`].
+pub fn parse_selector(s: &str) -> Result<TrafficSelector, String> {
+    let (net, sel) = match s.split_once('[') {
+        Some((net, rest)) => {
+            let inner = rest
+                .strip_suffix(']')
+                .ok_or("want \"]\" at the end of \"[proto/port]\"")?;
+            (net, Some(inner))
+        }
+        None => (s, None),
+    };
+    let net = net.trim();
+    let net = net
+        .parse::<IpNet>()
+        .or_else(|_| net.parse::<IpAddr>().map(IpNet::from))
+        .map_err(|_| format!("\"{net}\" is no CIDR or address"))?;
+    let mut ts = TrafficSelector {
+        start: net.network(),
+        end: net.broadcast(),
+        protocol: 0,
+        start_port: 0,
+        end_port: 65535,
+    };
+    let Some(sel) = sel else {
+        return Ok(ts);
+    };
+    let (proto, port) = match sel.split_once('/') {
+        Some((p, port)) => (p.trim(), Some(port.trim())),
+        None => (sel.trim(), None),
+    };
+    ts.protocol = match proto.to_ascii_lowercase().as_str() {
+        "tcp" => 6,
+        "udp" => 17,
+        "icmp" => 1,
+        "ipv6-icmp" | "icmpv6" => 58,
+        "sctp" => 132,
+        "udplite" => 136,
+        "" => return Err("empty protocol (e.g. [tcp/443], [icmp])".into()),
+        p => match p.parse::<u8>() {
+            Ok(0) => return Err("protocol 0 is any protocol: leave out the brackets".into()),
+            Ok(n) => n,
+            Err(_) => return Err(format!("unknown protocol '{proto}'")),
+        },
+    };
+    let icmp = matches!(ts.protocol, 1 | 58);
+    let (a, b) = match port {
+        None | Some("%any") | Some("any") => return Ok(ts),
+        Some("%opaque") | Some("opaque") => {
+            (ts.start_port, ts.end_port) = (65535, 0);
+            return Ok(ts);
+        }
+        Some(p) => match p.split_once('-') {
+            Some((a, b)) => (a.trim(), b.trim()),
+            None => (p, p),
+        },
+    };
+    let num = |v: &str| {
+        v.parse::<u16>()
+            .map_err(|_| format!("invalid port '{v}' (want 0-65535, a-b, %any or %opaque)"))
+    };
+    let (mut a, mut b) = (num(a)?, num(b)?);
+    if icmp {
+        // strongSwan: a value that fits a type is a type, any code.
+        if a <= 255 {
+            a <<= 8;
+        }
+        if b <= 255 {
+            b = b << 8 | 0xff;
         }
     }
+    if a > b {
+        return Err(format!("port range {a}-{b} is reversed"));
+    }
+    (ts.start_port, ts.end_port) = (a, b);
+    Ok(ts)
 }
 
 /// An IKE identity written as a string.
@@ -1008,7 +1078,7 @@ impl Config {
             auth: self.auth_config(|| self.psk_store()),
             ike_proposals: i.proposals.iter().map(|p| p.0.clone()).collect(),
             esp_proposals: i.esp_proposals.iter().map(|p| p.0.clone()).collect(),
-            local_ts: i.local_ts.iter().map(Cidr::ts).collect(),
+            local_ts: i.local_ts.iter().map(|t| t.0.clone()).collect(),
             pool: PoolConfig {
                 v4: self.pool.v4.map(|c| c.0),
                 v6: self.pool.v6.map(|c| c.0),
@@ -1051,11 +1121,11 @@ impl Config {
             start_port: 0,
             end_port: 65535,
         };
-        let ts = |v: &[Cidr]| {
+        let ts = |v: &[Selector]| {
             if v.is_empty() {
                 vec![any4.clone()]
             } else {
-                v.iter().map(Cidr::ts).collect()
+                v.iter().map(|t| t.0.clone()).collect()
             }
         };
         InitiatorConfig {
@@ -1284,6 +1354,107 @@ level = "debug"
         assert_eq!(parse_duration("1y"), None);
         assert_eq!(parse_duration("h"), None);
         assert_eq!(parse_duration("99999999999999999999d"), None);
+    }
+
+    fn sel(net: &str, protocol: u8, ports: (u16, u16)) -> TrafficSelector {
+        let net: IpNet = net.parse().unwrap();
+        TrafficSelector {
+            start: net.network(),
+            end: net.broadcast(),
+            protocol,
+            start_port: ports.0,
+            end_port: ports.1,
+        }
+    }
+
+    /// Selectors in strongSwan's notation (issue 3): protocol names and numbers, single
+    /// ports, ranges, ICMP types, `%any`, `%opaque`; what `Display` prints parses back.
+    #[test]
+    fn selectors_parse_strongswan_notation() {
+        let any = (0, 65535);
+        for (text, want) in [
+            ("10.1.0.0/16", sel("10.1.0.0/16", 0, any)),
+            ("10.1.2.3", sel("10.1.2.3/32", 0, any)),
+            ("fd00::/64", sel("fd00::/64", 0, any)),
+            ("10.1.0.0/16[tcp/443]", sel("10.1.0.0/16", 6, (443, 443))),
+            ("10.1.0.0/16[TCP/443]", sel("10.1.0.0/16", 6, (443, 443))),
+            (
+                "10.1.0.0/16[udp/1024-65535]",
+                sel("10.1.0.0/16", 17, (1024, 65535)),
+            ),
+            ("10.1.0.0/16[udp]", sel("10.1.0.0/16", 17, any)),
+            ("10.1.0.0/16[udp/%any]", sel("10.1.0.0/16", 17, any)),
+            (
+                "10.1.0.0/16[sctp/%opaque]",
+                sel("10.1.0.0/16", 132, (65535, 0)),
+            ),
+            ("10.1.0.0/16[icmp]", sel("10.1.0.0/16", 1, any)),
+            (
+                "10.1.0.0/16[icmp/8]",
+                sel("10.1.0.0/16", 1, (0x0800, 0x08ff)),
+            ),
+            ("10.1.0.0/16[icmp/0-8]", sel("10.1.0.0/16", 1, (0, 0x08ff))),
+            (
+                "10.1.0.0/16[icmp/2048]",
+                sel("10.1.0.0/16", 1, (2048, 2048)),
+            ),
+            (
+                "fd00::/64[ipv6-icmp/128]",
+                sel("fd00::/64", 58, (0x8000, 0x80ff)),
+            ),
+            ("fd00::/64[icmpv6]", sel("fd00::/64", 58, any)),
+            ("10.1.0.0/16[47]", sel("10.1.0.0/16", 47, any)),
+        ] {
+            let got = parse_selector(text).unwrap_or_else(|e| panic!("{text}: {e}"));
+            assert_eq!(got, want, "{text}");
+            assert_eq!(parse_selector(&got.to_string()), Ok(got.clone()), "{got}");
+        }
+        for (text, why) in [
+            ("10.1.0.0/33", "no CIDR or address"),
+            ("10.1.0.0/16[tcp/443", "want \"]\""),
+            ("10.1.0.0/16[]", "empty protocol"),
+            ("10.1.0.0/16[tpc/443]", "unknown protocol 'tpc'"),
+            ("10.1.0.0/16[0/80]", "protocol 0 is any"),
+            ("10.1.0.0/16[tcp/https]", "invalid port 'https'"),
+            ("10.1.0.0/16[tcp/70000]", "invalid port '70000'"),
+            ("10.1.0.0/16[tcp/443-80]", "port range 443-80 is reversed"),
+            ("10.1.0.0/16[tcp/443]x", "want \"]\""),
+        ] {
+            let e = parse_selector(text).unwrap_err();
+            assert!(e.contains(why), "{text}: {e}");
+        }
+    }
+
+    /// A bad selector in any of the keys that take one names the key, the element and
+    /// its line; good ones reach the engine's configurations.
+    #[test]
+    fn selector_keys_report_their_line_and_reach_the_engine() {
+        let e = err("[ike]\nlocal_ts = [\"10.1.0.0/16\",\n  \"10.2.0.0/16[tcp/x]\"]\n");
+        assert_eq!(
+            e,
+            "x.toml:3: ike.local_ts[1]: invalid traffic selector \"10.2.0.0/16[tcp/x]\": \
+             invalid port 'x' (want 0-65535, a-b, %any or %opaque)"
+        );
+        let peer = "[peer]\nlocal_id = \"r\"\npsk = \"k\"\nheadends = [\"127.0.0.1:500\"]\n";
+        let e = err(&format!("{peer}remote_ts = [\"10.1.0.0/16[tcp/443\"]\n"));
+        assert!(
+            e.starts_with("x.toml:5: peer.remote_ts[0]: invalid traffic selector"),
+            "{e}"
+        );
+
+        let c = Config::parse(
+            "t",
+            "[ike]\nlocal_ts = [\"10.1.0.0/16[tcp/443]\", \"10.9.0.1\"]\n[psk]\ndefault = \"k\"\n",
+        )
+        .unwrap();
+        let e = c.responder_endpoint();
+        assert_eq!(
+            e.responder.as_ref().unwrap().local_ts,
+            vec![
+                sel("10.1.0.0/16", 6, (443, 443)),
+                sel("10.9.0.1/32", 0, (0, 65535))
+            ]
+        );
     }
 
     #[test]

@@ -420,3 +420,111 @@ fn esp_strongswan_two_children_to_one_subnet_each_carry_their_own_protocol() {
         icmp2.packets
     );
 }
+
+/// RFC 7296 2.9 with a port-narrowed `[ike] local_ts`: the head-end offers only TCP port
+/// 5201 to the inside network. charon asks for the whole network and gets the narrowed
+/// selector (`swanctl --list-sas`); iperf3 (TCP 5201) flows both ways on it, pings in
+/// either direction do not (not even into the head-end's SA: its packet counters stay).
+#[test]
+fn esp_strongswan_peer_gets_a_port_narrowed_local_ts_and_only_that_traffic_flows() {
+    use support::iperf::{iperf3_in, received_bytes};
+    use support::netns::INSIDE_NET;
+    let ping = require_tool("ping", "iputils-ping");
+    let ping = ping.to_str().unwrap();
+    let ctx = TestCtx::new("esp-strongswan-narrowed");
+    let net = Direct::new(&ctx);
+    let he_addr = net.he_addr.to_string();
+    let tcp_ts = format!("{INSIDE_NET}[tcp/5201]");
+    let mut hc = HeadendConf::responder(&he_addr, PSK, POOL);
+    hc.local_ts = vec![tcp_ts.clone()];
+    hc.esp_proposals = vec!["aes256gcm16".into()];
+    hc.extra = "[dataplane]\ntun_name = \"he0\"\nqueues = 1\n".into();
+    let control = ctx.path("control.sock");
+    let control_arg = control.display().to_string();
+    let he = Headend::run_with(
+        &ctx,
+        Some(&net.he),
+        "headend",
+        &hc,
+        &["--control", &control_arg],
+    );
+
+    let charon = Charon::start(&ctx, &net.peer, "peer");
+    let mut conn = Conn::initiator(
+        "net",
+        &net.peer_addr.to_string(),
+        &he_addr,
+        "router-narrow.example",
+    );
+    conn.remote_id = Some("headend.test".into());
+    assert_eq!(conn.remote_ts.as_deref(), Some(INSIDE_NET));
+    let sa = charon.connect_psk(&ctx, conn, PSK, Duration::from_secs(10));
+    let vip = sa
+        .local_vips
+        .first()
+        .cloned()
+        .expect("charon got a virtual IP");
+    assert_eq!(sa.children.len(), 1, "{sa:#?}");
+    assert_eq!(sa.children[0].remote_ts, vec![tcp_ts.clone()], "{sa:#?}");
+    assert_eq!(
+        sa.children[0].local_ts,
+        vec![format!("{vip}/32")],
+        "{sa:#?}"
+    );
+
+    let (up_json, up_ok) = iperf3_in(
+        &net.he,
+        &net.peer,
+        &vip,
+        &["-t", "2", "--connect-timeout", "5000"],
+        || {},
+    );
+    assert!(
+        up_ok,
+        "iperf3 router -> inside failed:\n{up_json}\n{}",
+        he.log_text()
+    );
+    let (down_json, down_ok) = iperf3_in(
+        &net.he,
+        &net.peer,
+        &vip,
+        &["-t", "2", "-R", "--connect-timeout", "5000"],
+        || {},
+    );
+    assert!(down_ok, "iperf3 inside -> router failed:\n{down_json}");
+    let (up, down) = (
+        received_bytes(&up_json) as u64,
+        received_bytes(&down_json) as u64,
+    );
+    // Stragglers of the last TCP connection settle before the counters are read.
+    std::thread::sleep(Duration::from_secs(1));
+    let (detail, rows) = child_sas(&control);
+    assert_eq!(rows.len(), 1, "{detail}");
+    let row = ChildRow::find(&rows, &tcp_ts, &detail);
+    assert!(
+        row.bytes.0 >= up && row.bytes.1 >= down,
+        "CHILD SA bytes {:?}, iperf3 {up}/{down}:\n{detail}",
+        row.bytes
+    );
+
+    // ICMP is outside the selectors: no ping gets through, and none enters the SA.
+    let pings = |ns: &support::netns::Netns, from: &str, to: &str| {
+        ns.exec(&[ping, "-c", "3", "-i", "0.2", "-W", "1", "-I", from, to])
+            .ok()
+    };
+    assert!(
+        !pings(&net.peer, &vip, INSIDE_ADDR),
+        "ICMP router -> inside crossed a TCP 5201 CHILD SA"
+    );
+    assert!(
+        !pings(&net.he, INSIDE_ADDR, &vip),
+        "ICMP inside -> router crossed a TCP 5201 CHILD SA"
+    );
+    let (detail, rows) = child_sas(&control);
+    let after = ChildRow::find(&rows, &tcp_ts, &detail);
+    assert_eq!(after.spis, row.spis, "{detail}");
+    assert_eq!(
+        after.packets, row.packets,
+        "pings entered the SA:\n{detail}"
+    );
+}
