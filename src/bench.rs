@@ -182,6 +182,7 @@ async fn run_one(o: &BenchOptions) -> Result<BenchReport, Error> {
         request_vip6: false,
         local_ts: vec![],
         remote_ts: vec![],
+        children: vec![],
     };
     let binds = vec![o.bind; o.sockets.max(1)];
     let esp_sink = Arc::new(NullDataplane::default());

@@ -409,6 +409,62 @@ pub struct PeerSection {
     /// Networks behind the head-end; default 0.0.0.0/0.
     #[serde(default)]
     pub remote_ts: Vec<Selector>,
+    /// The CHILD SAs to open, in order: the first in IKE_AUTH, the others with
+    /// CREATE_CHILD_SA once the IKE SA is up (RFC 7296 1.3.1). Absent: one, with
+    /// `local_ts` / `remote_ts`.
+    #[serde(default)]
+    pub children: Vec<ChildSection>,
+}
+
+/// One CHILD SA of a peer router (`[[peer.children]]`, or `children = [{ ... }]`): its
+/// traffic selectors; a side left out is `peer.local_ts` / `peer.remote_ts`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChildSection {
+    #[serde(default)]
+    pub local_ts: Vec<Selector>,
+    #[serde(default)]
+    pub remote_ts: Vec<Selector>,
+}
+
+/// The selectors a router asks for in one CHILD SA: (ours, the head-end's), i.e. (TSi, TSr).
+pub type ChildSelectors = (Vec<TrafficSelector>, Vec<TrafficSelector>);
+
+impl PeerSection {
+    /// The CHILD SAs to ask for, in order (the first is IKE_AUTH's): `children`, each
+    /// side it leaves out from `local_ts` / `remote_ts`, those 0.0.0.0/0 when absent too.
+    pub fn child_selectors(&self) -> Vec<ChildSelectors> {
+        let any4 = || TrafficSelector {
+            start: IpAddr::from([0, 0, 0, 0]),
+            end: IpAddr::from([255, 255, 255, 255]),
+            protocol: 0,
+            start_port: 0,
+            end_port: 65535,
+        };
+        let ts = |v: &[Selector], dflt: &[Selector]| -> Vec<TrafficSelector> {
+            let v = if v.is_empty() { dflt } else { v };
+            if v.is_empty() {
+                vec![any4()]
+            } else {
+                v.iter().map(|t| t.0.clone()).collect()
+            }
+        };
+        let one = [ChildSection::default()];
+        let children = if self.children.is_empty() {
+            &one[..]
+        } else {
+            &self.children[..]
+        };
+        children
+            .iter()
+            .map(|c| {
+                (
+                    ts(&c.local_ts, &self.local_ts),
+                    ts(&c.remote_ts, &self.remote_ts),
+                )
+            })
+            .collect()
+    }
 }
 
 fn default_backoff() -> DurationStr {
@@ -1114,20 +1170,12 @@ impl Config {
             })
             .or_else(|| self.psk.default.as_ref().map(|k| k.0.clone()))
             .unwrap_or_default();
-        let any4 = TrafficSelector {
-            start: IpAddr::from([0, 0, 0, 0]),
-            end: IpAddr::from([255, 255, 255, 255]),
-            protocol: 0,
-            start_port: 0,
-            end_port: 65535,
-        };
-        let ts = |v: &[Selector]| {
-            if v.is_empty() {
-                vec![any4.clone()]
-            } else {
-                v.iter().map(|t| t.0.clone()).collect()
-            }
-        };
+        // The first CHILD SA comes up in IKE_AUTH; `peer::Routers` opens the others.
+        let (local_ts, remote_ts) = peer
+            .child_selectors()
+            .into_iter()
+            .next()
+            .unwrap_or_default();
         InitiatorConfig {
             local_id: id,
             remote_id: peer.remote_id.as_ref().map(|i| i.0.clone()),
@@ -1139,8 +1187,8 @@ impl Config {
             esp_proposals: self.ike.esp_proposals.iter().map(|p| p.0.clone()).collect(),
             request_vip4: peer.request_vip4,
             request_vip6: peer.request_vip6,
-            local_ts: ts(&peer.local_ts),
-            remote_ts: ts(&peer.remote_ts),
+            local_ts,
+            remote_ts,
             initial_contact: true,
             remote_natt_port,
         }
@@ -1441,6 +1489,19 @@ level = "debug"
             e.starts_with("x.toml:5: peer.remote_ts[0]: invalid traffic selector"),
             "{e}"
         );
+        let e = err(&format!(
+            "{peer}[[peer.children]]\nremote_ts = [\"10.1.0.0/16[tcp/443]\"]\n\
+             [[peer.children]]\nlocal_ts = [\"0.0.0.0/0\"]\nremote_ts = [\"10.1.0.0/16[imcp]\"]\n"
+        ));
+        assert_eq!(
+            e,
+            "x.toml:9: peer.children[1].remote_ts[0]: invalid traffic selector \
+             \"10.1.0.0/16[imcp]\": unknown protocol 'imcp'"
+        );
+        let e = err(&format!(
+            "{peer}children = [{{ remote_ts = [\"10.1.0.0/16\"] }},\n  {{ remote = [] }}]\n"
+        ));
+        assert_eq!(e, "x.toml:6: unknown key 'peer.children[1].remote'");
 
         let c = Config::parse(
             "t",
@@ -1455,6 +1516,60 @@ level = "debug"
                 sel("10.9.0.1/32", 0, (0, 65535))
             ]
         );
+    }
+
+    /// `peer.children`: the first CHILD SA goes into IKE_AUTH, the others are kept for
+    /// CREATE_CHILD_SA; a side a child leaves out is `peer.local_ts` / `peer.remote_ts`.
+    #[test]
+    fn peer_children_in_order_with_defaults() {
+        let any = (0, 65535);
+        let c = Config::parse(
+            "t",
+            r#"
+[peer]
+local_id = "r"
+psk = "k"
+headends = ["127.0.0.1:500"]
+local_ts = ["10.8.0.0/24"]
+remote_ts = ["10.200.0.0/16"]
+[[peer.children]]
+remote_ts = ["10.200.0.0/16[tcp/5201]"]
+[[peer.children]]
+local_ts = ["0.0.0.0/0[icmp]"]
+remote_ts = ["10.200.0.0/16[icmp]"]
+[[peer.children]]
+"#,
+        )
+        .unwrap();
+        let p = c.validate_peer("t").unwrap();
+        let ch = p.child_selectors();
+        assert_eq!(
+            ch,
+            vec![
+                (
+                    vec![sel("10.8.0.0/24", 0, any)],
+                    vec![sel("10.200.0.0/16", 6, (5201, 5201))]
+                ),
+                (
+                    vec![sel("0.0.0.0/0", 1, any)],
+                    vec![sel("10.200.0.0/16", 1, any)]
+                ),
+                (
+                    vec![sel("10.8.0.0/24", 0, any)],
+                    vec![sel("10.200.0.0/16", 0, any)]
+                ),
+            ]
+        );
+        let i = c.initiator(p, p.local_id.0.clone(), 4500);
+        assert_eq!((i.local_ts.clone(), i.remote_ts.clone()), ch[0]);
+        // No children, no selectors: one CHILD SA for 0.0.0.0/0 both ways.
+        let c = Config::parse(
+            "t",
+            "[peer]\nlocal_id = \"r\"\npsk = \"k\"\nheadends = [\"127.0.0.1:500\"]\n",
+        )
+        .unwrap();
+        let all = vec![sel("0.0.0.0/0", 0, any)];
+        assert_eq!(c.peer.unwrap().child_selectors(), vec![(all.clone(), all)]);
     }
 
     #[test]

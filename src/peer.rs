@@ -16,7 +16,7 @@ use ike::{DeleteReason, Event, Identity, IkeSaId, InitiatorConfig};
 use rand::Rng;
 use tokio::sync::mpsc;
 
-use crate::config::{parse_identity, Config, HeadendAddr, PeerSection, Policy};
+use crate::config::{parse_identity, ChildSelectors, Config, HeadendAddr, PeerSection, Policy};
 use crate::driver::{self, ChildSaSink, NullDataplane, Sockets};
 use crate::error::Error;
 use crate::event::gateway_id_for;
@@ -83,6 +83,8 @@ pub struct Routers {
     connecting: usize,
     /// Routers waiting for a connect slot.
     queued: std::collections::VecDeque<usize>,
+    /// The CHILD SAs after IKE_AUTH's (`peer.children[1..]`), opened on every new IKE SA.
+    more_children: Vec<ChildSelectors>,
     pub events: Vec<PeerEvent>,
 }
 
@@ -108,6 +110,7 @@ impl Routers {
             timers: BTreeSet::new(),
             connecting: 0,
             queued: Default::default(),
+            more_children: peer.child_selectors().into_iter().skip(1).collect(),
             events: vec![],
         };
         for (i, id) in ids.into_iter().enumerate() {
@@ -270,6 +273,27 @@ impl Routers {
         self.start_queued(ep, now);
     }
 
+    /// Asks for the CHILD SAs after IKE_AUTH's on router `i`'s new IKE SA, each with
+    /// CREATE_CHILD_SA (RFC 7296 1.3.1; the engine runs them one after the other). A
+    /// rekeyed IKE SA keeps its CHILD SAs (2.8), so only a new connection opens them.
+    fn open_more_children(&mut self, ep: &mut Endpoint, now: Instant, i: usize, sa: IkeSaId) {
+        let identity = &self.routers[i].identity;
+        for (local_ts, remote_ts) in &self.more_children {
+            let (l, r) = (
+                crate::run::ts_list(local_ts),
+                crate::run::ts_list(remote_ts),
+            );
+            match ep.create_child_sa(now, sa, local_ts.clone(), remote_ts.clone()) {
+                Ok(()) => {
+                    tracing::info!(identity = %identity, ike_sa = sa.0, local_ts = %l, remote_ts = %r, "opening CHILD SA")
+                }
+                Err(e) => {
+                    tracing::warn!(identity = %identity, ike_sa = sa.0, local_ts = %l, remote_ts = %r, error = %e, "cannot open CHILD SA")
+                }
+            }
+        }
+    }
+
     /// Engine events.
     pub fn handle_event(&mut self, ep: &mut Endpoint, now: Instant, ev: &Event) {
         match ev {
@@ -306,6 +330,7 @@ impl Routers {
                     headend: *remote,
                     vips: virtual_ips.clone(),
                 });
+                self.open_more_children(ep, now, i, *ike_sa);
             }
             Event::IkeSaRekeyed { old, new } => {
                 if let Some(i) = self.by_sa.remove(old) {

@@ -552,6 +552,7 @@ request_vip4 = false
 request_vip6 = true
 local_ts = ["10.1.0.0/16"]
 remote_ts = ["10.0.0.0/8", "192.168.0.0/16"]
+children = [{ remote_ts = ["10.0.0.0/8[tcp/443]"] }, { local_ts = ["10.1.0.0/16[icmp]"], remote_ts = ["10.0.0.0/8[icmp/8]"] }]
 "#;
     let readme =
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
@@ -597,7 +598,7 @@ remote_ts = ["10.0.0.0/8", "192.168.0.0/16"]
         .unwrap();
     assert_eq!(o.status.code(), Some(2));
     assert!(
-        String::from_utf8_lossy(&o.stderr).contains(":14: unknown key 'peer.colour'"),
+        String::from_utf8_lossy(&o.stderr).contains(":15: unknown key 'peer.colour'"),
         "{}",
         String::from_utf8_lossy(&o.stderr)
     );

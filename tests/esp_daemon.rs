@@ -4,7 +4,9 @@
 //! CREATE_CHILD_SA rekey (the head-end's short `child_lifetime`) in the middle of an
 //! iperf3 run loses no connection; `[dataplane]` soft lifetimes in bytes and packets make
 //! the daemon rekey; the ESP figures are visible in `/metrics` and `show vpn ipsec sa`, and
-//! forged ESP (unknown SPI, bad ICV) is dropped and counted by reason. strongSwan's charon
+//! forged ESP (unknown SPI, bad ICV) is dropped and counted by reason. A router with
+//! `[peer] children` (TCP 5201 and ICMP) carries each protocol on its own CHILD SA, and
+//! opens both again after a reconnect. strongSwan's charon
 //! as the router rekeys its CHILD SA during iperf3 too (the head-end as rekey responder),
 //! both ends rekey the same CHILD SA at once (RFC 7296 2.8.1) during iperf3, and `show vpn
 //! ipsec sa detail` lists old and new pairs side by side while a Delete is held back.
@@ -21,7 +23,7 @@ use std::time::Duration;
 
 use headend::dataplane::sys;
 use support::charon::{Charon, Conn};
-use support::headend::{bin, child_rows, HeadendConf};
+use support::headend::{bin, child_rows, ChildRow, HeadendConf};
 use support::iperf::{iperf3_in, number_after, received_bytes};
 use support::netns::{Direct, Netns, INSIDE_ADDR, INSIDE_NET};
 use support::{try_wait_for, wait_for, Proc, TestCtx};
@@ -82,6 +84,16 @@ fn start_headend(
 /// Starts both daemons (see [`start_headend`] for the arguments) and waits until ping
 /// reaches the inside address.
 fn tunnel(name: &str, he_ike: &[(&str, &str)], he_dataplane: &str) -> Tunnel {
+    tunnel_with_children(name, he_ike, he_dataplane, vec![])
+}
+
+/// [`tunnel`] with the peer's `children` (local_ts, remote_ts) each.
+fn tunnel_with_children(
+    name: &str,
+    he_ike: &[(&str, &str)],
+    he_dataplane: &str,
+    children: Vec<(Vec<String>, Vec<String>)>,
+) -> Tunnel {
     let ctx = TestCtx::new(name);
     let net = Direct::new(&ctx);
     let (he, control) = start_headend(&ctx, &net.he, he_ike, he_dataplane);
@@ -90,6 +102,7 @@ fn tunnel(name: &str, he_ike: &[(&str, &str)], he_dataplane: &str) -> Tunnel {
     let p = pr_conf.peer.as_mut().unwrap();
     p.bind = Some("10.1.0.2:0".into());
     p.remote_ts = vec![INSIDE_NET.into()];
+    p.children = children;
     pr_conf.extra =
         format!("[dataplane]\ntun_name = \"pr0\"\n[metrics]\nlisten = \"{PEER_METRICS_KEY}\"\n");
     let pr_path = ctx.write("pr.toml", &pr_conf.render());
@@ -363,6 +376,186 @@ fn esp_daemon_peer_carries_iperf3_both_ways_and_status_counts_it() {
     assert!(ping(&t.net.peer, None, 2), "ping after forged ESP");
     assert!(t.he.is_running(), "head-end exited:\n{}", t.he.log_text());
     assert!(t.pr.is_running());
+}
+
+/// Issue 3 from configuration: a `headend peer` with `children` = TCP port 5201 and ICMP
+/// to the inside network opens the first in IKE_AUTH and the second with CREATE_CHILD_SA
+/// (RFC 7296 1.3.1); the head-end installs both, pings (both ways) go on the ICMP child's
+/// SA and iperf3 (both ways) on the TCP child's (`show vpn ipsec sa detail`), UDP to the
+/// same network is carried by neither (the peer's data plane drops it as
+/// `esp_ts_mismatch`, nothing arrives), and after the head-end restarts the reconnected
+/// router opens both children again.
+#[test]
+fn esp_daemon_peer_children_carry_their_own_protocols_and_come_back_after_a_reconnect() {
+    use support::headend::child_sas;
+    let tcp_ts = format!("{INSIDE_NET}[tcp/5201]");
+    let icmp_ts = format!("{INSIDE_NET}[icmp]");
+    let mut t = tunnel_with_children(
+        "esp-daemon-children",
+        &[],
+        "",
+        vec![
+            (vec![], vec![tcp_ts.clone()]),
+            (vec![], vec![icmp_ts.clone()]),
+        ],
+    );
+    // The tunnel is up and ICMP went through: both CHILD SAs are installed on the head-end.
+    fn both(control: &std::path::Path, he: &Proc, pr: &Proc) -> (String, Vec<ChildRow>) {
+        let rows = try_wait_for(Duration::from_secs(20), || {
+            let (d, rows) = child_sas(control);
+            (rows.len() == 2 && rows.iter().all(|r| r.state == "installed")).then_some((d, rows))
+        });
+        rows.unwrap_or_else(|| {
+            panic!(
+                "not both CHILD SAs on the head-end:\n{}\n{}\npeer:\n{}",
+                child_sas(control).0,
+                he.log_text(),
+                pr.log_text()
+            )
+        })
+    }
+    let (detail, rows) = both(&t.control, &t.he, &t.pr);
+    assert!(
+        rows.iter().all(|r| r.gateway_id == PEER_ID),
+        "one router, two CHILD SAs:\n{detail}"
+    );
+    let tcp0 = ChildRow::find(&rows, &tcp_ts, &detail);
+    let icmp0 = ChildRow::find(&rows, &icmp_ts, &detail);
+    // The head-end narrowed the router's side (0.0.0.0/0) to its virtual IP.
+    assert_eq!(tcp0.remote_ts, format!("{}/32", t.vip), "{detail}");
+    assert_eq!(icmp0.remote_ts, format!("{}/32", t.vip), "{detail}");
+    let opening = fields_of(&t.pr.log_text(), "opening CHILD SA", "remote_ts");
+    assert_eq!(opening, vec![icmp_ts.clone()], "{}", t.pr.log_text());
+
+    assert!(ping(&t.net.peer, Some(&t.vip), 5), "ping peer -> inside");
+    assert!(
+        t.net
+            .he
+            .exec(&[
+                "ping",
+                "-c",
+                "5",
+                "-i",
+                "0.2",
+                "-W",
+                "2",
+                "-I",
+                INSIDE_ADDR,
+                &t.vip
+            ])
+            .ok(),
+        "ping inside -> peer"
+    );
+    let (up_json, ok) = iperf3(&t, &["-t", "2", "--connect-timeout", "5000"]);
+    assert!(ok, "iperf3 peer -> inside on the TCP child:\n{up_json}");
+    let (down_json, ok) = iperf3(&t, &["-t", "2", "-R", "--connect-timeout", "5000"]);
+    assert!(ok, "iperf3 inside -> peer on the TCP child:\n{down_json}");
+    let (up, down) = (
+        received_bytes(&up_json) as u64,
+        received_bytes(&down_json) as u64,
+    );
+    assert!(up > 1_000_000 && down > 1_000_000, "iperf3 {up}/{down}");
+
+    // UDP to the inside network matches neither child: dropped on the router, never sent.
+    let peer_before = scrape_at(&t.net.peer, PEER_METRICS).unwrap();
+    let (he_ns, pr_ns) = (
+        format!("/run/netns/{}", t.net.he.name),
+        format!("/run/netns/{}", t.net.peer.name),
+    );
+    let listener = std::thread::spawn(move || {
+        sys::enter_netns(&he_ns).unwrap();
+        let s = UdpSocket::bind((INSIDE_ADDR, 5201)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        let mut buf = [0u8; 2048];
+        s.recv_from(&mut buf).ok()
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let vip = t.vip.clone();
+    std::thread::spawn(move || {
+        sys::enter_netns(&pr_ns).unwrap();
+        let s = UdpSocket::bind((vip.as_str(), 0)).unwrap();
+        for _ in 0..20 {
+            s.send_to(b"outside both selectors", (INSIDE_ADDR, 5201))
+                .unwrap();
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    })
+    .join()
+    .unwrap();
+    assert_eq!(
+        listener.join().unwrap(),
+        None,
+        "UDP outside both children's selectors was carried"
+    );
+    let peer_after = scrape_at(&t.net.peer, PEER_METRICS).unwrap();
+    let mismatch = drops(&peer_after, "esp_ts_mismatch") - drops(&peer_before, "esp_ts_mismatch");
+    assert!(
+        mismatch >= 20,
+        "{mismatch} esp_ts_mismatch drops:\n{peer_after}"
+    );
+
+    let (detail, rows) = child_sas(&t.control);
+    assert_eq!(rows.len(), 2, "{detail}");
+    let tcp = ChildRow::find(&rows, &tcp_ts, &detail);
+    let icmp = ChildRow::find(&rows, &icmp_ts, &detail);
+    assert_eq!(
+        (tcp.spis.clone(), icmp.spis.clone()),
+        (tcp0.spis, icmp0.spis)
+    );
+    // Inner IP bytes: at least the TCP payload each way, on the TCP child's SA; the ten
+    // echo requests and replies each way on the ICMP child's, and nothing of iperf3.
+    assert!(
+        tcp.bytes.0 >= up && tcp.bytes.1 >= down,
+        "TCP child {:?}, iperf3 {up}/{down}:\n{detail}",
+        tcp.bytes
+    );
+    assert!(
+        icmp.packets.0 >= 10 && icmp.packets.1 >= 10 && icmp.bytes.0 < 100_000,
+        "ICMP child {:?} packets, {:?} bytes:\n{detail}",
+        icmp.packets,
+        icmp.bytes
+    );
+    assert!(
+        tcp.packets.0 > 10 * icmp.packets.0 && tcp.packets.1 > 10 * icmp.packets.1,
+        "{detail}"
+    );
+
+    // The head-end restarts (its Deletes end the router's IKE SA): the router connects
+    // again and opens both children again.
+    let from = t.pr.log_len();
+    t.he.terminate(Duration::from_secs(10));
+    let (he2, _) = start_headend(&t._ctx, &t.net.he, &[], "");
+    t.pr.wait_log_since(from, &format!("up {PEER_ID} "), Duration::from_secs(30));
+    let (detail, rows) = both(&t.control, &he2, &t.pr);
+    let tcp2 = ChildRow::find(&rows, &tcp_ts, &detail);
+    let icmp2 = ChildRow::find(&rows, &icmp_ts, &detail);
+    assert!(tcp2.spis != tcp.spis && icmp2.spis != icmp.spis, "{detail}");
+    let vip = t.pr.log_since(from);
+    let vip = vip
+        .split(&format!("up {PEER_ID} via 10.1.0.1:500 vip "))
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_else(|| panic!("{vip}"))
+        .to_string();
+    t.vip = vip;
+    let ok = try_wait_for(Duration::from_secs(10), || {
+        ping(&t.net.peer, Some(&t.vip), 2).then_some(())
+    });
+    assert!(
+        ok.is_some(),
+        "no ping after the reconnect:\n{}",
+        t.pr.log_text()
+    );
+    let (json, ok) = iperf3(&t, &["-t", "1", "--connect-timeout", "5000"]);
+    assert!(ok, "iperf3 after the reconnect:\n{json}");
+    let (detail, rows) = child_sas(&t.control);
+    let tcp3 = ChildRow::find(&rows, &tcp_ts, &detail);
+    let icmp3 = ChildRow::find(&rows, &icmp_ts, &detail);
+    assert!(
+        tcp3.bytes.0 >= received_bytes(&json) as u64 && icmp3.packets.0 >= 2,
+        "{detail}"
+    );
+    t.he = he2;
 }
 
 #[test]

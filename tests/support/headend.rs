@@ -72,6 +72,8 @@ pub struct PeerConf {
     pub policy: Option<String>,
     pub bind: Option<String>,
     pub remote_ts: Vec<String>,
+    /// `children`: (local_ts, remote_ts) of each CHILD SA (an empty side is left out).
+    pub children: Vec<(Vec<String>, Vec<String>)>,
 }
 
 impl HeadendConf {
@@ -115,6 +117,7 @@ impl HeadendConf {
             policy: None,
             bind: None,
             remote_ts: vec![],
+            children: vec![],
         });
         c
     }
@@ -191,6 +194,23 @@ impl HeadendConf {
             }
             if !p.remote_ts.is_empty() {
                 let _ = writeln!(s, "remote_ts = {}", qlist(&p.remote_ts));
+            }
+            if !p.children.is_empty() {
+                let cs: Vec<String> = p
+                    .children
+                    .iter()
+                    .map(|(l, r)| {
+                        let mut kv = vec![];
+                        if !l.is_empty() {
+                            kv.push(format!("local_ts = {}", qlist(l)));
+                        }
+                        if !r.is_empty() {
+                            kv.push(format!("remote_ts = {}", qlist(r)));
+                        }
+                        format!("{{ {} }}", kv.join(", "))
+                    })
+                    .collect();
+                let _ = writeln!(s, "children = [{}]", cs.join(", "));
             }
             let hs: Vec<String> = p
                 .headends
