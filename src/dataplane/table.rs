@@ -7,6 +7,10 @@
 //! selectors it matches ([`Tables::select`]).
 use std::cell::RefCell;
 use std::collections::HashMap;
+
+/// The table's maps are looked up once or twice per packet: a fast keyed hash (ahash)
+/// instead of SipHash. Keys are SPIs and addresses of installed SAs only.
+type Map<K, V> = HashMap<K, V, ahash::RandomState>;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
@@ -69,21 +73,21 @@ pub struct Range {
 /// A snapshot of every installed SA.
 #[derive(Debug, Default, Clone)]
 pub struct Tables {
-    pub inbound: HashMap<u32, Arc<InboundEntry>>,
-    pub hosts: HashMap<IpAddr, Outs>,
+    pub inbound: Map<u32, Arc<InboundEntry>>,
+    pub hosts: Map<IpAddr, Outs>,
     /// Wider selectors, narrowest first.
     pub ranges: Vec<Range>,
     /// Remote outer address of every UDP-encapsulated child, for NAT keepalives.
     pub keepalive: Vec<(SocketAddr, SocketAddr)>,
     /// Rekeys we answered: old outbound SPI -> the new outbound SA that takes over its
     /// routes when the old pair is deleted (RFC 7296 2.8).
-    pub pending: HashMap<u32, Arc<OutboundEntry>>,
+    pub pending: Map<u32, Arc<OutboundEntry>>,
     /// Deleted inbound SPIs still accepted until the instant given (packets the peer
     /// sent before it switched to the new SA are still in flight); housekeeping drops them.
     pub linger: Vec<(u32, std::time::Instant)>,
     /// The outbound SA of every CHILD SA whose inbound SA is in `inbound`, by that
     /// inbound SPI, whether it carries traffic or not (a rekeyed or redundant one).
-    pub outbound: HashMap<u32, Arc<OutboundEntry>>,
+    pub outbound: Map<u32, Arc<OutboundEntry>>,
 }
 
 /// Which outbound SA carries traffic once a CHILD SA is rekeyed (RFC 7296 2.8, 2.8.1).
@@ -406,11 +410,13 @@ pub fn entries(
         remote_ts: c.remote_ts.clone(),
         local_ts: c.local_ts.clone(),
     };
-    let sa = OutboundSa::new(&c.outbound, lifetimes)?;
+    let mut sa = OutboundSa::new(&c.outbound, lifetimes)?;
     let ip = if c.remote.is_ipv4() { 20 } else { 40 };
     let outer = ip + if c.udp_encap { 8 } else { 0 };
+    let budget = (outer_mtu as usize).saturating_sub(outer);
+    sa.fit_padding(budget);
     let outbound = OutboundEntry {
-        max_inner: sa.max_inner_len((outer_mtu as usize).saturating_sub(outer)),
+        max_inner: sa.max_inner_len(budget),
         sa,
         child,
         local: c.local,

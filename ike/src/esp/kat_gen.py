@@ -23,7 +23,8 @@ def trailer(n, align, nh):
     return bytes(range(1, pad + 1)) + bytes([pad, nh])
 
 def aead(kind, key, salt, spi, seq, esn, pt_inner, nh):
-    pt = pt_inner + trailer(len(pt_inner), 4, nh)
+    # AES-GCM pads to the AES block (the sender's choice, RFC 4303 2.4), ChaCha20 to 4.
+    pt = pt_inner + trailer(len(pt_inner), 16 if kind == 'gcm' else 4, nh)
     iv = seq.to_bytes(8, 'big')
     lo = (seq & 0xffffffff).to_bytes(4, 'big')
     aad = spi + ((seq >> 32).to_bytes(4, 'big') + lo if esn else lo)

@@ -102,6 +102,9 @@ pub struct OutboundSa {
     next_seq: AtomicU64,
     lifetimes: Lifetimes,
     usage: Usage,
+    /// Inner packets up to this length are padded to [`Transform::block_align`], longer
+    /// ones only to [`Transform::align`] (see [`OutboundSa::fit_padding`]).
+    block_pad_upto: usize,
 }
 
 impl std::fmt::Debug for OutboundSa {
@@ -123,7 +126,20 @@ impl OutboundSa {
             next_seq: AtomicU64::new(1),
             lifetimes,
             usage: Usage::new(),
+            block_pad_upto: usize::MAX,
         })
+    }
+
+    /// Keeps the extra block padding (see [`Transform::block_align`]) to inner packets
+    /// whose ESP packet still fits `budget` octets (the path MTU less the outer IP and UDP
+    /// headers), so that padding never makes a packet that [`max_inner_len`] admits too
+    /// long for the path.
+    ///
+    /// [`max_inner_len`]: Self::max_inner_len
+    pub fn fit_padding(&mut self, budget: usize) {
+        let align = self.transform.block_align();
+        let room = budget.saturating_sub(self.header_len() + self.transform.icv_len());
+        self.block_pad_upto = ((room / align) * align).saturating_sub(2);
     }
 
     pub fn spi(&self) -> Spi {
@@ -138,7 +154,11 @@ impl OutboundSa {
     /// Octets written behind an inner packet of `len` octets (padding, pad length, next
     /// header, ICV).
     pub fn trailer_len(&self, len: usize) -> usize {
-        let align = self.transform.align();
+        let align = if len <= self.block_pad_upto {
+            self.transform.block_align()
+        } else {
+            self.transform.align()
+        };
         let padded = (len + 2).div_ceil(align) * align;
         padded - len + self.transform.icv_len()
     }

@@ -114,7 +114,7 @@ fn kat_vectors_encapsulate_and_decapsulate() {
     // (suite, seq, inner length, v6, expected ESP packet)
     let cases = [
         (0, 1u64, 61, false, "c0ffee010000000100000000000000016033cd6b73c6edbcaea4358a12594b0abe94a955a8bad251b65f04446b638343f5ce334965dd1108fa28fcc4112ae5ab4d9ded998ebd8609f9066e6c53dca43bf33a4380527b12dfafa2893c0f034993"),
-        (1, 0x1_0000_0005, 80, true, "c0ffee010000000500000001000000054183d0a686a25257d46a10fe0fc4788648c7548cafdf230d673ac59f75905434e16de32228e10dee422d622dfd7e37e66a4e7df5981e87b112ef6f8f41c69a6e9ccb8476e01c1969aef9ae9231442f2a4c23d4a2734392d94488b4f5b27d4cf726d164c3"),
+        (1, 0x1_0000_0005, 80, true, "c0ffee010000000500000001000000054183d0a686a25257d46a10fe0fc4788648c7548cafdf230d673ac59f75905434e16de32228e10dee422d622dfd7e37e66a4e7df5981e87b112ef6f8f41c69a6e9ccb8476e01c1969aef9ae9231442f2a4c23d58fe61da521b0fdadad54b791d3357c893863bb9305b3ce2fd82a8535d9"),
         (2, 7, 45, false, "c0ffee010000000700000000000000078b0d79fdf5c47fb448884b4ea43d1c46f5b71e539df5f46890156796a04812be564780c2b02b737a359e07c624cdbe2da23ff3df94cf475eb9b523d69401d723"),
         (3, 3, 50, false, "c0ffee010000000318193053fc05762c202b26a273c207c3bba683a2443af6339b12b44e9c021b58062a736e000c72c160914f9fda3277da9afd9c45a80dd2f1a66bd0cbff393d57a22ef35f70f33b34454e032d5c9bd58bd441da712d4f5d228dc2a090a8217456"),
         (4, 0x2_0000_0001, 33, false, "c0ffee0100000001e6525429f92bcbcfb86b2ae6c42a40965c0cd4d29b6120477941350a877887f35ba05d3ac3988252dbfbd5c2fcfa53757d5d1fef5bb6fb1a183cf9dff31948ccb3c518ba563f0c47f5f74fbd680c261e643d8d773ab363d1bb83708bd5e54339"),
@@ -166,9 +166,10 @@ fn round_trip_every_suite_and_size() {
 #[test]
 fn max_inner_len_is_the_longest_packet_that_fits_the_budget() {
     for ks in all_suites() {
-        let out = OutboundSa::new(&ks, Lifetimes::default()).unwrap();
         // IPv6 + UDP outer headers on a 1500-octet path, and a few odd budgets.
         for budget in [1452usize, 1472, 1480, 1000, 577, 100] {
+            let mut out = OutboundSa::new(&ks, Lifetimes::default()).unwrap();
+            out.fit_padding(budget);
             let n = out.max_inner_len(budget);
             let esp = |n: usize| out.header_len() + n + out.trailer_len(n);
             assert!(esp(n) <= budget, "{ks:?} {budget}: {n} -> {}", esp(n));
@@ -178,6 +179,7 @@ fn max_inner_len_is_the_longest_packet_that_fits_the_budget() {
                 esp(n.max(20))
             );
         }
+        let out = OutboundSa::new(&ks, Lifetimes::default()).unwrap();
         assert_eq!(out.max_inner_len(10), 0);
     }
     // AES-CBC with HMAC-SHA2-512 over IPv6 + UDP on 1500: 1390 (README `mtu`).
@@ -187,6 +189,37 @@ fn max_inner_len_is_the_longest_packet_that_fits_the_budget() {
         .unwrap();
     let out = OutboundSa::new(&cbc, Lifetimes::default()).unwrap();
     assert_eq!(out.max_inner_len(1500 - 48), 1390);
+}
+
+/// AES-GCM pads the ciphertext to whole AES blocks while the path leaves room (ring then
+/// has no partial block to handle), and only to 4 octets for the longest packets the
+/// budget admits, so the extra padding never costs path MTU. ChaCha20-Poly1305 keeps the
+/// 4-octet minimum.
+#[test]
+fn aes_gcm_pads_to_whole_blocks_within_the_path_budget() {
+    let budget = 1500 - 48; // IPv6 + UDP outer headers.
+    for ks in all_suites().into_iter().filter(|k| k.integ.is_none()) {
+        let gcm = matches!(ks.encr, EncrAlg::AesGcm16(_));
+        let mut out = OutboundSa::new(&ks, Lifetimes::default()).unwrap();
+        out.fit_padding(budget);
+        let inb = InboundSa::new(&ks, Lifetimes::default(), 64).unwrap();
+        let max = out.max_inner_len(budget);
+        assert_eq!(max, 1418, "{ks:?}: the padding must not cost path MTU");
+        for (seq, n) in (1u64..).zip([40usize, 61, 80, 1000, 1400, 1406, 1407, 1417, 1418]) {
+            let payload = inner(n, false);
+            let pkt = encap(&out, &payload, seq);
+            assert!(pkt.len() <= budget, "{ks:?} {n}: {} octets", pkt.len());
+            // SPI, sequence number and IV in front, a 16-octet ICV behind.
+            let ct = pkt.len() - out.header_len() - 16;
+            let want = if gcm && n <= 1406 { 16 } else { 4 };
+            assert_eq!(
+                ct,
+                (n + 2).div_ceil(want) * want,
+                "{ks:?} {n}: ciphertext padded to {want}"
+            );
+            assert_eq!(decap(&inb, &pkt).unwrap(), payload, "{ks:?} size {n}");
+        }
+    }
 }
 
 #[test]
