@@ -310,6 +310,16 @@ fn esp_daemon_peer_carries_iperf3_both_ways_and_status_counts_it() {
     // At least one packet per 1500 bytes, each way.
     assert!(grew("headend_esp_packets_total{direction=\"rx\"}") >= up / 1500);
     assert!(grew("headend_esp_packets_total{direction=\"tx\"}") >= down / 1500);
+    // Nothing reached the data plane without an SA to take it. The kernel sends nothing
+    // of its own into the TUN device: it has no IPv6 link-local address, so no Router
+    // Solicitations to ff02::2 (before, one 0, 4, 12, 28, ... s after the device came
+    // up, each an `esp_no_route` drop).
+    let no_route = "headend_esp_drops_total{reason=\"esp_no_route\"}";
+    assert_eq!(grew(no_route), 0, "{after}");
+    for (ns, dev) in [(&t.net.he, "he0"), (&t.net.peer, "pr0")] {
+        let addrs = ns.ip(&["-6", "addr", "show", "dev", dev]).stdout;
+        assert!(addrs.trim().is_empty(), "{dev}: {addrs}");
+    }
 
     // The peer's own /metrics (`--metrics`, which overrides its `[metrics] listen`): the
     // same series from the router's side, its tunnel up, its IKE SA set up, and the bytes
@@ -329,6 +339,7 @@ fn esp_daemon_peer_carries_iperf3_both_ways_and_status_counts_it() {
         p_tx >= up && p_rx >= down,
         "peer tx/rx bytes {p_tx}/{p_rx}, iperf3 {up}/{down}:\n{peer_after}"
     );
+    assert_eq!(pgrew(no_route), 0, "{peer_after}");
     assert!(
         peer_after.contains("headend_esp_drops_total{reason=\"esp_unknown_spi\"}"),
         "{peer_after}"

@@ -379,10 +379,12 @@ impl Dataplane {
             .mtu(cfg.mtu)
             .offload(cfg.offload)
             .multi_queue(queues > 1)
+            .enable(false)
             .build_sync()
             .map_err(|e| Error::Other(format!("cannot create TUN {}: {e}", cfg.tun_name)))?;
-        tun.enabled(true)?;
         let tun_name = tun.name().unwrap_or_else(|_| cfg.tun_name.clone());
+        no_link_local(&tun_name);
+        tun.enabled(true)?;
         if cfg.offload && cfg.udp_gso {
             // A TSO super-packet from the TUN whose sealed segments fit one UDP GSO send.
             let size = worker::tso_max_size(cfg.mtu);
@@ -809,6 +811,24 @@ impl Housekeeping {
         }
         self.installed = want;
         err
+    }
+}
+
+/// Keeps the kernel from giving the TUN device an IPv6 link-local address when it comes
+/// up (`addr_gen_mode` 1, none): with one, it sends Router Solicitations (RFC 4861 6.3.7)
+/// to ff02::2 into the device, by default for ever (`router_solicitations` -1, backing off
+/// from 4 s to an hour), and the data plane, with no SA for them, dropped each as
+/// `esp_no_route`. Routes into the device and the packets on them need no address of it.
+/// A host or device without IPv6 has no such file: nothing to do.
+fn no_link_local(dev: &str) {
+    let path = format!("/proc/sys/net/ipv6/conf/{dev}/addr_gen_mode");
+    match std::fs::write(&path, "1") {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => tracing::warn!(
+            "cannot keep an IPv6 link-local address off {dev} ({path}: {e}): the kernel's \
+             Router Solicitations into it are dropped as esp_no_route"
+        ),
     }
 }
 
