@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use headend::dataplane::table::{self, Handover, Tables};
 use headend::driver::ChildSaSink;
 use ike::esp::{Lifetimes, NextHeader};
-use ike::{ChildSa, Spi};
+use ike::{ChildSa, DhGroup, InitiatorConfig, Spi, Transmit};
 use util::*;
 
 /// A CHILD SA's (inbound, outbound) SPIs.
@@ -102,11 +102,15 @@ impl Rig {
         let mut p = pair(&["aes256gcm16-prfsha256-x25519"], seed);
         p.latency = latency;
         p.reorder = reorder;
-        p.connect(Arc::new(initiator_config(
-            "aes256gcm16-prfsha256-x25519",
-            "router1.example",
-            PSK,
-        )));
+        Rig::start(
+            p,
+            initiator_config("aes256gcm16-prfsha256-x25519", "router1.example", PSK),
+        )
+    }
+
+    /// Connects `p`'s initiator with `icfg` and waits for the tunnel.
+    fn start(mut p: Pair, icfg: InitiatorConfig) -> Rig {
+        p.connect(Arc::new(icfg));
         let now = p.now;
         let mut rig = Rig {
             p,
@@ -328,4 +332,93 @@ fn simultaneous_child_rekey_on_a_lossy_network_converges_without_loss() {
     eprintln!("{collided} collisions, {timeouts} IKE SA timeouts in 40 seeds");
     assert!(collided > 0, "no collision in any seed");
     assert!(timeouts < 10, "{timeouts} of 40 IKE SAs timed out");
+}
+
+/// The exchange type and message ID of an IKE request (RFC 7296 3.1: octets 18 and
+/// 20-23, the Response flag 0x20 of octet 19 clear) on port 500; `None` for responses.
+fn request_of(t: &Transmit) -> Option<(u8, u32)> {
+    let h = t.payload.get(..28)?;
+    (h[19] & 0x20 == 0).then(|| (h[18], u32::from_be_bytes([h[20], h[21], h[22], h[23]])))
+}
+
+const CREATE_CHILD_SA: u8 = 36;
+const INFORMATIONAL: u8 = 37;
+
+/// Both ends rekey the same CHILD SA at once (RFC 7296 2.8.1), but only the responder's
+/// rekey can succeed: the initiator prefers PFS with X25519 and guesses that group for its
+/// KE, the responder allows only ECP-256, so the initiator's request is refused with
+/// INVALID_KE_PAYLOAD (2.7), while the responder's request (ECP-256) is one the initiator
+/// accepts, and answers while its own is in flight. The initiator's rekey then failed
+/// after the peer's completed: the old SA is replaced, and the peer, initiator of the
+/// surviving exchange, deletes it. The initiator must not try again to rekey that SA
+/// (a retry with ECP-256 would rekey an SA already rekeyed, which the peer refuses, or
+/// worse, accepts: a second new pair for the same selectors). The responder's Delete of
+/// the old pair is held back for more than a retransmission interval, time enough for
+/// such a retry. One pair remains, and no packet is lost to a missing SA.
+#[test]
+fn our_refused_rekey_after_the_peers_completed_is_not_retried() {
+    for seed in 0..6 {
+        let ctx = format!("seed {seed}");
+        let mut rc = responder_config(&["aes256gcm16-prfsha256-x25519"]);
+        rc.esp_proposals[0].dh = vec![DhGroup::Ecp256];
+        let mut icfg = initiator_config("aes256gcm16-prfsha256-x25519", "router1.example", PSK);
+        icfg.esp_proposals[0].dh = vec![DhGroup::Curve25519, DhGroup::Ecp256];
+        let p = Pair::new(
+            Arc::new(base_config(None)),
+            Arc::new(base_config(Some(rc))),
+            700 + seed,
+        );
+        let mut rig = Rig::start(p, icfg);
+        let (ci, cr) = rig.children();
+        // The responder's first two Deletes are lost: the old pair stays until its
+        // second retransmission, 1.5 s after the rekeys (retransmit_timeout 500 ms).
+        let mut deletes = 0;
+        rig.p.drop_filter = Some(Box::new(move |from, t| {
+            let delete =
+                from == Side::Responder && request_of(t).is_some_and(|(x, _)| x == INFORMATIONAL);
+            deletes += u32::from(delete);
+            delete && deletes <= 2
+        }));
+        let now = rig.p.now;
+        let sent_before = rig.p.initiator.sent.len();
+        rig.p.initiator.ep.rekey_child_sa(now, ci[0].0).unwrap();
+        rig.p.responder.ep.rekey_child_sa(now, cr[0].0).unwrap();
+        rig.run_for(Duration::from_secs(10));
+
+        // The initiator's one rekey request (refused), never a second one.
+        let mut rekeys: Vec<u32> = rig.p.initiator.sent[sent_before..]
+            .iter()
+            .filter_map(request_of)
+            .filter(|(x, _)| *x == CREATE_CHILD_SA)
+            .map(|(_, id)| id)
+            .collect();
+        rekeys.dedup();
+        assert_eq!(
+            rekeys.len(),
+            1,
+            "{ctx}: initiator's CREATE_CHILD_SA requests {rekeys:?}"
+        );
+        assert_eq!(
+            rig.p.responder.ep.counters().temporary_failures,
+            0,
+            "{ctx}: the responder refused a rekey of the SA it had replaced"
+        );
+        // Not a collision for either side: the responder refused one exchange, the
+        // initiator's failed. The responder's pair is the survivor.
+        assert_eq!(rig.collisions(), 0, "{ctx}");
+        assert!(rig.lost.is_empty(), "{ctx}: {:#?}", rig.lost);
+        rig.assert_one_pair(&ctx);
+        let (ci2, cr2) = rig.children();
+        assert_ne!(ci2[0], ci[0], "{ctx}: rekeyed");
+        assert_eq!(rig.planes[0].0.handovers, vec![Handover::AtDelete], "{ctx}");
+        assert_eq!(rig.planes[1].0.handovers, vec![Handover::Now], "{ctx}");
+        // The survivor rekeys again, now with the group the responder asked for.
+        let now = rig.p.now;
+        rig.p.drop_filter = None;
+        rig.p.initiator.ep.rekey_child_sa(now, ci2[0].0).unwrap();
+        rig.run_for(Duration::from_secs(10));
+        assert!(rig.lost.is_empty(), "{ctx}: {:#?}", rig.lost);
+        rig.assert_one_pair(&ctx);
+        assert_ne!(rig.children().1[0], cr2[0], "{ctx}: rekeyed again");
+    }
 }
