@@ -3130,12 +3130,14 @@ impl Endpoint {
         let redundant = peer_rekey.as_ref().is_some_and(|(_, pni, pnr)| {
             ni.as_slice().min(nr.as_slice()) < pni.as_slice().min(pnr.as_slice())
         });
-        if peer_rekey.is_some() {
+        if let Some((theirs, _, _)) = &peer_rekey {
             self.counters.child_rekey_collisions += 1;
+            // Both new SAs by our inbound SPI: ours, or the one the peer's exchange made.
+            let loser = if redundant { our_spi } else { *theirs };
             tracing::info!(
                 ike_sa = sa.id.0,
                 old = format_args!("{:08x}", old.0),
-                redundant = format_args!("{:08x}", if redundant { our_spi.0 } else { old.0 }),
+                redundant = format_args!("{:08x}", loser.0),
                 "simultaneous CHILD SA rekey"
             );
         }
