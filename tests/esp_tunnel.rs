@@ -133,6 +133,11 @@ fn pair_encap(name: &str, udp_encap: bool) -> Pair {
 }
 
 fn pair_with(name: &str, udp_encap: bool, b_cfg: DataplaneConfig) -> Pair {
+    pair_cfgs(name, udp_encap, cfg(), b_cfg)
+}
+
+/// [`pair_with`] with a's configuration too.
+fn pair_cfgs(name: &str, udp_encap: bool, a_cfg: DataplaneConfig, b_cfg: DataplaneConfig) -> Pair {
     require_tool("ip", "iproute2");
     let ctx = TestCtx::new(name);
     let a_ns = Netns::new(&ctx, "a");
@@ -146,7 +151,7 @@ fn pair_with(name: &str, udp_encap: bool, b_cfg: DataplaneConfig) -> Pair {
         &format!("{B_OUTER}/24"),
     );
     b_ns.add_lo_addr(&format!("{INSIDE}/16"));
-    let a = start_in(&a_ns, cfg());
+    let a = start_in(&a_ns, a_cfg);
     let b = start_in(&b_ns, b_cfg);
     // The peer router's virtual IP lives on its tunnel device.
     a_ns.ip(&["addr", "add", &format!("{A_VIP}/32"), "dev", "esp0"]);
@@ -1265,4 +1270,66 @@ fn esp_cbc_sha512_over_ipv6_answers_too_big_for_the_outer_path() {
     assert!(bps > 1e6, "{bps} bit/s\na: {ca:?}\nb: {cb:?}");
     assert_eq!(ca.drops["io"] + cb.drops["io"], 0, "a: {ca:?}\nb: {cb:?}");
     assert!(ca.icmp_too_big >= 1, "{ca:?}");
+}
+
+/// Issue 3: jumbo frames on the outer link. A 9000-octet veth, `outer_mtu = 9000` and a
+/// tunnel MTU of 8900 on both ends, UDP GSO/GRO off (so each ESP datagram is received
+/// alone, in a buffer sized from `outer_mtu`): 8000-octet pings with DF cross both ways,
+/// UDP-encapsulated and plain ESP, in one ESP datagram each, none dropped. Before, the
+/// non-GRO receive buffers were 4096 octets and every such datagram was `esp_oversized`.
+#[test]
+fn esp_jumbo_datagrams_cross_a_9000_octet_outer_link_without_gro() {
+    require_tool("ping", "iputils-ping");
+    let jumbo = DataplaneConfig {
+        mtu: 8900,
+        outer_mtu: 9000,
+        udp_gso: false,
+        ..cfg()
+    };
+    for udp_encap in [true, false] {
+        let name = if udp_encap {
+            "esp-jumbo-udp"
+        } else {
+            "esp-jumbo-raw"
+        };
+        let p = pair_cfgs(name, udp_encap, jumbo.clone(), jumbo.clone());
+        for ns in [&p.a_ns, &p.b_ns] {
+            ns.ip(&["link", "set", "eth0", "mtu", "9000"]);
+        }
+        let (a0, b0) = (p.a.counters(), p.b.counters());
+        let o = p.a_ns.exec_timeout(
+            &[
+                "ping", "-c", "3", "-i", "0.2", "-W", "2", "-M", "do", "-s", "8000", "-I", A_VIP,
+                INSIDE,
+            ],
+            Duration::from_secs(30),
+        );
+        let (a1, b1) = (p.a.counters(), p.b.counters());
+        assert!(
+            o.ok(),
+            "{name}: {}\na: {a0:?} -> {a1:?}\nb: {b0:?} -> {b1:?}",
+            o.all()
+        );
+        // One ESP datagram per 8028-octet packet each way, no drop anywhere.
+        assert!(a1.tx_packets - a0.tx_packets >= 3, "{name}: {a1:?}");
+        assert!(b1.rx_packets - b0.rx_packets >= 3, "{name}: {b1:?}");
+        assert!(b1.tx_packets - b0.tx_packets >= 3, "{name}: {b1:?}");
+        assert!(a1.rx_packets - a0.rx_packets >= 3, "{name}: {a1:?}");
+        assert!(
+            a1.rx_bytes - a0.rx_bytes >= 3 * 8028,
+            "{name}: {a0:?} -> {a1:?}"
+        );
+        for c in [&a1, &b1] {
+            assert_eq!(c.dropped(EspDrop::Oversized), 0, "{name}: {c:?}");
+        }
+        // The other direction starts at the head-end's inside address.
+        let o = p.b_ns.exec_timeout(
+            &[
+                "ping", "-c", "2", "-i", "0.2", "-W", "2", "-M", "do", "-s", "8000", "-I", INSIDE,
+                A_VIP,
+            ],
+            Duration::from_secs(30),
+        );
+        assert!(o.ok(), "{name}: {}\n{:?}", o.all(), p.b.counters());
+    }
 }

@@ -35,6 +35,14 @@ pub(super) fn tso_max_size(mtu: u16) -> u32 {
     (segs * (mtu - HEADERS) + HEADERS) as u32
 }
 
+/// Receive buffer of a NAT-T socket without UDP GRO: one ESP datagram of the outer path
+/// (`[dataplane] outer_mtu`; jumbo frames reach 9000 and more), never below 4096 octets
+/// (the 1500-octet common case, and a datagram the peer's kernel fragmented a little
+/// beyond its path), never above the 65535 an IP datagram can hold.
+pub(super) fn rx_buf_len(outer_mtu: u16) -> usize {
+    (outer_mtu as usize).clamp(4096, GRO_BUF)
+}
+
 pub(super) struct Worker {
     pub shared: Arc<Shared>,
     pub tun: Arc<SyncDevice>,
@@ -346,7 +354,11 @@ impl Worker {
     pub fn run_decrypt(self) {
         let mut rb = RecvBatch::new(
             if self.gso { 8 } else { BATCH },
-            if self.gso { GRO_BUF } else { 4096 },
+            if self.gso {
+                GRO_BUF
+            } else {
+                rx_buf_len(self.shared.cfg.outer_mtu)
+            },
         );
         let mut out = TunOut::new(&self.tun, self.shared.cfg.verify_inner_checksums);
         // IKE datagrams carry this socket's address (its family's, see natt.rs).
