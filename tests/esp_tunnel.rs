@@ -1142,7 +1142,7 @@ fn ping_once(ns: &Netns, args: &[&str]) -> String {
 /// needed, mtu 1400" (IPv4) / "Packet too big, mtu 1400" (IPv6), and the data plane sees
 /// nothing. When the TUN device passes longer packets (its MTU raised to 9000), the data
 /// plane drops them (`esp_oversized`) and answers the same, from `icmp_source`, whether
-/// the packet fits its buffers (1500) or not (3028), and without DF drops it unanswered.
+/// the packet fits its buffers (1500) or not (3028); without DF it fragments them.
 /// Destination unreachables come from `icmp_source` too (RFC 1812 4.3.2.4).
 #[test]
 fn esp_packet_too_big_tells_the_sender_the_tunnel_mtu() {
@@ -1209,12 +1209,15 @@ fn esp_packet_too_big_tells_the_sender_the_tunnel_mtu() {
     assert!(mid.icmp_too_big >= 4, "{before:?} -> {mid:?}");
     assert!(mid.dropped(EspDrop::Oversized) >= 4, "{mid:?}");
     assert_eq!(mid.drops["io"], before.drops["io"], "{mid:?}");
-    // Without DF: dropped and counted, not answered.
-    let o = ping_once(&d, &["-M", "dont", "-s", "1472", "10.99.0.10"]);
-    assert!(!o.contains("mtu"), "{o}");
+    // Without DF: fragmented like a router would (RFC 4301 8.1), not refused: a ping
+    // from the inside address (within the SA's selectors) crosses, nothing more is
+    // oversized or answered as too big.
+    let o = ping_once(&p.b_ns, &["-M", "dont", "-s", "1472", "-I", INSIDE, A_VIP]);
+    assert!(o.contains(" 0% packet loss"), "{o}\n{:?}", p.b.counters());
     let after = p.b.counters();
-    assert!(
-        after.dropped(EspDrop::Oversized) > mid.dropped(EspDrop::Oversized),
+    assert_eq!(
+        after.dropped(EspDrop::Oversized),
+        mid.dropped(EspDrop::Oversized),
         "{mid:?} -> {after:?}"
     );
     assert_eq!(after.icmp_too_big, mid.icmp_too_big, "{after:?}");
@@ -1234,7 +1237,8 @@ fn esp_packet_too_big_tells_the_sender_the_tunnel_mtu() {
 /// (measured before: TCP through it crawled at 0.16 Mbit/s, every GSO send an `io`
 /// drop). Now the SA knows the longest inner packet that fits `outer_mtu` (1390 here)
 /// and answers longer ones as too big: TCP learns it and runs at speed, nothing is lost
-/// to the socket. Longer IPv4 packets without DF still cross, in outer fragments.
+/// to the socket. Longer IPv4 packets without DF still cross, fragmented before
+/// encapsulation.
 #[test]
 fn esp_cbc_sha512_over_ipv6_answers_too_big_for_the_outer_path() {
     let p = pair_v6("esp-outer-mtu", true);
@@ -1257,8 +1261,8 @@ fn esp_cbc_sha512_over_ipv6_answers_too_big_for_the_outer_path() {
         "ping", "-c", "1", "-W", "2", "-M", "do", "-s", "1372", "-I", A_VIP, INSIDE,
     ]);
     assert!(o.all().contains("1390"), "{}", o.all());
-    // Without DF the 1400-octet packet is not refused: it goes alone, in outer fragments,
-    // and so does the reply.
+    // Without DF the 1400-octet packet is not refused: it is fragmented before
+    // encapsulation, and so is the reply.
     let o = p.a_ns.exec(&[
         "ping", "-c", "2", "-W", "2", "-M", "dont", "-s", "1372", "-I", A_VIP, INSIDE,
     ]);
@@ -1332,4 +1336,248 @@ fn esp_jumbo_datagrams_cross_a_9000_octet_outer_link_without_gro() {
         );
         assert!(o.ok(), "{name}: {}\n{:?}", o.all(), p.b.counters());
     }
+}
+
+/// Runs `f` in a thread inside `ns` (sockets it opens belong there).
+fn in_ns<T: Send + 'static>(ns: &Netns, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = format!("/run/netns/{}", ns.name);
+    std::thread::spawn(move || {
+        sys::enter_netns(&path).expect("enter netns");
+        f()
+    })
+    .join()
+    .unwrap()
+}
+
+/// An IPv4 UDP packet (or fragment: `offset` in octets, More Fragments `more`) from
+/// `src` to `dst` with Identification `id` and DF clear, carrying `data` (the UDP header
+/// and payload, or a piece of them). The kernel fills in the header checksum.
+fn ipv4_udp(src: &str, dst: &str, id: u16, offset: usize, more: bool, data: &[u8]) -> Vec<u8> {
+    let mut p = vec![0u8; 20];
+    p[0] = 0x45;
+    p[2..4].copy_from_slice(&((20 + data.len()) as u16).to_be_bytes());
+    p[4..6].copy_from_slice(&id.to_be_bytes());
+    let fo = (offset / 8) as u16 | if more { 0x2000 } else { 0 };
+    p[6..8].copy_from_slice(&fo.to_be_bytes());
+    p[8] = 64;
+    p[9] = 17;
+    p[12..16].copy_from_slice(&src.parse::<std::net::Ipv4Addr>().unwrap().octets());
+    p[16..20].copy_from_slice(&dst.parse::<std::net::Ipv4Addr>().unwrap().octets());
+    p.extend_from_slice(data);
+    p
+}
+
+/// A UDP datagram from and to `port` whose payload is `payload` (no checksum, allowed
+/// over IPv4).
+fn udp_datagram(port: u16, payload: &[u8]) -> Vec<u8> {
+    let mut d = port.to_be_bytes().to_vec();
+    d.extend_from_slice(&port.to_be_bytes());
+    d.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    d.extend_from_slice(&[0, 0]);
+    d.extend_from_slice(payload);
+    d
+}
+
+/// Sends the IPv4 packets as they are, in this order, from a raw socket in `ns`.
+fn send_raw(ns: &Netns, packets: Vec<Vec<u8>>) {
+    in_ns(ns, move || {
+        let s = socket2::Socket::new(
+            socket2::Domain::IPV4,
+            socket2::Type::RAW,
+            Some(socket2::Protocol::UDP),
+        )
+        .unwrap();
+        s.set_header_included_v4(true).unwrap();
+        for p in packets {
+            let dst = std::net::Ipv4Addr::new(p[16], p[17], p[18], p[19]);
+            let to = SocketAddr::new(IpAddr::V4(dst), 0);
+            s.send_to(&p, &to.into()).unwrap();
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    })
+}
+
+/// A UDP socket bound to `addr` in `ns`, waiting for datagrams (its receiver thread
+/// returns what arrived within `wait`).
+fn udp_listener(
+    ns: &Netns,
+    addr: SocketAddr,
+    wait: Duration,
+) -> std::thread::JoinHandle<Vec<Vec<u8>>> {
+    let path = format!("/run/netns/{}", ns.name);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let h = std::thread::spawn(move || {
+        sys::enter_netns(&path).expect("enter netns");
+        let s = UdpSocket::bind(addr).unwrap();
+        tx.send(()).unwrap();
+        let end = Instant::now() + wait;
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 65536];
+        while let Some(left) = end.checked_duration_since(Instant::now()) {
+            s.set_read_timeout(Some(left.max(Duration::from_millis(1))))
+                .unwrap();
+            match s.recv(&mut buf) {
+                Ok(n) => got.push(buf[..n].to_vec()),
+                Err(_) => break,
+            }
+        }
+        got
+    });
+    rx.recv().unwrap();
+    h
+}
+
+/// A 3992-octet payload that differs per datagram `n`.
+fn payload(n: u8) -> Vec<u8> {
+    (0..3992u32).map(|i| (i % 251) as u8 ^ n).collect()
+}
+
+/// Issue 3 follow-up: IPv4 without DF longer than the SA carries is fragmented before
+/// encapsulation (RFC 4301 8.1), like a router would. Both TUN devices' MTUs raised to
+/// 9000 (above the 1400 the tunnel and the SA carry), a 4000-octet UDP datagram with DF
+/// clear enters each end whole and arrives whole at the other, in three ESP packets;
+/// nothing is `esp_oversized`. Before, each was dropped as `esp_oversized`.
+#[test]
+fn esp_ipv4_without_df_longer_than_the_sa_is_fragmented_and_arrives_whole() {
+    let p = pair("esp-prefrag");
+    for ns in [&p.a_ns, &p.b_ns] {
+        ns.ip(&["link", "set", "esp0", "mtu", "9000"]);
+    }
+    for (n, (from, to, ns, rx_ns)) in [
+        (A_VIP, INSIDE, &p.a_ns, &p.b_ns),
+        (INSIDE, A_VIP, &p.b_ns, &p.a_ns),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (a0, b0) = (p.a.counters(), p.b.counters());
+        let to_addr: SocketAddr = format!("{to}:5300").parse().unwrap();
+        let rx = udp_listener(rx_ns, to_addr, Duration::from_secs(3));
+        let data = payload(n as u8);
+        send_raw(
+            ns,
+            vec![ipv4_udp(
+                from,
+                to,
+                4242,
+                0,
+                false,
+                &udp_datagram(5300, &data),
+            )],
+        );
+        let got = rx.join().unwrap();
+        let (a1, b1) = (p.a.counters(), p.b.counters());
+        let lens: Vec<usize> = got.iter().map(Vec::len).collect();
+        assert!(
+            got == vec![data],
+            "{from} -> {to}: datagrams of {lens:?} octets\na: {a0:?} -> {a1:?}\nb: {b0:?} -> {b1:?}"
+        );
+        let (tx0, tx1) = if n == 0 { (&a0, &a1) } else { (&b0, &b1) };
+        assert_eq!(
+            tx1.tx_packets - tx0.tx_packets,
+            3,
+            "three fragments: {tx1:?}"
+        );
+        for c in [&a1, &b1] {
+            assert_eq!(c.dropped(EspDrop::Oversized), 0, "{c:?}");
+        }
+    }
+}
+
+/// Issue 3 follow-up: fragments that arrive before their initial fragment (RFC 4301 7.4)
+/// through CHILD SAs narrowed to UDP port 5201. The fragments of 4000-octet UDP
+/// datagrams are sent last first with a raw socket. With both ends narrowed, each
+/// sender's encrypt worker holds the later fragments until the initial one chooses the
+/// SA; with the router's SA wide open (it seals them in the reversed order) the head-end's
+/// decrypt worker holds them until the initial one passes. Every datagram arrives whole,
+/// both ways, with nothing dropped. Orphan fragments (no initial fragment ever) are held
+/// for 500 ms, then dropped as `esp_fragment_expired`. Before, every early fragment was
+/// refused as `esp_non_initial_fragment` and not one datagram arrived.
+#[test]
+fn esp_reordered_fragments_through_port_narrowed_selectors_arrive_whole() {
+    let p = pair("esp-reorder");
+    let a_addr: SocketAddr = format!("{A_OUTER}:4500").parse().unwrap();
+    let b_addr: SocketAddr = format!("{B_OUTER}:4500").parse().unwrap();
+    let narrowed = vec![ts_port("10.200.0.0", "10.200.255.255", 17, 5201, 5201)];
+    let peer = vec![ts_port(A_VIP, A_VIP, 17, 0, 65535)];
+    // (gen, the router narrowed too): first both ends, then only the head-end.
+    let mut prev: Option<(ChildSa, ChildSa)> = None;
+    for (gen, a_narrow) in [(2, true), (3, false)] {
+        let (mut ca, mut cb) = child_pair_at(gen, true, a_addr, b_addr);
+        cb.local_ts = narrowed.clone();
+        cb.remote_ts = peer.clone();
+        if a_narrow {
+            ca.local_ts = peer.clone();
+            ca.remote_ts = narrowed.clone();
+        }
+        match prev.take() {
+            None => replace_first_child(&p, &ca, &cb),
+            Some((pa, pb)) => {
+                p.b.remove(pb.inbound.spi, pb.outbound.spi).unwrap();
+                p.a.remove(pa.inbound.spi, pa.outbound.spi).unwrap();
+                p.b.install(&cb).unwrap();
+                p.a.install(&ca).unwrap();
+            }
+        }
+        prev = Some((ca, cb));
+        let mut dirs = vec![(A_VIP, INSIDE, &p.a_ns, &p.b_ns)];
+        if a_narrow {
+            dirs.push((INSIDE, A_VIP, &p.b_ns, &p.a_ns));
+        }
+        for (from, to, ns, rx_ns) in dirs {
+            let (a0, b0) = (p.a.counters(), p.b.counters());
+            let to_addr: SocketAddr = format!("{to}:5201").parse().unwrap();
+            let rx = udp_listener(rx_ns, to_addr, Duration::from_secs(3));
+            let mut sent = Vec::new();
+            let mut packets = Vec::new();
+            for id in 0..3u16 {
+                let data = payload(id as u8 + gen as u8);
+                let d = udp_datagram(5201, &data);
+                // 1368 + 1368 + 1264 octets of UDP (within the 1400-octet TUN MTU),
+                // reversed.
+                let id = 1000 * gen as u16 + id;
+                packets.push(ipv4_udp(from, to, id, 2736, false, &d[2736..]));
+                packets.push(ipv4_udp(from, to, id, 1368, true, &d[1368..2736]));
+                packets.push(ipv4_udp(from, to, id, 0, true, &d[..1368]));
+                sent.push(data);
+            }
+            send_raw(ns, packets);
+            let got = rx.join().unwrap();
+            let (a1, b1) = (p.a.counters(), p.b.counters());
+            let ctx = format!("{from} -> {to}, router narrowed: {a_narrow}\na: {a0:?} -> {a1:?}\nb: {b0:?} -> {b1:?}");
+            let lens: Vec<usize> = got.iter().map(Vec::len).collect();
+            assert!(got == sent, "datagrams of {lens:?} octets, {ctx}");
+            for (c0, c1) in [(&a0, &a1), (&b0, &b1)] {
+                for d in [
+                    EspDrop::NonInitialFragment,
+                    EspDrop::FragmentExpired,
+                    EspDrop::BadFragment,
+                    EspDrop::TsMismatch,
+                ] {
+                    assert_eq!(c1.dropped(d), c0.dropped(d), "{d}: {ctx}");
+                }
+            }
+        }
+    }
+    // Orphans: the router (wide open) seals them, the head-end holds, then expires them.
+    let b0 = p.b.counters();
+    let d = udp_datagram(5201, &payload(9));
+    send_raw(
+        &p.a_ns,
+        vec![
+            ipv4_udp(A_VIP, INSIDE, 7777, 2736, false, &d[2736..]),
+            ipv4_udp(A_VIP, INSIDE, 7777, 1368, true, &d[1368..2736]),
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while p.b.counters().dropped(EspDrop::FragmentExpired) < 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let b1 = p.b.counters();
+    assert_eq!(
+        b1.dropped(EspDrop::FragmentExpired) - b0.dropped(EspDrop::FragmentExpired),
+        2,
+        "{b0:?} -> {b1:?}"
+    );
+    assert_eq!(b1.rx_packets, b0.rx_packets, "nothing delivered: {b1:?}");
 }

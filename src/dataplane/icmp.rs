@@ -2,8 +2,8 @@
 //! address with no tunnel get the right ICMP"; packets bigger than the tunnel carries).
 //!
 //! Destination unreachable for packets no SA covers; too big for the tunnel for an inner
-//! packet longer than `[dataplane] mtu` (without DF the packet is dropped, counted,
-//! unanswered). [`ike::esp::icmp::build`] makes the packets (which ones are answered,
+//! packet longer than `[dataplane] mtu` or its SA carries (IPv4 without DF is fragmented
+//! instead, see `worker.rs`). [`ike::esp::icmp::build`] makes the packets (which ones are answered,
 //! and how).
 //! Rate-limited by one token bucket per encrypt worker for both kinds, like the kernel's
 //! `icmp_msgs_per_sec` / `icmp_msgs_burst` (the configured rate and burst are shared

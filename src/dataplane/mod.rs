@@ -50,8 +50,14 @@
 //! within the last 10 s (RFC 4301 7.4 stateful fragment checking; each worker keeps a
 //! fixed table, [`ike::esp::FragmentTable`]: the kernel hashes every fragment of a
 //! datagram to the same TUN queue, fragments carrying no ports to hash, and a peer's ESP
-//! reaches one socket), else it is dropped as
-//! `esp_non_initial_fragment`; fragments no sender produces (zero-length, past 64 KiB,
+//! reaches one socket). A non-initial fragment that arrives before its initial fragment
+//! (reordered on the way) is held, at most [`ike::esp::EARLY_FRAGMENT_SLOTS`] per worker
+//! in memory allocated at start, for [`ike::esp::EARLY_FRAGMENT_LIFETIME`]: when the
+//! initial fragment passes, the held ones are checked again and follow it (outbound, on
+//! the SA the initial fragment chose); one whose initial fragment does not come in time,
+//! or that newer ones push out of a full hold, is dropped as `esp_fragment_expired`
+//! ([`ike::esp::EarlyFragments`]). One that cannot be held (longer than a slot) is dropped
+//! as `esp_non_initial_fragment`; fragments no sender produces (zero-length, past 64 KiB,
 //! overlapping the checked headers, chained Fragment headers) are `esp_bad_fragment`.
 //! Outbound, a destination maps to an ordered list of SAs (several CHILD SAs of a peer
 //! whose selectors share addresses but differ in protocol or ports, RFC 4301 4.4.1): the
@@ -65,8 +71,10 @@
 //!
 //! Packets from the TUN device longer than `mtu` (the TUN device's MTU raised behind our
 //! back, a kernel passing one), or longer than their SA can carry within `outer_mtu`
-//! (its transform's overhead and outer header counted; IPv4 without DF excepted: it is
-//! sent alone, the outer packet fragmented by the kernel), are dropped as
+//! (its transform's overhead and outer header counted), are fragmented when they are
+//! IPv4 without DF, the way a router would (RFC 4301 8.1, RFC 791 2.3: cut to the
+//! smaller of the two sizes, [`ike::esp::Ipv4Fragments`], each fragment in an ESP packet
+//! of its own, so no outer packet is fragmented); others are dropped as
 //! `esp_oversized` and answered with ICMP fragmentation needed (DF set) / Packet Too Big
 //! giving the size that fits (counted as
 //! `icmp_too_big`, same limiter and source as the unreachables), also when they exceed
@@ -128,8 +136,10 @@ pub struct DataplaneConfig {
     /// those SAs within the path).
     pub mtu: u16,
     /// Path MTU toward peers: an inner packet whose ESP packet would exceed it on its SA
-    /// is answered as too big, giving the longest that fits (instead of being fragmented
-    /// or refused by UDP GSO).
+    /// is answered as too big, giving the longest that fits (instead of the outer packet
+    /// being fragmented or refused by UDP GSO); IPv4 without DF is fragmented before
+    /// encapsulation instead (RFC 4301 8.1). Also the receive buffer of each ESP datagram
+    /// without UDP GRO (at least 4096 octets).
     pub outer_mtu: u16,
     /// Anti-replay window in packets (RFC 4303 3.4.3).
     pub replay_window: u32,
@@ -468,6 +478,8 @@ impl Dataplane {
                 gso,
                 icmp: icmp_worker(&cfg, queues),
                 frags: fragment_table(),
+                early: early_fragments(&cfg),
+                scratch: Default::default(),
             };
             threads.push(spawn(format!("esp-tx{q}"), move || w.run_encrypt())?);
             // One decrypt worker per NAT-T socket (each family).
@@ -486,6 +498,8 @@ impl Dataplane {
                     gso,
                     icmp: icmp_worker(&cfg, 0),
                     frags: fragment_table(),
+                    early: early_fragments(&cfg),
+                    scratch: Default::default(),
                 };
                 let name = if i == 0 {
                     format!("esp-rx{q}")
@@ -506,6 +520,8 @@ impl Dataplane {
                 gso: false,
                 icmp: icmp_worker(&cfg, 0),
                 frags: fragment_table(),
+                early: early_fragments(&cfg),
+                scratch: Default::default(),
             };
             let v6 = i == 1;
             let name = if v6 { "esp-raw6" } else { "esp-raw" };
@@ -552,6 +568,16 @@ fn fragment_table() -> std::cell::RefCell<ike::esp::FragmentTable> {
     use std::hash::BuildHasher;
     let seed = std::collections::hash_map::RandomState::new().hash_one(0u64);
     std::cell::RefCell::new(ike::esp::FragmentTable::new(ike::esp::FRAGMENT_SLOTS, seed))
+}
+
+/// A worker's hold for non-initial fragments that arrive before their initial fragment
+/// (RFC 4301 7.4): [`ike::esp::EARLY_FRAGMENT_SLOTS`] slots of the longest inner packet,
+/// for [`ike::esp::EARLY_FRAGMENT_LIFETIME`].
+fn early_fragments(cfg: &DataplaneConfig) -> std::cell::RefCell<ike::esp::EarlyFragments> {
+    std::cell::RefCell::new(ike::esp::EarlyFragments::new(
+        ike::esp::EARLY_FRAGMENT_SLOTS,
+        worker::early_slot_len(cfg),
+    ))
 }
 
 fn spawn(name: String, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>, Error> {

@@ -55,6 +55,11 @@ pub(super) struct Worker {
     pub icmp: std::cell::RefCell<super::icmp::Unreachable>,
     /// Verdicts of initial fragments for the selector checks (RFC 4301 7.4).
     pub frags: std::cell::RefCell<ike::esp::FragmentTable>,
+    /// Non-initial fragments waiting for their initial fragment (RFC 4301 7.4).
+    pub early: std::cell::RefCell<ike::esp::EarlyFragments>,
+    /// An encrypt worker's buffer for packets sealed one by one: the fragments of an
+    /// inner packet it fragments, held fragments released (sized in `run_encrypt`).
+    pub scratch: std::cell::RefCell<Vec<u8>>,
 }
 
 fn dst_of(pkt: &[u8]) -> Option<IpAddr> {
@@ -90,9 +95,6 @@ struct Pending {
     end: usize,
     to: SocketAddr,
     udp: bool,
-    /// Longer than the outer path: a datagram of its own (the kernel fragments it), never
-    /// in a GSO batch.
-    alone: bool,
 }
 
 impl Worker {
@@ -104,6 +106,8 @@ impl Worker {
     pub fn run_encrypt(self) {
         let mtu = self.shared.cfg.mtu as usize;
         let seg_len = HEADROOM + mtu.max(1280) + MAX_TAILROOM + 64;
+        // Fragments are at most `mtu` long, released ones at most a hold slot.
+        *self.scratch.borrow_mut() = vec![0u8; HEADROOM + self.early_slot_len() + MAX_TAILROOM];
         let mut original = vec![0u8; VIRTIO_NET_HDR_LEN + 65535];
         let mut bufs: Vec<Vec<u8>> = (0..TUN_BATCH).map(|_| vec![0u8; seg_len]).collect();
         let mut sizes = vec![0usize; TUN_BATCH];
@@ -115,6 +119,7 @@ impl Worker {
         // The TUN fd is non-blocking: read until it runs dry, poll only then.
         let mut dry = true;
         while !self.stopped() {
+            self.expire_early();
             if dry {
                 match sys::poll_readable(fd, 200) {
                     Ok(true) => {}
@@ -165,7 +170,7 @@ impl Worker {
     ) {
         let pkt = &buf[HEADROOM..HEADROOM + len];
         if len > self.shared.cfg.mtu as usize {
-            self.too_big(pkt, self.shared.cfg.mtu as usize);
+            self.oversized(tables, pkt);
             return;
         }
         let (Some(dst), Some(nh)) = (dst_of(pkt), NextHeader::for_inner_packet(pkt)) else {
@@ -174,6 +179,12 @@ impl Worker {
         };
         let out: &Arc<OutboundEntry> = match tables.select(&dst, pkt, &self.frags, Instant::now) {
             Ok(out) => out,
+            Err(ike::esp::EspDrop::NonInitialFragment) => {
+                // Its initial fragment has not passed yet: wait for it (the SA is chosen
+                // then; no SA uses SPI 0).
+                self.hold_early(pkt, 0);
+                return;
+            }
             Err(d) => {
                 self.counters.esp_drop(d);
                 if d == ike::esp::EspDrop::NoRoute {
@@ -182,13 +193,14 @@ impl Worker {
                 return;
             }
         };
-        // Longer than the SA carries within the outer path MTU: IPv4 without DF is sent
-        // anyway (outer fragments), anything else is answered as too big.
-        let alone = len > out.max_inner;
-        if alone && !super::icmp::may_fragment(pkt) {
-            self.too_big(pkt, out.max_inner);
+        // Longer than the SA carries within the outer path MTU: IPv4 without DF is
+        // fragmented, anything else is answered as too big.
+        if len > out.max_inner {
+            self.fragment_onto(out, pkt, out.max_inner);
             return;
         }
+        // An initial fragment whose later fragments came first: they follow it at once.
+        let early = self.early.borrow().waiting(pkt, 0);
         match out.sa.encapsulate(buf, HEADROOM, len, nh) {
             Ok(e) => {
                 if let Some(reason) = e.rekey {
@@ -198,13 +210,17 @@ impl Worker {
                 self.counters
                     .tx_bytes
                     .fetch_add(len as u64, Ordering::Relaxed);
+                if let Some(d) = early {
+                    self.send_one(out, &buf[e.range]);
+                    self.release_outbound(tables, &dst, d);
+                    return;
+                }
                 pending.push(Pending {
                     buf: idx,
                     start: e.range.start,
                     end: e.range.end,
                     to: out.remote,
                     udp: out.udp_encap,
-                    alone,
                 });
             }
             Err(ike::Error::Esp(d)) => {
@@ -215,6 +231,160 @@ impl Worker {
                 self.counters.esp_drop(d);
             }
             Err(_) => self.counters.count_drop(DROP_IO),
+        }
+    }
+
+    /// Longest held fragment: an inner packet of the tunnel or of the outer path.
+    fn early_slot_len(&self) -> usize {
+        early_slot_len(&self.shared.cfg)
+    }
+
+    /// Drops and counts the held fragments whose time is up (nothing to do, and no clock
+    /// read, while none is held).
+    fn expire_early(&self) {
+        let mut early = self.early.borrow_mut();
+        if !early.is_empty() {
+            let n = early.expire(Instant::now());
+            self.count_expired(n);
+        }
+    }
+
+    fn count_expired(&self, n: usize) {
+        for _ in 0..n {
+            self.counters.esp_drop(ike::esp::EspDrop::FragmentExpired);
+        }
+    }
+
+    /// Holds `pkt`, a non-initial fragment refused for want of its initial fragment on
+    /// `sa`, until that one passes; refused as before when it cannot be held.
+    #[cold]
+    fn hold_early(&self, pkt: &[u8], sa: u32) {
+        let held = self.early.borrow_mut().hold(pkt, sa, Instant::now());
+        match held {
+            Ok(dropped) => self.count_expired(dropped),
+            Err(d) => self.counters.esp_drop(d),
+        }
+    }
+
+    /// Sends the held fragments of `datagram` on the SA their initial fragment (to `dst`)
+    /// took: each is checked again and sealed one by one.
+    #[cold]
+    fn release_outbound(&self, tables: &Tables, dst: &IpAddr, datagram: ike::esp::Datagram) {
+        let mut early = self.early.borrow_mut();
+        let mut scratch = self.scratch.borrow_mut();
+        early.release(datagram, |frag| {
+            let Some(room) = scratch.get_mut(HEADROOM..HEADROOM + frag.len()) else {
+                self.counters.esp_drop(ike::esp::EspDrop::Oversized);
+                return;
+            };
+            room.copy_from_slice(frag);
+            match tables.select(dst, frag, &self.frags, Instant::now) {
+                Ok(out) => self.seal_and_send(out, &mut scratch, frag.len()),
+                Err(d) => self.counters.esp_drop(d),
+            }
+        });
+    }
+
+    /// An inner packet longer than the tunnel MTU (the TUN device's raised behind our
+    /// back): IPv4 without DF is fragmented onto its SA, anything else answered as too big.
+    #[cold]
+    fn oversized(&self, tables: &Tables, pkt: &[u8]) {
+        let mtu = self.shared.cfg.mtu as usize;
+        if !super::icmp::may_fragment(pkt) {
+            self.too_big(pkt, mtu);
+            return;
+        }
+        let Some(dst) = dst_of(pkt) else {
+            self.counters.esp_drop(ike::esp::EspDrop::NoRoute);
+            return;
+        };
+        match tables.select(&dst, pkt, &self.frags, Instant::now) {
+            Ok(out) => self.fragment_onto(out, pkt, mtu.min(out.max_inner)),
+            Err(d) => {
+                self.counters.esp_drop(d);
+                if d == ike::esp::EspDrop::NoRoute {
+                    self.no_route(pkt);
+                }
+            }
+        }
+    }
+
+    /// `pkt`, longer than `mtu`, on `out`: IPv4 without DF is cut into fragments of at most
+    /// `mtu` octets (RFC 4301 8.1, RFC 791 2.3), each sealed in an ESP packet of its own,
+    /// so no outer packet is fragmented; anything else is answered as too big.
+    #[cold]
+    fn fragment_onto(&self, out: &OutboundEntry, pkt: &[u8], mtu: usize) {
+        if !super::icmp::may_fragment(pkt) {
+            self.too_big(pkt, mtu);
+            return;
+        }
+        let mut frags = match ike::esp::Ipv4Fragments::new(pkt, mtu) {
+            Ok(f) => f,
+            Err(d) => {
+                self.counters.esp_drop(d);
+                return;
+            }
+        };
+        let mut scratch = self.scratch.borrow_mut();
+        while let Some(len) = scratch
+            .get_mut(HEADROOM..)
+            .and_then(|room| frags.next_into(room))
+        {
+            self.seal_and_send(out, &mut scratch, len);
+        }
+    }
+
+    /// Seals the inner packet at `buf[HEADROOM..HEADROOM + len]` on `out` and sends it at
+    /// once (not batched).
+    fn seal_and_send(&self, out: &OutboundEntry, buf: &mut [u8], len: usize) {
+        let Some(nh) = buf
+            .get(HEADROOM..HEADROOM + len)
+            .and_then(NextHeader::for_inner_packet)
+        else {
+            self.counters.esp_drop(ike::esp::EspDrop::NoRoute);
+            return;
+        };
+        match out.sa.encapsulate(buf, HEADROOM, len, nh) {
+            Ok(e) => {
+                if let Some(reason) = e.rekey {
+                    self.shared.rekey(out.child, reason);
+                }
+                self.counters.tx_packets.fetch_add(1, Ordering::Relaxed);
+                self.counters
+                    .tx_bytes
+                    .fetch_add(len as u64, Ordering::Relaxed);
+                self.send_one(out, &buf[e.range]);
+            }
+            Err(ike::Error::Esp(d)) => {
+                if d == ike::esp::EspDrop::SeqOverflow {
+                    self.shared
+                        .rekey(out.child, ike::esp::RekeyReason::SequenceNumber);
+                }
+                self.counters.esp_drop(d);
+            }
+            Err(_) => self.counters.count_drop(DROP_IO),
+        }
+    }
+
+    /// One ESP packet to `out`'s peer: on this queue's NAT-T socket of its family, or the
+    /// raw socket.
+    fn send_one(&self, out: &OutboundEntry, esp: &[u8]) {
+        let sent = if out.udp_encap {
+            self.natt[super::natt::family(&out.remote)]
+                .as_ref()
+                .map(|s| s.send_to(esp, out.remote))
+        } else {
+            let raw = match out.remote {
+                SocketAddr::V4(_) => &self.shared.raw,
+                SocketAddr::V6(_) => &self.shared.raw6,
+            };
+            raw.as_ref()
+                .map(|r| r.send_to(esp, SocketAddr::new(out.remote.ip(), 0)))
+        };
+        if matches!(sent, Some(Ok(_))) {
+            self.counters.tx_sends.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.counters.count_drop(DROP_IO);
         }
     }
 
@@ -247,14 +417,14 @@ impl Worker {
     }
 
     /// A failed TUN read. tun-rs refuses a packet longer than our buffers after reading
-    /// it whole into `original` (virtio header first): that one is too big, not an I/O
-    /// error.
+    /// it whole into `original` (virtio header first): that one is oversized (fragmented
+    /// or answered as too big), not an I/O error.
     #[cold]
     fn read_failed(&self, original: &[u8]) {
         match original.get(VIRTIO_NET_HDR_LEN..) {
             Some(pkt) if self.tun.tcp_gso() => match super::icmp::oversized(pkt, original[1]) {
                 Some(len) if len > self.shared.cfg.mtu as usize => {
-                    self.too_big(&pkt[..len], self.shared.cfg.mtu as usize)
+                    self.oversized(&self.shared.tables.load(), &pkt[..len])
                 }
                 _ => self.counters.count_drop(DROP_IO),
             },
@@ -280,7 +450,6 @@ impl Worker {
             if let Some(g) = groups.last_mut() {
                 if self.gso
                     && !g.closed
-                    && !p.alone
                     && g.to == p.to
                     && len <= g.seg
                     && g.count < GSO_MAX_SEGS
@@ -300,7 +469,7 @@ impl Worker {
                 seg: len,
                 count: 1,
                 bytes: len,
-                closed: p.alone,
+                closed: false,
             });
         }
         // One sendmmsg per outer family, on this queue's NAT-T socket of that family.
@@ -366,6 +535,7 @@ impl Worker {
             return;
         };
         while !self.stopped() {
+            self.expire_early();
             let n = match rb.recv(&self.sock) {
                 Ok(n) => n,
                 Err(_) => {
@@ -450,7 +620,7 @@ impl Worker {
                     self.shared.rekey(entry.child, reason);
                 }
                 let inner = &pkt[d.range.clone()];
-                if let Err(drop) = self.frags.borrow_mut().check_inbound(
+                match self.frags.borrow_mut().check_inbound(
                     inner,
                     d.next_header,
                     &entry.remote_ts,
@@ -458,13 +628,24 @@ impl Worker {
                     entry.child.0,
                     Instant::now,
                 ) {
-                    self.counters.esp_drop(drop);
-                    return None;
+                    Ok(()) => {}
+                    Err(ike::esp::EspDrop::NonInitialFragment) => {
+                        self.hold_early(inner, entry.child.0);
+                        return None;
+                    }
+                    Err(drop) => {
+                        self.counters.esp_drop(drop);
+                        return None;
+                    }
                 }
                 self.counters.rx_packets.fetch_add(1, Ordering::Relaxed);
                 self.counters
                     .rx_bytes
                     .fetch_add(inner.len() as u64, Ordering::Relaxed);
+                let early = self.early.borrow().waiting(inner, entry.child.0);
+                if let Some(datagram) = early {
+                    self.release_inbound(entry, d.next_header, datagram);
+                }
                 Some(d.range)
             }
             Err(ike::Error::Esp(d)) => {
@@ -478,12 +659,50 @@ impl Worker {
         }
     }
 
+    /// Writes the held fragments of `datagram` into the TUN device, each checked again
+    /// now that its initial fragment passed on `entry`.
+    #[cold]
+    fn release_inbound(
+        &self,
+        entry: &super::table::InboundEntry,
+        nh: NextHeader,
+        datagram: ike::esp::Datagram,
+    ) {
+        let vnet = [0u8; VIRTIO_NET_HDR_LEN];
+        let hdr = if self.tun.tcp_gso() { &vnet[..] } else { &[] };
+        self.early.borrow_mut().release(datagram, |frag| {
+            let verdict = self.frags.borrow_mut().check_inbound(
+                frag,
+                nh,
+                &entry.remote_ts,
+                &entry.local_ts,
+                entry.child.0,
+                Instant::now,
+            );
+            if let Err(d) = verdict {
+                self.counters.esp_drop(d);
+                return;
+            }
+            let parts = [std::io::IoSlice::new(hdr), std::io::IoSlice::new(frag)];
+            if self.tun.send_vectored(&parts).is_err() {
+                self.counters.count_drop(DROP_IO);
+                return;
+            }
+            self.counters.tun_writes.fetch_add(1, Ordering::Relaxed);
+            self.counters.rx_packets.fetch_add(1, Ordering::Relaxed);
+            self.counters
+                .rx_bytes
+                .fetch_add(frag.len() as u64, Ordering::Relaxed);
+        });
+    }
+
     /// Plain ESP (IP protocol 50) from a raw socket: IPv4 header first, or (`v6`) the ESP
     /// header right away.
     pub fn run_raw_decrypt(self, v6: bool) {
         let mut bufs = [vec![0u8; 65536]];
         let mut out = TunOut::new(&self.tun, self.shared.cfg.verify_inner_checksums);
         while !self.stopped() {
+            self.expire_early();
             let n = match self.sock.recv_from(&mut bufs[0]) {
                 Ok((n, _)) => n,
                 Err(e)
@@ -519,6 +738,12 @@ impl Worker {
             }
         }
     }
+}
+
+/// The longest fragment a worker holds for its initial fragment: an inner packet of the
+/// tunnel (`mtu`) or of the outer path (`outer_mtu`), whichever is longer.
+pub(super) fn early_slot_len(cfg: &super::DataplaneConfig) -> usize {
+    cfg.mtu.max(cfg.outer_mtu) as usize
 }
 
 /// Decrypted inner packets waiting for their (coalesced) TUN writes.

@@ -38,8 +38,10 @@ pub const FRAGMENT_LIFETIME: Duration = Duration::from_secs(10);
 /// Slots per set.
 const WAYS: usize = 4;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Key {
+/// One datagram's fragments on one SA: what the table (and [`super::EarlyFragments`])
+/// is keyed by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(super) struct Key {
     src: [u8; 16],
     dst: [u8; 16],
     id: u32,
@@ -73,6 +75,21 @@ fn octets(ip: &IpAddr) -> ([u8; 16], bool) {
     match ip {
         IpAddr::V4(a) => (a.to_ipv6_mapped().octets(), false),
         IpAddr::V6(a) => (a.octets(), true),
+    }
+}
+
+impl Key {
+    /// The datagram of the fragment `f` with Identification `id`, on SA `sa`.
+    pub(super) fn of(f: &Flow, id: u32, sa: u32) -> Key {
+        let (src, v6) = octets(&f.src);
+        Key {
+            src,
+            dst: octets(&f.dst).0,
+            id,
+            sa,
+            protocol: f.protocol,
+            v6,
+        }
     }
 }
 
@@ -203,15 +220,7 @@ impl FragmentTable {
         {
             return Err(EspDrop::BadFragment);
         }
-        let (src, v6) = octets(&f.src);
-        let key = Key {
-            src,
-            dst: octets(&f.dst).0,
-            id: frag.id,
-            sa,
-            protocol: f.protocol,
-            v6,
-        };
+        let key = Key::of(f, frag.id, sa);
         if initial {
             match verdict {
                 Ok(()) => self.remember(key, frag.header_end, now()),

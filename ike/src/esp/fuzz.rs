@@ -19,7 +19,10 @@
 //!
 //! [`inner_packet`]: the parsers of inner packets in the data plane: Next Header from
 //! the version nibble, the selector checks (RFC 4301 5.1, 5.2) with stateful fragment
-//! checking ([`FragmentTable`], RFC 4301 7.4, against a model), the ICMP destination
+//! checking ([`FragmentTable`], RFC 4301 7.4, against a model) and the hold for
+//! non-initial fragments that come first ([`EarlyFragments`]: bounded, releases only the
+//! datagram's own fragments), the IPv4 fragmenter ([`Ipv4Fragments`] at an MTU of 68 +
+//! `out_len`: fragments within it that reassemble to the packet), the ICMP destination
 //! error builder ([`icmp`]) and the receive coalescer ([`gro`]). Input:
 //! `[flags][out_len: u16][icmp][mtu: u16, if icmp bit 0][selectors][selectors]`, then
 //! packets `[len: u16][bytes]`.
@@ -35,9 +38,9 @@ use zeroize::Zeroizing;
 
 use super::gro::{self, Coalescer, Part};
 use super::{
-    check_inner_selectors, check_outbound_selectors, flow_of, icmp, EspDrop, FragmentTable,
-    InboundSa, Lifetimes, NextHeader, OutboundSa, Transform, ESP_HEADER_LEN, FRAGMENT_LIFETIME,
-    MAX_HEADROOM, MAX_REPLAY_WINDOW, MAX_TAILROOM,
+    check_inner_selectors, check_outbound_selectors, flow_of, icmp, EarlyFragments, EspDrop,
+    FragmentTable, InboundSa, Ipv4Fragments, Lifetimes, NextHeader, OutboundSa, Transform,
+    ESP_HEADER_LEN, FRAGMENT_LIFETIME, MAX_HEADROOM, MAX_REPLAY_WINDOW, MAX_TAILROOM,
 };
 use crate::config::{EncrAlg, IntegAlg};
 use crate::error::Error;
@@ -483,6 +486,7 @@ pub fn inner_packet(data: &[u8], start: Instant) -> usize {
     let mut frags = Fragments {
         table: FragmentTable::new(16, 7),
         passed: BTreeMap::new(),
+        early: EarlyFragments::new(4, 256),
     };
     let nh = match flags & 3 {
         0 => None,
@@ -501,6 +505,7 @@ pub fn inner_packet(data: &[u8], start: Instant) -> usize {
         if let Some(n) = icmp::build(pkt, kind, sources, &mut out) {
             icmp_invariants(pkt, kind, sources, &out[..n]);
         }
+        split_invariants(pkt, 68 + out_len);
     }
     // Every flag bit has a job already: checksum verification goes by their parity.
     let verify = flags.count_ones() % 2 == 1;
@@ -515,6 +520,7 @@ type DatagramKey = (IpAddr, IpAddr, u8, u32, u32);
 struct Fragments {
     table: FragmentTable,
     passed: BTreeMap<DatagramKey, (Instant, u32)>,
+    early: EarlyFragments,
 }
 
 impl Fragments {
@@ -532,6 +538,7 @@ impl Fragments {
         now: Instant,
     ) {
         let got = self.table.check_inbound(pkt, nh, remote, local, sa, || now);
+        self.hold(pkt, sa, now, got);
         let plain = check_inner_selectors(pkt, nh, remote, local);
         let Some((f, frag)) = flow_of(pkt).and_then(|f| Some((f, f.fragment?))) else {
             assert_eq!(got, plain, "a whole packet keeps its verdict");
@@ -557,6 +564,99 @@ impl Fragments {
             }
         }
     }
+}
+
+impl Fragments {
+    /// The data plane's use of [`EarlyFragments`]: a fragment refused for want of its
+    /// initial fragment is held; one that passes releases what is held of its datagram
+    /// on its SA, and nothing else. The hold never exceeds its slots.
+    fn hold(&mut self, pkt: &[u8], sa: u32, now: Instant, got: Result<(), EspDrop>) {
+        self.early.expire(now);
+        match got {
+            Err(EspDrop::NonInitialFragment) => {
+                let _ = self.early.hold(pkt, sa, now);
+            }
+            Ok(()) => {
+                let Some(d) = self.early.waiting(pkt, sa) else {
+                    return;
+                };
+                let f = flow_of(pkt).and_then(|f| Some((f, f.fragment?)));
+                let Some((f, frag)) = f else {
+                    panic!("a datagram released by a packet that is no fragment")
+                };
+                assert_eq!(frag.offset, 0, "released by a non-initial fragment");
+                let n = self.early.release(d, |held| {
+                    let h = flow_of(held).and_then(|h| Some((h, h.fragment?)));
+                    let Some((h, hf)) = h else {
+                        panic!("held something that is no fragment")
+                    };
+                    assert_eq!(
+                        (h.src, h.dst, h.protocol, hf.id),
+                        (f.src, f.dst, f.protocol, frag.id)
+                    );
+                    assert!(hf.offset > 0);
+                });
+                assert!(n > 0);
+                assert!(self.early.waiting(pkt, sa).is_none());
+            }
+            Err(_) => {}
+        }
+        assert!(self.early.len() <= 4);
+    }
+}
+
+/// The fragments [`Ipv4Fragments`] cuts `pkt` into at `mtu`: each within it, an IPv4
+/// fragment of the same addresses, protocol and Identification, More Fragments on all
+/// but the last, data in 8-octet units, offsets that follow one another, and their data
+/// together is the packet's.
+fn split_invariants(pkt: &[u8], mtu: usize) {
+    let Ok(mut it) = Ipv4Fragments::new(pkt, mtu) else {
+        return;
+    };
+    let Some(p) = flow_of(pkt) else {
+        panic!("fragmented a packet that does not parse")
+    };
+    let ihl = usize::from(pkt[0] & 0x0f) * 4;
+    let total = usize::from(u16::from_be_bytes([pkt[2], pkt[3]]));
+    let base = usize::from(u16::from_be_bytes([pkt[6], pkt[7]]) & 0x1fff) * 8;
+    let n = it.remaining();
+    let mut out = vec![0u8; mtu];
+    let mut data = Vec::new();
+    let mut count = 0;
+    while let Some(len) = it.next_into(&mut out) {
+        let f = &out[..len];
+        assert!(len <= mtu);
+        let fihl = usize::from(f[0] & 0x0f) * 4;
+        assert_eq!(usize::from(u16::from_be_bytes([f[2], f[3]])), len);
+        assert_eq!(f[4..6], pkt[4..6]);
+        assert_eq!(
+            gro::fold(
+                f[..fihl]
+                    .chunks(2)
+                    .map(|c| u64::from(u16::from_be_bytes([c[0], c[1]])))
+                    .sum()
+            ),
+            0xffff
+        );
+        let fo = u16::from_be_bytes([f[6], f[7]]);
+        assert_eq!(
+            usize::from(fo & 0x1fff) * 8,
+            base + data.len(),
+            "offsets follow"
+        );
+        let last = data.len() + len - fihl == total - ihl;
+        if !last {
+            assert!(fo & 0x2000 != 0 && (len - fihl) % 8 == 0);
+        }
+        let Some(q) = flow_of(f) else {
+            panic!("a fragment that does not parse")
+        };
+        assert_eq!((q.src, q.dst, q.protocol), (p.src, p.dst, p.protocol));
+        data.extend_from_slice(&f[fihl..]);
+        count += 1;
+    }
+    assert_eq!(count, n);
+    assert_eq!(data, pkt[ihl..total]);
 }
 
 /// An ICMP error goes back to the source, from the configured address or else the

@@ -17,10 +17,12 @@ mod frag;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod gro;
+mod hold;
 pub mod icmp;
 mod replay;
 mod sa;
 mod selectors;
+mod split;
 mod transform;
 
 #[cfg(test)]
@@ -29,12 +31,14 @@ mod kat_published;
 mod tests;
 
 pub use frag::{FragmentTable, FRAGMENT_LIFETIME, FRAGMENT_SLOTS};
+pub use hold::{Datagram, EarlyFragments, EARLY_FRAGMENT_LIFETIME, EARLY_FRAGMENT_SLOTS};
 pub use replay::{ReplayWindow, DEFAULT_REPLAY_WINDOW, MAX_REPLAY_WINDOW};
 pub use sa::{Decapsulated, Encapsulated, InboundSa, Lifetimes, OutboundSa, RekeyReason};
 pub use selectors::{
     check_inbound_flow, check_inner_selectors, check_outbound_flow, check_outbound_selectors,
     flow_of, selectors_narrow, Flow, Fragment,
 };
+pub use split::{Ipv4Fragments, MIN_IPV4_MTU};
 pub use transform::{CbcCipher, Transform};
 
 use crate::error::ErrorKind;
@@ -127,11 +131,15 @@ pub enum EspDrop {
     /// second Fragment header, a first fragment too short for the headers checked, or
     /// one overlapping them (RFC 791 3.2, RFC 8200 4.5, RFC 1858, RFC 5722).
     BadFragment,
+    /// A non-initial fragment held for its initial fragment (it arrived first, RFC 4301
+    /// 7.4) that did not come within the hold time, or pushed out of the full hold by
+    /// newer ones ([`EarlyFragments`]).
+    FragmentExpired,
 }
 
 impl EspDrop {
     /// All reasons, for counter arrays indexed by `reason as usize`.
-    pub const ALL: [EspDrop; 16] = [
+    pub const ALL: [EspDrop; 17] = [
         EspDrop::Truncated,
         EspDrop::Oversized,
         EspDrop::UnknownSpi,
@@ -148,6 +156,7 @@ impl EspDrop {
         EspDrop::TsMismatch,
         EspDrop::NonInitialFragment,
         EspDrop::BadFragment,
+        EspDrop::FragmentExpired,
     ];
 
     /// A short stable label for counters.
@@ -169,6 +178,7 @@ impl EspDrop {
             EspDrop::TsMismatch => "esp_ts_mismatch",
             EspDrop::NonInitialFragment => "esp_non_initial_fragment",
             EspDrop::BadFragment => "esp_bad_fragment",
+            EspDrop::FragmentExpired => "esp_fragment_expired",
         }
     }
 
@@ -189,7 +199,8 @@ impl EspDrop {
             | EspDrop::LifetimeExpired
             | EspDrop::NoRoom
             | EspDrop::NoRoute
-            | EspDrop::NonInitialFragment => ErrorKind::Local,
+            | EspDrop::NonInitialFragment
+            | EspDrop::FragmentExpired => ErrorKind::Local,
         }
     }
 }
