@@ -4,7 +4,8 @@
 //! [`InboundSa::decapsulate`] turns it back, both in place in a caller buffer and without
 //! allocating. The caller (the data plane) owns sockets, the TUN device, the SPI lookup
 //! table and the clock; this module owns the wire format, the ciphers, the sequence
-//! numbers, the anti-replay window and the lifetimes.
+//! numbers, the anti-replay window and the lifetimes, and tells what a received datagram
+//! is ([`outer::classify_outer`]: NAT keepalive, IKE or ESP, RFC 3948 2).
 //!
 //! Ciphers: AES-GCM with a 16-octet ICV (RFC 4106), ChaCha20-Poly1305 (RFC 7634), both
 //! through ring, and AES-CBC (RFC 3602, RustCrypto `aes` + `cbc`) with HMAC-SHA2
@@ -19,6 +20,7 @@ pub mod fuzz;
 pub mod gro;
 mod hold;
 pub mod icmp;
+pub mod outer;
 mod replay;
 mod sa;
 mod selectors;
