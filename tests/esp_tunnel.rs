@@ -473,6 +473,8 @@ fn esp_hostile_input_is_dropped_and_counted_and_ike_is_forwarded() {
             forged,
             unknown,
             vec![0xb0, 0, 0, 1, 0],
+            // An empty datagram is neither keepalive, IKE nor ESP: counted as truncated.
+            vec![],
             vec![0xff],
             ike.clone(),
         ],
@@ -498,7 +500,7 @@ fn esp_hostile_input_is_dropped_and_counted_and_ike_is_forwarded() {
     );
     assert_eq!(
         after.dropped(EspDrop::Truncated),
-        before.dropped(EspDrop::Truncated) + 1
+        before.dropped(EspDrop::Truncated) + 2
     );
     assert!(after.keepalives > before.keepalives);
     // Good traffic is unaffected.

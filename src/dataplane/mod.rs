@@ -12,7 +12,9 @@
 //! place and written to the TUN as gather lists, a flow's segments coalesced into one
 //! super-packet ([`gro`]). SAs live in an [`arc_swap`] snapshot ([`table::Tables`]): lookups by SPI
 //! and by destination are hash lookups with no lock; installs clone and swap the table.
-//! The ESP transforms themselves are `ike::esp` (sans-IO).
+//! The ESP transforms themselves are `ike::esp` (sans-IO), and so is the receive
+//! demultiplexing ([`ike::esp::outer`]: GRO segments, keepalive / IKE / ESP by SPI, the
+//! IPv4 header of the raw socket), which the workers only count and act on.
 //!
 //! # Seam with the daemon
 //! - The daemon calls [`Dataplane::start`] once, then holds the handle as an

@@ -8,11 +8,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use ike::esp::gro::{self, Coalescer, Part};
+use ike::esp::outer::{self, Carrier, Outer};
 use ike::esp::{NextHeader, MAX_HEADROOM, MAX_TAILROOM};
 use tun_rs::{SyncDevice, VIRTIO_NET_HDR_LEN};
 
 use super::sys::{self, Gather, RecvBatch, SendBatch, Writev, BATCH, GRO_BUF};
-use super::table::{OutboundEntry, Tables};
+use super::table::{InboundEntry, OutboundEntry, Tables};
 use super::{IkeDatagram, Shared, WorkerCounters, DROP_IKE_QUEUE_FULL, DROP_IO};
 
 /// Inner packets per TUN read (a TSO super-packet splits into at most this many).
@@ -553,32 +554,33 @@ impl Worker {
             let tables = self.shared.tables.load();
             for i in 0..n {
                 let len = rb.lens[i];
-                let seg = if rb.segs[i] == 0 {
-                    len.max(1)
-                } else {
-                    rb.segs[i]
-                };
                 let Some(from) = rb.addrs[i] else { continue };
                 if rb.truncated[i] {
                     // Longer than the receive buffer (a jumbo datagram without GRO).
                     self.counters.esp_drop(ike::esp::EspDrop::Oversized);
                     continue;
                 }
-                let mut off = 0;
-                while off < len {
-                    let start = off;
-                    let end = (off + seg).min(len);
-                    off = end;
-                    let chunk = &mut rb.bufs[i][start..end];
-                    if chunk.len() == 1 && chunk[0] == 0xff {
-                        self.counters.keepalives.fetch_add(1, Ordering::Relaxed);
-                        continue;
-                    }
-                    if chunk.len() >= 4 && chunk[..4] == [0, 0, 0, 0] {
-                        self.forward_ike(local, from, chunk);
-                        continue;
-                    }
-                    if let Some(inner) = self.decrypt_one(&tables, chunk) {
+                for r in outer::segments(len, rb.segs[i]) {
+                    let start = r.start;
+                    let chunk = &mut rb.bufs[i][r];
+                    let esp = match outer::classify_outer(Carrier::Udp, chunk, |spi| {
+                        tables.inbound.get(&spi)
+                    }) {
+                        Ok(Outer::Esp { sa, .. }) => sa,
+                        Ok(Outer::Keepalive) => {
+                            self.counters.keepalives.fetch_add(1, Ordering::Relaxed);
+                            continue;
+                        }
+                        Ok(Outer::Ike(ike)) => {
+                            self.forward_ike(local, from, ike);
+                            continue;
+                        }
+                        Err(d) => {
+                            self.counters.esp_drop(d.esp_drop());
+                            continue;
+                        }
+                    };
+                    if let Some(inner) = self.decrypt_one(esp, chunk) {
                         if out.gro.full() {
                             out.flush(&mut rb.bufs, &self.counters);
                         }
@@ -603,17 +605,9 @@ impl Worker {
         }
     }
 
-    /// Decrypts `pkt` in place; returns where the inner packet is within it.
-    fn decrypt_one(&self, tables: &Tables, pkt: &mut [u8]) -> Option<Range<usize>> {
-        if pkt.len() < 8 {
-            self.counters.esp_drop(ike::esp::EspDrop::Truncated);
-            return None;
-        }
-        let spi = u32::from_be_bytes([pkt[0], pkt[1], pkt[2], pkt[3]]);
-        let Some(entry) = tables.inbound.get(&spi) else {
-            self.counters.esp_drop(ike::esp::EspDrop::UnknownSpi);
-            return None;
-        };
+    /// Decrypts `pkt` (ESP for the SA `entry`, [`outer::classify_outer`]) in place;
+    /// returns where the inner packet is within it.
+    fn decrypt_one(&self, entry: &InboundEntry, pkt: &mut [u8]) -> Option<Range<usize>> {
         match entry.sa.decapsulate(pkt) {
             Ok(d) => {
                 if let Some(reason) = d.rekey {
@@ -718,21 +712,21 @@ impl Worker {
                     continue;
                 }
             };
-            let ihl = if v6 {
-                0
-            } else {
-                bufs[0]
-                    .first()
-                    .map(|b| ((b & 0x0f) as usize) * 4)
-                    .unwrap_or(0)
-            };
-            if (!v6 && ihl < 20) || n <= ihl {
-                self.counters.esp_drop(ike::esp::EspDrop::Truncated);
-                continue;
-            }
+            let carrier = if v6 { Carrier::RawV6 } else { Carrier::RawV4 };
             let tables = self.shared.tables.load();
-            if let Some(inner) = self.decrypt_one(&tables, &mut bufs[0][ihl..n]) {
-                let range = ihl + inner.start..ihl + inner.end;
+            let (start, esp) =
+                match outer::classify_outer(carrier, &bufs[0][..n], |spi| tables.inbound.get(&spi))
+                {
+                    Ok(Outer::Esp { start, sa, .. }) => (start, sa),
+                    // Never: IKE and keepalives are told apart on `Carrier::Udp` only.
+                    Ok(Outer::Ike(_) | Outer::Keepalive) => continue,
+                    Err(d) => {
+                        self.counters.esp_drop(d.esp_drop());
+                        continue;
+                    }
+                };
+            if let Some(inner) = self.decrypt_one(esp, &mut bufs[0][start..n]) {
+                let range = start + inner.start..start + inner.end;
                 out.gro.push(&bufs, Part { buf: 0, range });
                 out.flush(&mut bufs, &self.counters);
             }
