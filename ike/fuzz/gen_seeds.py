@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Writes the seeds of the esp_inbound and inner_packet targets (record formats in
+"""Writes the seeds of the esp_inbound, inner_packet and outer_demux targets (formats in
 ike/src/esp/fuzz.rs). Run from ike/fuzz: python3 gen_seeds.py"""
 import struct
 
@@ -110,3 +110,60 @@ open("seeds/inner_packet/fragments-stateful", "wb").write(
     inner_seed(0x41, bytes([1]) + udp_sel(5353) + bytes([1]) + udp_sel(53), [frag4, later4, later4]))
 open("seeds/inner_packet/fragments-opaque", "wb").write(
     inner_seed(0x01, bytes([1, 0x50]) + NONE, [later4, frag4, ICMP4]))
+
+
+# outer_demux: SA table [n][spi...], then receives [carrier][seg: u16][len: u16][bytes].
+SPI_A, SPI_B = 0xC0FFEE01, 0x00000101
+
+
+def esp_pkt(spi, n=48):
+    return struct.pack("!II", spi, 1) + bytes(range(n))
+
+
+def recv(carrier, dgram, seg=0):
+    return bytes([carrier]) + struct.pack("!HH", seg, len(dgram)) + dgram
+
+
+def outer_seed(recvs):
+    return bytes([2]) + struct.pack("!II", SPI_A, SPI_B) + b"".join(recvs)
+
+
+def ipv4_hdr(words):
+    h = bytearray(words * 4)
+    h[0] = 0x40 | words
+    h[9] = 50
+    return bytes(h)
+
+
+IKE = b"\0\0\0\0" + bytes(range(1, 29))
+open("seeds/outer_demux/udp", "wb").write(outer_seed([
+    recv(0, b"\xff"),                       # keepalive
+    recv(0, IKE),                           # IKE behind the non-ESP marker
+    recv(0, b"\0\0\0\0"),                   # the marker alone
+    recv(0, esp_pkt(SPI_A)),                # ESP of an installed SA
+    recv(0, esp_pkt(0x77777777)),           # unknown SPI
+    recv(0, esp_pkt(SPI_B)[:7]),            # runt
+    recv(0, b"\xff\xff"),                   # not a keepalive
+    recv(0, b""),                           # empty
+]))
+# GRO: three ESP segments of one size and a keepalive last; a segment size past the length.
+open("seeds/outer_demux/udp-gro", "wb").write(outer_seed([
+    recv(0, esp_pkt(SPI_A) * 3 + b"\xff", seg=56),
+    recv(0, esp_pkt(SPI_B) + esp_pkt(SPI_B, 20), seg=56),
+    recv(0, esp_pkt(SPI_A), seg=1400),
+]))
+open("seeds/outer_demux/raw-v4", "wb").write(outer_seed([
+    recv(1, ipv4_hdr(5) + esp_pkt(SPI_A)),  # ESP after 20 octets
+    recv(1, ipv4_hdr(6) + esp_pkt(SPI_B)),  # after an option word
+    recv(1, ipv4_hdr(15) + esp_pkt(0x0BAD0BAD)),  # unknown SPI after 60 octets
+    recv(1, ipv4_hdr(5) + esp_pkt(SPI_A)[:5]),  # runt
+    recv(1, ipv4_hdr(4) + esp_pkt(SPI_A)),  # IHL 4
+    recv(1, ipv4_hdr(7)[:24]),              # cut inside its header
+    recv(1, b""),                           # empty
+]))
+open("seeds/outer_demux/raw-v6", "wb").write(outer_seed([
+    recv(2, esp_pkt(SPI_B)),
+    recv(2, esp_pkt(0)),                    # SPI 0: never installed
+    recv(2, b"\xff"),                       # no keepalives on raw sockets
+    recv(2, b""),
+]))

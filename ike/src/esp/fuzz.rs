@@ -30,6 +30,18 @@
 //! header (coalescing on), bit 3 USO, bits 4-5 how many SAs the packets alternate over,
 //! bits 6-7 seconds between packets. `icmp`: bit 0 Packet Too Big with `mtu` rather than
 //! unreachable, bits 1 and 2 a configured IPv4 and IPv6 source.
+//!
+//! [`outer_demux`]: the data plane's outer receive demultiplexing ([`outer`]): GRO
+//! receives split into datagrams, each told apart as NAT keepalive, IKE or ESP (RFC 3948
+//! 2.1-2.3) behind the IPv4 header of a raw socket where there is one. Input:
+//! `[n][spi: u32; n % 8]` (the SA table) then receives `[carrier][seg: u16][len: u16]
+//! [bytes]`: carrier 0 the NAT-T port with GRO segment size `seg` (0: none), 1 a raw IPv4
+//! socket, 2 a raw IPv6 one. Invariants: the segments cover the receive in order, each
+//! octet once, all `seg` long but the last; a keepalive is exactly one 0xFF and IKE
+//! exactly what starts with the non-ESP marker, on UDP only, the marker kept; ESP starts
+//! at the SPI that was looked up (after IHL words on IPv4, IHL at least 5 and within the
+//! datagram) with the SA found for it and a whole ESP header; a refusal says why and
+//! looks up nothing but an unknown SPI.
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::{Duration, Instant};
@@ -37,6 +49,7 @@ use std::time::{Duration, Instant};
 use zeroize::Zeroizing;
 
 use super::gro::{self, Coalescer, Part};
+use super::outer::{self, Carrier, Outer, OuterDrop};
 use super::{
     check_inner_selectors, check_outbound_selectors, flow_of, icmp, EarlyFragments, EspDrop,
     FragmentTable, InboundSa, Ipv4Fragments, Lifetimes, NextHeader, OutboundSa, Transform,
@@ -767,6 +780,140 @@ fn merged_invariants(hdr: &[u8], pkt: &[u8]) {
     assert_eq!(gro::fold(s), 0xffff, "completed checksum verifies");
 }
 
+/// Runs one input through the outer receive demultiplexing; returns how many datagrams
+/// got each outcome, by carrier.
+pub fn outer_demux(data: &[u8]) -> BTreeMap<String, usize> {
+    let mut inp = Input(data);
+    let table: Vec<u32> = (0..inp.u8() % 8)
+        .map(|_| u32::from_be_bytes(std::array::from_fn(|_| inp.u8())))
+        .collect();
+    let mut tally = BTreeMap::new();
+    while !inp.0.is_empty() {
+        let carrier = match inp.u8() % 3 {
+            0 => Carrier::Udp,
+            1 => Carrier::RawV4,
+            _ => Carrier::RawV6,
+        };
+        let seg = usize::from(inp.u16());
+        let recv = inp.record();
+        // Only the NAT-T sockets receive with UDP GRO.
+        let seg = if carrier == Carrier::Udp { seg } else { 0 };
+        let mut covered = 0;
+        let mut n = 0;
+        for r in outer::segments(recv.len(), seg) {
+            // In order, no gap, no overlap; all but the last exactly `seg` octets.
+            assert_eq!(r.start, covered, "segments of {} by {seg}", recv.len());
+            assert!(r.end <= recv.len());
+            if seg == 0 {
+                assert_eq!(r, 0..recv.len());
+            } else {
+                assert!(r.len() <= seg);
+                assert!(r.end == recv.len() || r.len() == seg);
+            }
+            assert!(!r.is_empty() || recv.is_empty());
+            covered = r.end;
+            n += 1;
+            let outcome = datagram(carrier, &recv[r], &table);
+            let key = format!(
+                "{carrier:?} {}",
+                outcome.map_or_else(|e| format!("{e:?}"), String::from)
+            );
+            *tally.entry(key).or_insert(0) += 1;
+        }
+        assert_eq!(covered, recv.len(), "every octet in a segment");
+        let expect = if seg == 0 || recv.is_empty() {
+            1
+        } else {
+            recv.len().div_ceil(seg)
+        };
+        assert_eq!(n, expect);
+    }
+    tally
+}
+
+/// One datagram through [`outer::classify_outer`] against an SA table of `table`'s SPIs
+/// (the SA is the index of the SPI's first entry), with the invariants of each outcome.
+fn datagram(carrier: Carrier, b: &[u8], table: &[u32]) -> Result<&'static str, OuterDrop> {
+    let mut asked = Vec::new();
+    let r = outer::classify_outer(carrier, b, |spi| {
+        asked.push(spi);
+        table.iter().position(|&s| s == spi)
+    });
+    // Where ESP must start, when the carrier says so: no IPv4 header length below five
+    // words, none past the datagram (RFC 791 3.1).
+    let esp_at = match carrier {
+        Carrier::Udp | Carrier::RawV6 => Some(0),
+        Carrier::RawV4 => b
+            .first()
+            .map(|v| usize::from(v & 0x0f) * 4)
+            .filter(|&ihl| ihl >= 20 && ihl <= b.len()),
+    };
+    let spi_at = |at: usize| {
+        b.get(at..at + 4)
+            .map(|s| u32::from_be_bytes([s[0], s[1], s[2], s[3]]))
+    };
+    let marker = carrier == Carrier::Udp && b.len() >= 4 && b[..4] == [0; 4];
+    let keepalive = carrier == Carrier::Udp && b == [0xff];
+    // A keepalive is exactly one 0xFF on the NAT-T port (RFC 3948 2.3), IKE exactly what
+    // starts with the non-ESP marker there (2.2): nothing else, and nothing looked up.
+    assert_eq!(r == Ok(Outer::Keepalive), keepalive);
+    assert_eq!(matches!(r, Ok(Outer::Ike(_))), marker);
+    if keepalive || marker || !matches!(r, Ok(Outer::Esp { .. }) | Err(OuterDrop::UnknownSpi)) {
+        assert!(
+            asked.is_empty(),
+            "{carrier:?} {b:02x?}: looked up {asked:x?}"
+        );
+    }
+    match r {
+        Ok(Outer::Keepalive) => Ok("keepalive"),
+        Ok(Outer::Ike(m)) => {
+            // The whole datagram, marker included, not a copy.
+            assert!(std::ptr::eq(m, b));
+            Ok("ike")
+        }
+        Ok(Outer::Esp { start, spi, sa }) => {
+            // ESP starts at the SPI that was looked up, and the one SA found for it.
+            assert_eq!(Some(start), esp_at);
+            assert_eq!(asked, [spi]);
+            assert_eq!(spi_at(start), Some(spi));
+            assert_eq!(table.iter().position(|&s| s == spi), Some(sa));
+            assert!(b.len() - start >= ESP_HEADER_LEN);
+            // RFC 3948 2.1: on UDP an SPI is never zero (that is the marker).
+            assert!(carrier != Carrier::Udp || spi != 0);
+            Ok("esp")
+        }
+        Err(e) => {
+            assert!(matches!(
+                e.esp_drop(),
+                EspDrop::Truncated | EspDrop::UnknownSpi
+            ));
+            match e {
+                OuterDrop::Empty => assert!(b.is_empty()),
+                OuterDrop::BadIhl => {
+                    assert_eq!(carrier, Carrier::RawV4);
+                    assert!(b[0] & 0x0f < 5);
+                }
+                OuterDrop::CutIpHeader => {
+                    assert_eq!(carrier, Carrier::RawV4);
+                    assert!(b[0] & 0x0f >= 5 && b.len() < usize::from(b[0] & 0x0f) * 4);
+                }
+                OuterDrop::Runt => {
+                    let at = esp_at.unwrap_or_else(|| panic!("runt without ESP: {b:02x?}"));
+                    assert!(!b.is_empty() && b.len() - at < ESP_HEADER_LEN);
+                }
+                OuterDrop::UnknownSpi => {
+                    let at = esp_at.unwrap_or_else(|| panic!("SPI without ESP: {b:02x?}"));
+                    assert!(b.len() - at >= ESP_HEADER_LEN);
+                    assert_eq!(asked.len(), 1);
+                    assert_eq!(spi_at(at), Some(asked[0]));
+                    assert!(!table.contains(&asked[0]));
+                }
+            }
+            Err(e)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -838,5 +985,44 @@ mod tests {
             inner_packet(s, now);
         }
         smoke(&seeds, 20_000, |m| inner_packet(m, now));
+    }
+
+    /// The seeds reach every outcome on every carrier: keepalive, IKE, ESP and each
+    /// refusal on the NAT-T port, ESP and each refusal behind raw IPv4 and IPv6 sockets,
+    /// a GRO receive split into its datagrams; then a smoke run of mutations.
+    #[test]
+    fn outer_demux_fuzz_target_on_seeds_and_mutations() {
+        let seeds = seeds("outer_demux");
+        let mut reached = BTreeSet::new();
+        for s in seeds.values() {
+            reached.extend(outer_demux(s).into_keys());
+        }
+        let want: BTreeSet<String> = [
+            "Udp keepalive",
+            "Udp ike",
+            "Udp esp",
+            "Udp UnknownSpi",
+            "Udp Runt",
+            "Udp Empty",
+            "RawV4 esp",
+            "RawV4 UnknownSpi",
+            "RawV4 Runt",
+            "RawV4 BadIhl",
+            "RawV4 CutIpHeader",
+            "RawV4 Empty",
+            "RawV6 esp",
+            "RawV6 UnknownSpi",
+            "RawV6 Runt",
+            "RawV6 Empty",
+        ]
+        .map(String::from)
+        .into();
+        assert_eq!(reached, want);
+        // Three GRO receives: 3 ESP segments and a keepalive last, 2 ESP (the last
+        // shorter), one datagram shorter than its segment size.
+        let gro = outer_demux(&seeds["udp-gro"]);
+        assert_eq!(gro.get("Udp esp"), Some(&6), "{gro:?}");
+        assert_eq!(gro.get("Udp keepalive"), Some(&1), "{gro:?}");
+        smoke(&seeds, 20_000, |m| outer_demux(m).len());
     }
 }
