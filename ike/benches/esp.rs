@@ -66,7 +66,7 @@ fn bench(c: &mut Criterion<CpuTime>) {
         let keys = suite(name);
         let out = OutboundSa::new(&keys, Lifetimes::default()).expect("keys");
         let mut g = c.benchmark_group(format!("esp/{name}"));
-        for size in [64usize, 512, 1400, 1406, 8192] {
+        for size in [64usize, 512, 1400, 8192] {
             g.throughput(Throughput::Bytes(size as u64));
             let mut buf = vec![0x45u8; MAX_HEADROOM + size + MAX_TAILROOM];
             g.bench_with_input(BenchmarkId::new("encapsulate", size), &size, |b, &size| {
