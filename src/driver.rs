@@ -2,9 +2,12 @@
 //! receive tasks, the transmit path and the ESP demultiplexer (RFC 3948 2.2).
 //!
 //! One task owns the [`ike::Endpoint`] (see `run`, `peer`, `bench`); socket receive tasks
-//! feed it through a bounded channel. On the NAT-T socket a datagram whose first four
-//! octets are non-zero is ESP and goes to the [`EspSink`]; a single 0xFF octet is a NAT
-//! keepalive (RFC 3948 2.3) and is dropped; the rest (non-ESP marker) is IKE.
+//! feed it through a bounded channel. A datagram on a NAT-T socket of our own (the data
+//! plane owns none) is told apart by [`ike::esp::outer::classify_outer`], the data plane's
+//! demultiplexer: a single 0xFF octet is a NAT keepalive (RFC 3948 2.3) and is dropped,
+//! the non-ESP marker makes IKE (RFC 3948 2.2), ESP of an SPI the [`EspSink`] knows goes
+//! to it (RFC 3948 2.1), and every other datagram is refused, logged once per reason and
+//! counted under the data plane's ESP drop reasons (`esp_truncated`, `esp_unknown_spi`).
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,6 +15,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use ike::endpoint::Endpoint;
+use ike::esp::outer::{classify_outer, Carrier, Outer, OuterDrop};
+use ike::esp::EspDrop;
 use ike::{ChildSa, SocketKind, Spi, Transmit};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
@@ -34,9 +39,15 @@ pub struct Datagram {
     pub data: Vec<u8>,
 }
 
-/// Where ESP-in-UDP datagrams from the NAT-T socket go (the data plane).
+/// Where ESP-in-UDP datagrams from the NAT-T socket go (the data plane), and what is
+/// refused on it.
 pub trait EspSink: Send + Sync + 'static {
+    /// Whether an SA is installed for `spi`; ESP of any other SPI is refused
+    /// (RFC 4303 3.4.2).
+    fn knows(&self, spi: u32) -> bool;
     fn esp(&self, local: SocketAddr, remote: SocketAddr, packet: &[u8]);
+    /// A datagram refused before decryption, to be counted as `why.esp_drop()`.
+    fn refused(&self, remote: SocketAddr, why: OuterDrop);
 }
 
 /// The seam to the data plane for CHILD SA life cycle events (RFC 7296 2.17 keys in
@@ -49,24 +60,64 @@ pub trait ChildSaSink: Send + 'static {
     fn remove(&mut self, inbound: Spi, outbound: Spi);
 }
 
-/// No data plane: CHILD SAs are only logged; ESP is counted and dropped.
+/// No data plane: CHILD SAs are only logged; no SA is installed, so every ESP packet is
+/// refused for its SPI, counted with the other refusals under the data plane's drop
+/// reasons ([`EspDrop`]).
 #[derive(Debug, Default)]
 pub struct NullDataplane {
-    pub esp_dropped: AtomicU64,
+    drops: [AtomicU64; EspDrop::ALL.len()],
+}
+
+impl NullDataplane {
+    /// Datagrams refused for `d`.
+    pub fn dropped(&self, d: EspDrop) -> u64 {
+        EspDrop::ALL
+            .iter()
+            .position(|x| *x == d)
+            .map_or(0, |i| self.drops[i].load(Ordering::Relaxed))
+    }
+
+    /// The refusals as data plane counters (nothing else moves without a data plane).
+    pub fn counters(&self) -> crate::dataplane::Counters {
+        let mut c = crate::dataplane::Counters::default();
+        for d in EspDrop::ALL {
+            c.drops.insert(d.label(), self.dropped(d));
+        }
+        c
+    }
 }
 
 impl EspSink for NullDataplane {
-    fn esp(&self, _local: SocketAddr, remote: SocketAddr, packet: &[u8]) {
-        let n = self.esp_dropped.fetch_add(1, Ordering::Relaxed);
-        if n == 0 {
-            tracing::info!(%remote, len = packet.len(), "ESP received but no data plane runs; dropping");
+    fn knows(&self, _spi: u32) -> bool {
+        false
+    }
+
+    fn esp(&self, _local: SocketAddr, remote: SocketAddr, _packet: &[u8]) {
+        self.refused(remote, OuterDrop::UnknownSpi);
+    }
+
+    fn refused(&self, remote: SocketAddr, why: OuterDrop) {
+        let d = why.esp_drop();
+        let Some(i) = EspDrop::ALL.iter().position(|x| *x == d) else {
+            return;
+        };
+        if self.drops[i].fetch_add(1, Ordering::Relaxed) == 0 {
+            tracing::info!(%remote, reason = d.label(), error = %why, "NAT-T datagram refused (no data plane runs); counting further ones silently");
         }
     }
 }
 
 impl EspSink for Arc<NullDataplane> {
+    fn knows(&self, spi: u32) -> bool {
+        (**self).knows(spi)
+    }
+
     fn esp(&self, local: SocketAddr, remote: SocketAddr, packet: &[u8]) {
         (**self).esp(local, remote, packet)
+    }
+
+    fn refused(&self, remote: SocketAddr, why: OuterDrop) {
+        (**self).refused(remote, why)
     }
 }
 
@@ -74,25 +125,6 @@ impl ChildSaSink for NullDataplane {
     fn install(&mut self, _sa: &ChildSa) {}
     fn rekeyed(&mut self, _old_inbound: Spi, _new: &ChildSa, _handover: Handover) {}
     fn remove(&mut self, _inbound: Spi, _outbound: Spi) {}
-}
-
-/// Classifies a datagram from the NAT-T socket (RFC 3948 2.2, 2.3).
-#[derive(Debug, PartialEq, Eq)]
-pub enum NattKind {
-    Keepalive,
-    Esp,
-    Ike,
-    /// Too short to be anything.
-    Runt,
-}
-
-pub fn classify_natt(d: &[u8]) -> NattKind {
-    match d {
-        [0xff] => NattKind::Keepalive,
-        [0, 0, 0, 0, ..] => NattKind::Ike,
-        [_, _, _, _, ..] => NattKind::Esp,
-        _ => NattKind::Runt,
-    }
 }
 
 /// Sends NAT-T datagrams through a socket someone else owns (the data plane).
@@ -298,13 +330,17 @@ async fn recv_loop(
         };
         let d = &buf[..n];
         if kind == SocketKind::NatT {
-            match classify_natt(d) {
-                NattKind::Keepalive | NattKind::Runt => continue,
-                NattKind::Esp => {
+            match classify_outer(Carrier::Udp, d, |spi| esp.knows(spi).then_some(())) {
+                Ok(Outer::Keepalive) => continue,
+                Ok(Outer::Esp { .. }) => {
                     esp.esp(local, remote, d);
                     continue;
                 }
-                NattKind::Ike => {}
+                Ok(Outer::Ike(_)) => {}
+                Err(why) => {
+                    esp.refused(remote, why);
+                    continue;
+                }
             }
         }
         let dg = Datagram {
@@ -414,23 +450,24 @@ mod tests {
         assert_eq!(d.local, SocketAddr::from(([127, 0, 0, 1], port)));
         assert_eq!(d.remote, c.local_addr().unwrap());
         assert_eq!(d.data, b"hello");
-        // ESP on the NAT-T socket goes to the sink, keepalives are dropped, IKE passes.
+        // ESP on the NAT-T socket goes to the sink (which knows no SPI: refused),
+        // keepalives are dropped, IKE passes; runts (an empty datagram, three zeros,
+        // five octets: shorter than an ESP header, RFC 4303 2) are refused and counted.
         let natt = s.natt_addrs[0].port();
-        c.send_to(&[0, 0, 0, 1, 0, 0, 0, 1], ("127.0.0.1", natt))
-            .unwrap();
-        c.send_to(&[0xff], ("127.0.0.1", natt)).unwrap();
-        c.send_to(&[0, 0, 0, 0, 9], ("127.0.0.1", natt)).unwrap();
+        for d in [
+            &[0, 0, 0, 1, 0, 0, 0, 1][..],
+            &[0xff],
+            &[],
+            &[0, 0, 0],
+            &[1, 2, 3, 4, 5],
+            &[0, 0, 0, 0, 9],
+        ] {
+            c.send_to(d, ("127.0.0.1", natt)).unwrap();
+        }
         let d = s.rx.recv().await.unwrap();
         assert_eq!((d.kind, d.data), (SocketKind::NatT, vec![0, 0, 0, 0, 9]));
-        assert_eq!(null.esp_dropped.load(Ordering::Relaxed), 1);
-    }
-
-    #[test]
-    fn natt_demux_follows_rfc3948() {
-        assert_eq!(classify_natt(&[0xff]), NattKind::Keepalive);
-        assert_eq!(classify_natt(&[0, 0, 0, 0, 1, 2]), NattKind::Ike);
-        assert_eq!(classify_natt(&[0, 0, 0, 1, 0, 0, 0, 1]), NattKind::Esp);
-        assert_eq!(classify_natt(&[0, 0, 0]), NattKind::Runt);
-        assert_eq!(classify_natt(&[]), NattKind::Runt);
+        assert_eq!(null.dropped(EspDrop::UnknownSpi), 1);
+        assert_eq!(null.dropped(EspDrop::Truncated), 3);
+        assert_eq!(null.counters().drops.get("esp_truncated"), Some(&3));
     }
 }

@@ -145,8 +145,7 @@ pub async fn own_figures(s: &Services) -> BTreeMap<String, u64> {
             );
         }
     }
-    if let Some(dp) = &s.dataplane {
-        let c = dp.counters();
+    if let Some(c) = s.esp_counters() {
         put("esp_packets_total", Some(("direction", "tx")), c.tx_packets);
         put("esp_packets_total", Some(("direction", "rx")), c.rx_packets);
         put("esp_bytes_total", Some(("direction", "tx")), c.tx_bytes);
@@ -371,8 +370,8 @@ pub async fn render(s: &Services) -> String {
     let mut o = String::new();
     let tunnels = s.daemon.status().await;
     render_ike(&mut o, tunnels.len(), s.daemon.counters().await.as_ref());
-    if let Some(dp) = &s.dataplane {
-        render_esp(&mut o, &dp.counters());
+    if let Some(c) = s.esp_counters() {
+        render_esp(&mut o, &c);
     }
     if let Some(d) = &s.dns {
         let v = d.server.counters().values();

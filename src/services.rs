@@ -20,6 +20,8 @@ use crate::run::{self, DaemonHandle, StartOptions};
 pub struct Services {
     pub daemon: DaemonHandle,
     pub dataplane: Option<Arc<dyn EspBackend>>,
+    /// Without a data plane: the refusals on the daemon's own NAT-T sockets.
+    pub natt_refused: Option<Arc<crate::driver::NullDataplane>>,
     pub dns: Option<crate::dns::DnsService>,
     /// The ipsec-ddns member running now, whether the configuration file or a `commit`
     /// started it (`None` when not enabled, or after a `commit` left the cluster).
@@ -34,6 +36,16 @@ struct Member {
 }
 
 impl Services {
+    /// The ESP counters: the data plane's, or without one the refusals on the daemon's
+    /// own NAT-T sockets (under the same drop reasons).
+    pub fn esp_counters(&self) -> Option<crate::dataplane::Counters> {
+        match (&self.dataplane, &self.natt_refused) {
+            (Some(dp), _) => Some(dp.counters()),
+            (None, Some(n)) => Some(n.counters()),
+            (None, None) => None,
+        }
+    }
+
     /// The cluster member running now (started by `headend run` or by a `commit`).
     pub fn cluster(&self) -> Option<cluster::ClusterHandle> {
         self.member_slot().as_ref().map(|m| m.handle.clone())
@@ -337,6 +349,7 @@ pub async fn start(cfg: &Config) -> Result<Services, Error> {
     let mut opts = StartOptions::default();
     let mut cfg = cfg.clone();
     let mut dataplane = None;
+    let mut natt_refused = None;
     if let Some(dp) = &cfg.dataplane {
         let dp = dataplane_config(&cfg, dp);
         // The engine must send NAT-T from the data plane's socket port.
@@ -347,6 +360,10 @@ pub async fn start(cfg: &Config) -> Result<Services, Error> {
         opts.dataplane = parts.sink;
         tasks.extend(parts.tasks);
         dataplane = Some(parts.handle);
+    } else {
+        let null = Arc::new(crate::driver::NullDataplane::default());
+        opts.esp = null.clone();
+        natt_refused = Some(null);
     }
     let daemon = run::start(&cfg, opts).await?;
 
@@ -421,6 +438,7 @@ pub async fn start(cfg: &Config) -> Result<Services, Error> {
     Ok(Services {
         daemon,
         dataplane,
+        natt_refused,
         dns,
         cluster: std::sync::Mutex::new(cluster_handle.map(|handle| Member {
             handle,

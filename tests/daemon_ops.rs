@@ -645,3 +645,71 @@ fn no_watchdog_pings_for_another_pid() {
     assert_eq!(he.sigterm_and_wait(), Some(0));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Without `[dataplane]` the daemon owns its NAT-T socket and tells its datagrams apart as
+/// the data plane does (RFC 3948 2.1-2.3): what it refuses there (runts shorter than an
+/// ESP header, RFC 4303 2; ESP whose SPI has no SA, RFC 4303 3.4.2) is on /metrics under
+/// the data plane's drop reasons; a NAT keepalive is no refusal.
+#[test]
+fn natt_refusals_without_a_data_plane_are_counted_by_reason() {
+    let dir = tmp("natt");
+    let metrics = format!("127.0.0.1:{}", port(true));
+    let (conf, _, natt, _) = config(&dir, 1, "");
+    let sock = dir.join("m1.sock");
+    let p = Proc::spawn(
+        &[
+            "run",
+            "--config",
+            conf.to_str().unwrap(),
+            "--control",
+            sock.to_str().unwrap(),
+            "--metrics",
+            &metrics,
+        ],
+        &[],
+        dir.join("m1.log"),
+    );
+    let end = Instant::now() + Duration::from_secs(15);
+    while std::net::TcpStream::connect(&metrics).is_err() {
+        assert!(Instant::now() < end, "no /metrics:\n{}", p.text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let drops = || -> (Option<u64>, Option<u64>) {
+        let m = http_get(&metrics, "/metrics");
+        let get = |reason: &str| {
+            let prefix = format!("headend_esp_drops_total{{reason=\"{reason}\"}} ");
+            m.lines()
+                .find_map(|l| l.strip_prefix(&prefix))
+                .map(|n| n.parse::<u64>().unwrap())
+        };
+        (get("esp_truncated"), get("esp_unknown_spi"))
+    };
+    assert_eq!(drops(), (Some(0), Some(0)), "nothing refused yet");
+
+    let c = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    // Empty; three zeros (less than a non-ESP marker); two 0xFF (not a keepalive); seven
+    // octets of no marker (less than an SPI and a sequence number).
+    let runts: [&[u8]; 4] = [&[], &[0, 0, 0], &[0xff, 0xff], &[1, 2, 3, 4, 5, 6, 7]];
+    for r in runts {
+        c.send_to(r, ("127.0.0.1", natt)).unwrap();
+    }
+    c.send_to(&[0xff], ("127.0.0.1", natt)).unwrap();
+    let mut esp = vec![0x10, 0, 0, 1, 0, 0, 0, 1];
+    esp.extend([0x5a; 24]);
+    c.send_to(&esp, ("127.0.0.1", natt)).unwrap();
+
+    let end = Instant::now() + Duration::from_secs(10);
+    let mut seen = drops();
+    while seen != (Some(4), Some(1)) {
+        assert!(
+            Instant::now() < end,
+            "truncated / unknown SPI drops stay at {seen:?}:\n{}",
+            p.text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+        seen = drops();
+    }
+    // The keepalive (sent before the ESP packet) was not counted as a refusal.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(drops(), (Some(4), Some(1)));
+}
