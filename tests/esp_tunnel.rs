@@ -1583,3 +1583,99 @@ fn esp_reordered_fragments_through_port_narrowed_selectors_arrive_whole() {
     );
     assert_eq!(b1.rx_packets, b0.rx_packets, "nothing delivered: {b1:?}");
 }
+
+/// Outer IPv4 packets the kernel of `ns` cut into fragments so far (`FragCreates`, RFC
+/// 4293 ipSystemStatsOutFragCreates, counted per namespace).
+fn outer_frag_creates(ns: &Netns) -> u64 {
+    let out = ns.exec_ok(&["cat", "/proc/net/snmp"]);
+    let mut ip = out.stdout.lines().filter(|l| l.starts_with("Ip:"));
+    let (names, values) = (ip.next().unwrap(), ip.next().unwrap());
+    let i = names
+        .split_whitespace()
+        .position(|n| n == "FragCreates")
+        .unwrap();
+    values.split_whitespace().nth(i).unwrap().parse().unwrap()
+}
+
+/// Fragments held for their initial fragment are released onto its SA within that SA's
+/// size limit (RFC 4301 7.4 and 8.1). Both ends narrowed to UDP port 5201, the outer link
+/// and `outer_mtu` at 1200 octets (the SA carries 1138 with AES-GCM over UDP), the TUN at
+/// 1400: the fragments (1284, 1388, 1388 octets) of 4000-octet UDP datagrams with DF
+/// clear, sent last first, are each longer than the SA carries. The later ones wait for
+/// the initial one, and each fragment is cut again before encapsulation: every datagram
+/// arrives whole, in six ESP packets, and the kernel fragments no outer packet. Before,
+/// released fragments were sealed whole (outer packets beyond `outer_mtu`, fragmented by
+/// the kernel), and an initial fragment that was itself cut again released nothing (its
+/// later fragments expired).
+#[test]
+fn esp_released_early_fragments_longer_than_the_sa_are_fragmented_again() {
+    let small = || DataplaneConfig {
+        outer_mtu: 1200,
+        ..cfg()
+    };
+    let p = pair_cfgs("esp-relfrag", true, small(), small());
+    for ns in [&p.a_ns, &p.b_ns] {
+        ns.ip(&["link", "set", "eth0", "mtu", "1200"]);
+    }
+    let a_addr: SocketAddr = format!("{A_OUTER}:4500").parse().unwrap();
+    let b_addr: SocketAddr = format!("{B_OUTER}:4500").parse().unwrap();
+    let narrowed = vec![ts_port("10.200.0.0", "10.200.255.255", 17, 5201, 5201)];
+    let peer = vec![ts_port(A_VIP, A_VIP, 17, 0, 65535)];
+    let (mut ca, mut cb) = child_pair_at(2, true, a_addr, b_addr);
+    cb.local_ts = narrowed.clone();
+    cb.remote_ts = peer.clone();
+    ca.local_ts = peer;
+    ca.remote_ts = narrowed;
+    replace_first_child(&p, &ca, &cb);
+    for (n, (from, to, ns, rx_ns)) in [
+        (A_VIP, INSIDE, &p.a_ns, &p.b_ns),
+        (INSIDE, A_VIP, &p.b_ns, &p.a_ns),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (a0, b0) = (p.a.counters(), p.b.counters());
+        let frags0 = outer_frag_creates(ns);
+        let to_addr: SocketAddr = format!("{to}:5201").parse().unwrap();
+        let rx = udp_listener(rx_ns, to_addr, Duration::from_secs(3));
+        let mut sent = Vec::new();
+        let mut packets = Vec::new();
+        for id in 0..3u16 {
+            let data = payload(id as u8 + 3 * n as u8);
+            let d = udp_datagram(5201, &data);
+            let id = 3000 + 10 * n as u16 + id;
+            packets.push(ipv4_udp(from, to, id, 2736, false, &d[2736..]));
+            packets.push(ipv4_udp(from, to, id, 1368, true, &d[1368..2736]));
+            packets.push(ipv4_udp(from, to, id, 0, true, &d[..1368]));
+            sent.push(data);
+        }
+        send_raw(ns, packets);
+        let got = rx.join().unwrap();
+        let (a1, b1) = (p.a.counters(), p.b.counters());
+        let frags1 = outer_frag_creates(ns);
+        let ctx = format!("{from} -> {to}\na: {a0:?} -> {a1:?}\nb: {b0:?} -> {b1:?}");
+        let lens: Vec<usize> = got.iter().map(Vec::len).collect();
+        assert!(got == sent, "datagrams of {lens:?} octets, {ctx}");
+        assert_eq!(
+            frags1, frags0,
+            "outer packets fragmented by the kernel, {ctx}"
+        );
+        let (tx0, tx1) = if n == 0 { (&a0, &a1) } else { (&b0, &b1) };
+        assert_eq!(
+            tx1.tx_packets - tx0.tx_packets,
+            3 * 6,
+            "each fragment in two ESP packets, {ctx}"
+        );
+        for (c0, c1) in [(&a0, &a1), (&b0, &b1)] {
+            for d in [
+                EspDrop::Oversized,
+                EspDrop::NonInitialFragment,
+                EspDrop::FragmentExpired,
+                EspDrop::BadFragment,
+                EspDrop::TsMismatch,
+            ] {
+                assert_eq!(c1.dropped(d), c0.dropped(d), "{d}: {ctx}");
+            }
+        }
+    }
+}

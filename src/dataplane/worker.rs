@@ -194,14 +194,18 @@ impl Worker {
                 return;
             }
         };
+        // An initial fragment whose later fragments came first: they follow it at once
+        // (also when it is cut again itself).
+        let early = self.early.borrow().waiting(pkt, 0);
         // Longer than the SA carries within the outer path MTU: IPv4 without DF is
         // fragmented, anything else is answered as too big.
         if len > out.max_inner {
             self.fragment_onto(out, pkt, out.max_inner);
+            if let Some(d) = early {
+                self.release_outbound(tables, &dst, d);
+            }
             return;
         }
-        // An initial fragment whose later fragments came first: they follow it at once.
-        let early = self.early.borrow().waiting(pkt, 0);
         match out.sa.encapsulate(buf, HEADROOM, len, nh) {
             Ok(e) => {
                 if let Some(reason) = e.rekey {
@@ -268,21 +272,31 @@ impl Worker {
     }
 
     /// Sends the held fragments of `datagram` on the SA their initial fragment (to `dst`)
-    /// took: each is checked again and sealed one by one.
+    /// took: each is checked again and sealed one by one. One longer than that SA carries
+    /// within the outer path MTU is treated like such a fragment read from the TUN device:
+    /// cut again when DF is clear (RFC 791 2.3, RFC 4301 8.1), else answered as too big.
     #[cold]
     fn release_outbound(&self, tables: &Tables, dst: &IpAddr, datagram: ike::esp::Datagram) {
         let mut early = self.early.borrow_mut();
         let mut scratch = self.scratch.borrow_mut();
         early.release(datagram, |frag| {
+            let out = match tables.select(dst, frag, &self.frags, Instant::now) {
+                Ok(out) => out,
+                Err(d) => {
+                    self.counters.esp_drop(d);
+                    return;
+                }
+            };
+            if frag.len() > out.max_inner {
+                self.fragment_into(out, frag, out.max_inner, &mut scratch);
+                return;
+            }
             let Some(room) = scratch.get_mut(HEADROOM..HEADROOM + frag.len()) else {
                 self.counters.esp_drop(ike::esp::EspDrop::Oversized);
                 return;
             };
             room.copy_from_slice(frag);
-            match tables.select(dst, frag, &self.frags, Instant::now) {
-                Ok(out) => self.seal_and_send(out, &mut scratch, frag.len()),
-                Err(d) => self.counters.esp_drop(d),
-            }
+            self.seal_and_send(out, &mut scratch, frag.len());
         });
     }
 
@@ -300,7 +314,13 @@ impl Worker {
             return;
         };
         match tables.select(&dst, pkt, &self.frags, Instant::now) {
-            Ok(out) => self.fragment_onto(out, pkt, mtu.min(out.max_inner)),
+            Ok(out) => {
+                let early = self.early.borrow().waiting(pkt, 0);
+                self.fragment_onto(out, pkt, mtu.min(out.max_inner));
+                if let Some(d) = early {
+                    self.release_outbound(tables, &dst, d);
+                }
+            }
             Err(d) => {
                 self.counters.esp_drop(d);
                 if d == ike::esp::EspDrop::NoRoute {
@@ -315,6 +335,12 @@ impl Worker {
     /// so no outer packet is fragmented; anything else is answered as too big.
     #[cold]
     fn fragment_onto(&self, out: &OutboundEntry, pkt: &[u8], mtu: usize) {
+        self.fragment_into(out, pkt, mtu, &mut self.scratch.borrow_mut());
+    }
+
+    /// [`fragment_onto`](Self::fragment_onto), each fragment written to `scratch` (at
+    /// `HEADROOM`) in turn; `pkt` must not be in `scratch`.
+    fn fragment_into(&self, out: &OutboundEntry, pkt: &[u8], mtu: usize, scratch: &mut [u8]) {
         if !super::icmp::may_fragment(pkt) {
             self.too_big(pkt, mtu);
             return;
@@ -326,12 +352,11 @@ impl Worker {
                 return;
             }
         };
-        let mut scratch = self.scratch.borrow_mut();
         while let Some(len) = scratch
             .get_mut(HEADROOM..)
             .and_then(|room| frags.next_into(room))
         {
-            self.seal_and_send(out, &mut scratch, len);
+            self.seal_and_send(out, scratch, len);
         }
     }
 
