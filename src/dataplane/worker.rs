@@ -206,6 +206,36 @@ impl Worker {
             }
             return;
         }
+        let Some(esp) = self.seal(out, buf, len, nh) else {
+            return;
+        };
+        if let Some(d) = early {
+            self.send_one(out, &buf[esp]);
+            self.release_outbound(tables, &dst, d);
+            return;
+        }
+        pending.push(Pending {
+            buf: idx,
+            start: esp.start,
+            end: esp.end,
+            to: out.remote,
+            udp: out.udp_encap,
+        });
+    }
+
+    /// Seals the inner packet at `buf[HEADROOM..HEADROOM + len]` (next header `nh`) on
+    /// `out` in place and counts it sent; returns where the ESP packet is in `buf`. A
+    /// packet that crossed a soft lifetime asks for a rekey of the CHILD SA (RFC 7296
+    /// 2.8); one refused is counted by reason, a sequence number overflow also asking for
+    /// that rekey (RFC 4303 3.3.3: no cycling).
+    #[inline]
+    fn seal(
+        &self,
+        out: &OutboundEntry,
+        buf: &mut [u8],
+        len: usize,
+        nh: NextHeader,
+    ) -> Option<Range<usize>> {
         match out.sa.encapsulate(buf, HEADROOM, len, nh) {
             Ok(e) => {
                 if let Some(reason) = e.rekey {
@@ -215,18 +245,7 @@ impl Worker {
                 self.counters
                     .tx_bytes
                     .fetch_add(len as u64, Ordering::Relaxed);
-                if let Some(d) = early {
-                    self.send_one(out, &buf[e.range]);
-                    self.release_outbound(tables, &dst, d);
-                    return;
-                }
-                pending.push(Pending {
-                    buf: idx,
-                    start: e.range.start,
-                    end: e.range.end,
-                    to: out.remote,
-                    udp: out.udp_encap,
-                });
+                Some(e.range)
             }
             Err(ike::Error::Esp(d)) => {
                 if d == ike::esp::EspDrop::SeqOverflow {
@@ -234,8 +253,12 @@ impl Worker {
                         .rekey(out.child, ike::esp::RekeyReason::SequenceNumber);
                 }
                 self.counters.esp_drop(d);
+                None
             }
-            Err(_) => self.counters.count_drop(DROP_IO),
+            Err(_) => {
+                self.counters.count_drop(DROP_IO);
+                None
+            }
         }
     }
 
@@ -370,25 +393,8 @@ impl Worker {
             self.counters.esp_drop(ike::esp::EspDrop::NoRoute);
             return;
         };
-        match out.sa.encapsulate(buf, HEADROOM, len, nh) {
-            Ok(e) => {
-                if let Some(reason) = e.rekey {
-                    self.shared.rekey(out.child, reason);
-                }
-                self.counters.tx_packets.fetch_add(1, Ordering::Relaxed);
-                self.counters
-                    .tx_bytes
-                    .fetch_add(len as u64, Ordering::Relaxed);
-                self.send_one(out, &buf[e.range]);
-            }
-            Err(ike::Error::Esp(d)) => {
-                if d == ike::esp::EspDrop::SeqOverflow {
-                    self.shared
-                        .rekey(out.child, ike::esp::RekeyReason::SequenceNumber);
-                }
-                self.counters.esp_drop(d);
-            }
-            Err(_) => self.counters.count_drop(DROP_IO),
+        if let Some(esp) = self.seal(out, buf, len, nh) {
+            self.send_one(out, &buf[esp]);
         }
     }
 
