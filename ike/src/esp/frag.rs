@@ -275,31 +275,8 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
+    use crate::esp::tests::fragments::{sel4, v4};
     use crate::esp::tests::ports::ts;
-
-    /// The peer 10.100.0.5 may send UDP to the inside port 53 only.
-    fn sel4() -> ([TrafficSelector; 1], [TrafficSelector; 1]) {
-        (
-            [ts("10.100.0.5", "10.100.0.5", 17, 0, 65535)],
-            [ts("10.200.0.0", "10.200.255.255", 17, 53, 53)],
-        )
-    }
-
-    /// IPv4 10.100.0.5 -> 10.200.3.4, UDP, Identification `id`, `offset` in octets.
-    fn v4(id: u16, offset: u16, more: bool, data: &[u8]) -> Vec<u8> {
-        let mut p = vec![0u8; 20];
-        p[0] = 0x45;
-        p[2..4].copy_from_slice(&((20 + data.len()) as u16).to_be_bytes());
-        p[4..6].copy_from_slice(&id.to_be_bytes());
-        let fo = (offset / 8) | if more { 0x2000 } else { 0 };
-        p[6..8].copy_from_slice(&fo.to_be_bytes());
-        p[8] = 64;
-        p[9] = 17;
-        p[12..16].copy_from_slice(&[10, 100, 0, 5]);
-        p[16..20].copy_from_slice(&[10, 200, 3, 4]);
-        p.extend_from_slice(data);
-        p
-    }
 
     /// A UDP header from port 40000 to `dport`, then `n - 8` octets of payload.
     fn udp(dport: u16, n: usize) -> Vec<u8> {

@@ -213,38 +213,14 @@ impl EarlyFragments {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::esp::tests::ports::ts;
+    use crate::esp::tests::fragments::{sel4, v4};
     use crate::esp::{FragmentTable, NextHeader};
-    use crate::event::TrafficSelector;
-
-    /// IPv4 10.100.0.5 -> 10.200.3.4, UDP, Identification `id`, `offset` in octets.
-    fn v4(id: u16, offset: u16, more: bool, data: &[u8]) -> Vec<u8> {
-        let mut p = vec![0u8; 20];
-        p[0] = 0x45;
-        p[2..4].copy_from_slice(&((20 + data.len()) as u16).to_be_bytes());
-        p[4..6].copy_from_slice(&id.to_be_bytes());
-        let fo = (offset / 8) | if more { 0x2000 } else { 0 };
-        p[6..8].copy_from_slice(&fo.to_be_bytes());
-        p[8] = 64;
-        p[9] = 17;
-        p[12..16].copy_from_slice(&[10, 100, 0, 5]);
-        p[16..20].copy_from_slice(&[10, 200, 3, 4]);
-        p.extend_from_slice(data);
-        p
-    }
 
     /// A UDP header to port 53, then payload up to `n` octets.
     fn udp53(n: usize) -> Vec<u8> {
         let mut v = vec![0x9c, 0x40, 0, 53];
         v.resize(n, 0xab);
         v
-    }
-
-    fn sel() -> ([TrafficSelector; 1], [TrafficSelector; 1]) {
-        (
-            [ts("10.100.0.5", "10.100.0.5", 17, 0, 65535)],
-            [ts("10.200.0.0", "10.200.255.255", 17, 53, 53)],
-        )
     }
 
     /// The data plane's inbound path in miniature: a refused non-initial fragment is held;
@@ -268,7 +244,7 @@ mod tests {
         }
 
         fn arrive(&mut self, p: &[u8], sa: u32, now: Instant) -> Result<(), EspDrop> {
-            let (peer, inside) = sel();
+            let (peer, inside) = sel4();
             self.expired += self.early.expire(now);
             match self
                 .table
