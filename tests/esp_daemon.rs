@@ -151,13 +151,7 @@ fn tunnel_with_children(
 
 /// Pings the inside address from `ns` (from the source address `from` if given).
 fn ping(ns: &Netns, from: Option<&str>, count: u32) -> bool {
-    let count = count.to_string();
-    let mut argv = vec!["ping", "-c", &count, "-i", "0.2", "-W", "2"];
-    if let Some(f) = from {
-        argv.extend(["-I", f]);
-    }
-    argv.push(INSIDE_ADDR);
-    ns.exec(&argv).ok()
+    ns.ping(from, INSIDE_ADDR, count, 2).ok()
 }
 
 /// iperf3 from the peer's virtual IP to a one-shot server on the inside address; `args`
@@ -440,21 +434,7 @@ fn esp_daemon_peer_children_carry_their_own_protocols_and_come_back_after_a_reco
 
     assert!(ping(&t.net.peer, Some(&t.vip), 5), "ping peer -> inside");
     assert!(
-        t.net
-            .he
-            .exec(&[
-                "ping",
-                "-c",
-                "5",
-                "-i",
-                "0.2",
-                "-W",
-                "2",
-                "-I",
-                INSIDE_ADDR,
-                &t.vip
-            ])
-            .ok(),
+        t.net.he.ping(Some(INSIDE_ADDR), &t.vip, 5, 2).ok(),
         "ping inside -> peer"
     );
     let (up_json, ok) = iperf3(&t, &["-t", "2", "--connect-timeout", "5000"]);

@@ -55,6 +55,20 @@ impl Netns {
         o
     }
 
+    /// `ping -c <count> -i 0.2 -W <wait> [-I <from>] <to>` inside the namespace (any exit
+    /// status: `ok()` is whether replies came).
+    pub fn ping(&self, from: Option<&str>, to: &str, count: u32, wait: u32) -> Output {
+        let ping = require_tool("ping", "iputils-ping");
+        let ping = ping.to_str().expect("ping path is UTF-8");
+        let (count, wait) = (count.to_string(), wait.to_string());
+        let mut argv = vec![ping, "-c", &count, "-i", "0.2", "-W", &wait];
+        if let Some(from) = from {
+            argv.extend(["-I", from]);
+        }
+        argv.push(to);
+        self.exec(&argv)
+    }
+
     /// Adds an address to `lo` (an inside network behind this host; no `dummy` links here).
     pub fn add_lo_addr(&self, cidr: &str) {
         self.ip(&["addr", "add", cidr, "dev", "lo"]);
