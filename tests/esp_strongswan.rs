@@ -7,66 +7,123 @@
 #![allow(clippy::unwrap_used)]
 mod support;
 
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use support::charon::{Charon, Conn};
+use support::charon::{Charon, Conn, IkeSaState};
 use support::headend::{child_sas, ChildRow, Headend, HeadendConf};
-use support::netns::{Direct, INSIDE_ADDR};
+use support::iperf::{iperf3_in, received_bytes};
+use support::netns::{Direct, Netns, INSIDE_ADDR, INSIDE_NET};
 use support::{require_tool, TestCtx};
 
 const PSK: &str = "esp-interop-psk-7c21";
 const POOL: &str = "10.99.0.0/24";
 
+/// The head-end on `he_addr` with the userspace data plane (one queue) and AES-256-GCM
+/// CHILD SAs.
+fn dataplane_conf(he_addr: &str) -> HeadendConf {
+    let mut hc = HeadendConf::responder(he_addr, PSK, POOL);
+    hc.esp_proposals = vec!["aes256gcm16".into()];
+    hc.extra = "[dataplane]\ntun_name = \"he0\"\nqueues = 1\n".into();
+    hc
+}
+
+/// `headend run` with `hc` in `net.he` and a control socket: the daemon and the socket.
+fn run_with_control(ctx: &TestCtx, net: &Direct, hc: &HeadendConf) -> (Headend, PathBuf) {
+    let control = ctx.path("control.sock");
+    let control_arg = control.display().to_string();
+    let he = Headend::run_with(
+        ctx,
+        Some(&net.he),
+        "headend",
+        hc,
+        &["--control", &control_arg],
+    );
+    (he, control)
+}
+
+/// charon in `ns`, and its connection `name` from `peer_addr` as `id` to the head-end
+/// (`headend.test`) on `he_addr`.
+fn charon_to(
+    ctx: &TestCtx,
+    ns: &Netns,
+    name: &str,
+    (peer_addr, he_addr): (&str, &str),
+    id: &str,
+) -> (Charon, Conn) {
+    let charon = Charon::start(ctx, ns, "peer");
+    let mut conn = Conn::initiator(name, peer_addr, he_addr, id);
+    conn.remote_id = Some("headend.test".into());
+    (charon, conn)
+}
+
+/// The virtual IP charon got on `sa`.
+fn vip_of(sa: &IkeSaState) -> String {
+    sa.local_vips
+        .first()
+        .cloned()
+        .expect("charon got a virtual IP")
+}
+
+/// Pings (`count` each time) from `from` in `ns` to `to`, up to ten tries 300 ms apart
+/// (the first packets may race the SAs' installation): whether one try got through.
+fn ping_within_ten_tries(ns: &Netns, from: &str, to: &str, count: u32) -> bool {
+    (0..10).any(|_| {
+        ns.ping(Some(from), to, count, 2).ok() || {
+            std::thread::sleep(Duration::from_millis(300));
+            false
+        }
+    })
+}
+
+/// iperf3 between the router's `vip` and the inside address for `secs` seconds (`-R`:
+/// from the inside), which must succeed (`what` and `context` say which run on failure):
+/// the bytes received.
+fn iperf3_ok(net: &Direct, vip: &str, secs: &str, reverse: bool, what: &str, context: &str) -> u64 {
+    let mut args = vec!["-t", secs, "--connect-timeout", "5000"];
+    if reverse {
+        args.insert(2, "-R");
+    }
+    let (json, ok) = iperf3_in(&net.he, &net.peer, vip, &args, || {});
+    assert!(ok, "iperf3 {what} failed:\n{json}\n{context}");
+    received_bytes(&json) as u64
+}
+
+/// [`iperf3_ok`] for two seconds from the router, then two back: the bytes received
+/// (up, down).
+fn iperf3_up_and_down(net: &Direct, vip: &str, he: &Headend) -> (u64, u64) {
+    let up = iperf3_ok(net, vip, "2", false, "router -> inside", &he.log_text());
+    let down = iperf3_ok(net, vip, "2", true, "inside -> router", &he.log_text());
+    (up, down)
+}
+
 #[test]
 fn esp_strongswan_peer_pings_and_iperf3s_through_headend_run() {
-    let ping = require_tool("ping", "iputils-ping");
     let iperf = require_tool("iperf3", "iperf3");
     let ctx = TestCtx::new("esp-strongswan");
     let net = Direct::new(&ctx);
     let he_addr = net.he_addr.to_string();
     let peer_addr = net.peer_addr.to_string();
-    let mut hc = HeadendConf::responder(&he_addr, PSK, POOL);
+    let mut hc = dataplane_conf(&he_addr);
     hc.local_id = "headend.test".into();
-    hc.esp_proposals = vec!["aes256gcm16".into()];
-    hc.extra = "[dataplane]\ntun_name = \"he0\"\nqueues = 1\n".into();
     let he = Headend::run(&ctx, Some(&net.he), "headend", &hc);
 
-    let charon = Charon::start(&ctx, &net.peer, "peer");
-    let mut conn = Conn::initiator("net", &peer_addr, &he_addr, "router-1.example");
-    conn.remote_id = Some("headend.test".into());
+    let (charon, conn) = charon_to(
+        &ctx,
+        &net.peer,
+        "net",
+        (&peer_addr, &he_addr),
+        "router-1.example",
+    );
     let sa = charon.connect_psk(&ctx, conn, PSK, Duration::from_secs(10));
-    let vip = sa
-        .local_vips
-        .first()
-        .cloned()
-        .expect("charon got a virtual IP");
+    let vip = vip_of(&sa);
     assert_eq!(sa.children[0].encr_alg, "AES_GCM_16");
     assert_eq!(sa.children[0].encr_keysize, "256");
 
     // Ping from the router's virtual IP to the inside address, through both ESP stacks.
-    let mut ok = false;
-    for _ in 0..10 {
-        let o = net.peer.exec(&[
-            ping.to_str().unwrap(),
-            "-c",
-            "3",
-            "-i",
-            "0.2",
-            "-W",
-            "2",
-            "-I",
-            &vip,
-            INSIDE_ADDR,
-        ]);
-        if o.ok() {
-            ok = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(300));
-    }
     assert!(
-        ok,
+        ping_within_ten_tries(&net.peer, &vip, INSIDE_ADDR, 3),
         "no ping from charon's VIP {vip} to {INSIDE_ADDR} through headend:\n{}",
         he.log_text()
     );
@@ -123,9 +180,6 @@ fn esp_strongswan_peer_pings_and_iperf3s_through_headend_run() {
 /// inside address through ESP in UDP over IPv6, and the head-end pings it back.
 #[test]
 fn esp_strongswan_peer_over_ipv6_outer_addresses_pings_both_ways() {
-    use support::netns::Netns;
-    let ping = require_tool("ping", "iputils-ping");
-    let ping = ping.to_str().unwrap();
     let ctx = TestCtx::new("esp-strongswan-v6");
     let he_ns = Netns::new(&ctx, "h");
     let pr_ns = Netns::new(&ctx, "p");
@@ -148,60 +202,27 @@ fn esp_strongswan_peer_over_ipv6_outer_addresses_pings_both_ways() {
     pr_ns.ip(&["link", "set", "eth0", "up"]);
     he_ns.add_lo_addr(&format!("{INSIDE_ADDR}/16"));
 
-    let mut hc = HeadendConf::responder(he_addr, PSK, POOL);
+    let mut hc = dataplane_conf(he_addr);
     hc.local_id = "headend.test".into();
-    hc.esp_proposals = vec!["aes256gcm16".into()];
-    hc.extra = "[dataplane]\ntun_name = \"he0\"\nqueues = 1\n".into();
     let he = Headend::run(&ctx, Some(&he_ns), "headend", &hc);
 
-    let charon = Charon::start(&ctx, &pr_ns, "peer");
-    let mut conn = Conn::initiator("net", peer_addr, he_addr, "router-6.example");
-    conn.remote_id = Some("headend.test".into());
+    let (charon, conn) = charon_to(
+        &ctx,
+        &pr_ns,
+        "net",
+        (peer_addr, he_addr),
+        "router-6.example",
+    );
     let sa = charon.connect_psk(&ctx, conn, PSK, Duration::from_secs(10));
-    let vip = sa
-        .local_vips
-        .first()
-        .cloned()
-        .expect("charon got a virtual IP");
+    let vip = vip_of(&sa);
 
-    let mut ok = false;
-    for _ in 0..10 {
-        let o = pr_ns.exec(&[
-            ping,
-            "-c",
-            "3",
-            "-i",
-            "0.2",
-            "-W",
-            "2",
-            "-I",
-            &vip,
-            INSIDE_ADDR,
-        ]);
-        if o.ok() {
-            ok = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(300));
-    }
     assert!(
-        ok,
+        ping_within_ten_tries(&pr_ns, &vip, INSIDE_ADDR, 3),
         "no ping from charon's VIP {vip} to {INSIDE_ADDR} over IPv6 outer:\n{}\n{}",
         he.log_text(),
         charon.log_text()
     );
-    let back = he_ns.exec(&[
-        ping,
-        "-c",
-        "3",
-        "-i",
-        "0.2",
-        "-W",
-        "2",
-        "-I",
-        INSIDE_ADDR,
-        &vip,
-    ]);
+    let back = he_ns.ping(Some(INSIDE_ADDR), &vip, 3, 2);
     assert!(
         back.ok(),
         "no ping from {INSIDE_ADDR} back to charon's VIP {vip}:\n{}",
@@ -217,34 +238,18 @@ fn esp_strongswan_peer_over_ipv6_outer_addresses_pings_both_ways() {
 /// the ICMP child's.
 #[test]
 fn esp_strongswan_two_children_to_one_subnet_each_carry_their_own_protocol() {
-    use support::iperf::{iperf3_in, received_bytes};
-    use support::netns::INSIDE_NET;
-    let ping = require_tool("ping", "iputils-ping");
-    let ping = ping.to_str().unwrap();
     let ctx = TestCtx::new("esp-strongswan-split");
     let net = Direct::new(&ctx);
     let he_addr = net.he_addr.to_string();
-    let mut hc = HeadendConf::responder(&he_addr, PSK, POOL);
-    hc.esp_proposals = vec!["aes256gcm16".into()];
-    hc.extra = "[dataplane]\ntun_name = \"he0\"\nqueues = 1\n".into();
-    let control = ctx.path("control.sock");
-    let control_arg = control.display().to_string();
-    let he = Headend::run_with(
-        &ctx,
-        Some(&net.he),
-        "headend",
-        &hc,
-        &["--control", &control_arg],
-    );
+    let (he, control) = run_with_control(&ctx, &net, &dataplane_conf(&he_addr));
 
-    let charon = Charon::start(&ctx, &net.peer, "peer");
-    let mut conn = Conn::initiator(
+    let (charon, mut conn) = charon_to(
+        &ctx,
+        &net.peer,
         "tcp",
-        &net.peer_addr.to_string(),
-        &he_addr,
+        (&net.peer_addr.to_string(), &he_addr),
         "router-split.example",
     );
-    conn.remote_id = Some("headend.test".into());
     conn.remote_ts = Some(format!("{INSIDE_NET}[tcp/5201]"));
     conn.more_children = vec![(
         "icmp".into(),
@@ -265,25 +270,12 @@ fn esp_strongswan_two_children_to_one_subnet_each_carry_their_own_protocol() {
             he.log_text()
         )
     });
-    let vip = sa
-        .local_vips
-        .first()
-        .cloned()
-        .expect("charon got a virtual IP");
+    let vip = vip_of(&sa);
 
     // Pings both ways: the ICMP child (the TCP child would refuse them).
-    let pings = |ns: &support::netns::Netns, from: &str, to: &str| {
-        ns.exec(&[ping, "-c", "5", "-i", "0.2", "-W", "2", "-I", from, to])
-            .ok()
-    };
-    let ok = (0..10).any(|_| {
-        pings(&net.peer, &vip, INSIDE_ADDR) || {
-            std::thread::sleep(Duration::from_millis(300));
-            false
-        }
-    });
+    let pings = |ns: &Netns, from: &str, to: &str| ns.ping(Some(from), to, 5, 2).ok();
     assert!(
-        ok,
+        ping_within_ten_tries(&net.peer, &vip, INSIDE_ADDR, 5),
         "no ping from {vip} to {INSIDE_ADDR} on the ICMP child:\n{}",
         he.log_text()
     );
@@ -295,34 +287,7 @@ fn esp_strongswan_two_children_to_one_subnet_each_carry_their_own_protocol() {
 
     // iperf3 (TCP port 5201) up and down: the TCP child, which the ICMP child (the
     // newer SA to the same virtual IP) must not shadow.
-    let (up_json, up_ok) = iperf3_in(
-        &net.he,
-        &net.peer,
-        &vip,
-        &["-t", "2", "--connect-timeout", "5000"],
-        || {},
-    );
-    assert!(
-        up_ok,
-        "iperf3 router -> inside failed:\n{up_json}\n{}",
-        he.log_text()
-    );
-    let (down_json, down_ok) = iperf3_in(
-        &net.he,
-        &net.peer,
-        &vip,
-        &["-t", "2", "-R", "--connect-timeout", "5000"],
-        || {},
-    );
-    assert!(
-        down_ok,
-        "iperf3 inside -> router failed:\n{down_json}\n{}",
-        he.log_text()
-    );
-    let (up, down) = (
-        received_bytes(&up_json) as u64,
-        received_bytes(&down_json) as u64,
-    );
+    let (up, down) = iperf3_up_and_down(&net, &vip, &he);
     assert!(
         up > 1_000_000 && down > 1_000_000,
         "iperf3 carried {up}/{down} bytes"
@@ -383,19 +348,14 @@ fn esp_strongswan_two_children_to_one_subnet_each_carry_their_own_protocol() {
             he.log_text()
         )
     });
-    let (up2_json, up2_ok) = iperf3_in(
-        &net.he,
-        &net.peer,
+    let up2 = iperf3_ok(
+        &net,
         &vip,
-        &["-t", "1", "--connect-timeout", "5000"],
-        || {},
+        "1",
+        false,
+        "after the TCP child's rekey",
+        &format!("{rekeyed}\n{}", he.log_text()),
     );
-    assert!(
-        up2_ok,
-        "iperf3 after the TCP child's rekey failed:\n{up2_json}\n{rekeyed}\n{}",
-        he.log_text()
-    );
-    let up2 = received_bytes(&up2_json) as u64;
     assert!(
         pings(&net.peer, &vip, INSIDE_ADDR),
         "no ping on the ICMP child after the TCP child's rekey:\n{rekeyed}"
@@ -427,43 +387,24 @@ fn esp_strongswan_two_children_to_one_subnet_each_carry_their_own_protocol() {
 /// either direction do not (not even into the head-end's SA: its packet counters stay).
 #[test]
 fn esp_strongswan_peer_gets_a_port_narrowed_local_ts_and_only_that_traffic_flows() {
-    use support::iperf::{iperf3_in, received_bytes};
-    use support::netns::INSIDE_NET;
-    let ping = require_tool("ping", "iputils-ping");
-    let ping = ping.to_str().unwrap();
     let ctx = TestCtx::new("esp-strongswan-narrowed");
     let net = Direct::new(&ctx);
     let he_addr = net.he_addr.to_string();
     let tcp_ts = format!("{INSIDE_NET}[tcp/5201]");
-    let mut hc = HeadendConf::responder(&he_addr, PSK, POOL);
+    let mut hc = dataplane_conf(&he_addr);
     hc.local_ts = vec![tcp_ts.clone()];
-    hc.esp_proposals = vec!["aes256gcm16".into()];
-    hc.extra = "[dataplane]\ntun_name = \"he0\"\nqueues = 1\n".into();
-    let control = ctx.path("control.sock");
-    let control_arg = control.display().to_string();
-    let he = Headend::run_with(
-        &ctx,
-        Some(&net.he),
-        "headend",
-        &hc,
-        &["--control", &control_arg],
-    );
+    let (he, control) = run_with_control(&ctx, &net, &hc);
 
-    let charon = Charon::start(&ctx, &net.peer, "peer");
-    let mut conn = Conn::initiator(
+    let (charon, conn) = charon_to(
+        &ctx,
+        &net.peer,
         "net",
-        &net.peer_addr.to_string(),
-        &he_addr,
+        (&net.peer_addr.to_string(), &he_addr),
         "router-narrow.example",
     );
-    conn.remote_id = Some("headend.test".into());
     assert_eq!(conn.remote_ts.as_deref(), Some(INSIDE_NET));
     let sa = charon.connect_psk(&ctx, conn, PSK, Duration::from_secs(10));
-    let vip = sa
-        .local_vips
-        .first()
-        .cloned()
-        .expect("charon got a virtual IP");
+    let vip = vip_of(&sa);
     assert_eq!(sa.children.len(), 1, "{sa:#?}");
     assert_eq!(sa.children[0].remote_ts, vec![tcp_ts.clone()], "{sa:#?}");
     assert_eq!(
@@ -472,30 +413,7 @@ fn esp_strongswan_peer_gets_a_port_narrowed_local_ts_and_only_that_traffic_flows
         "{sa:#?}"
     );
 
-    let (up_json, up_ok) = iperf3_in(
-        &net.he,
-        &net.peer,
-        &vip,
-        &["-t", "2", "--connect-timeout", "5000"],
-        || {},
-    );
-    assert!(
-        up_ok,
-        "iperf3 router -> inside failed:\n{up_json}\n{}",
-        he.log_text()
-    );
-    let (down_json, down_ok) = iperf3_in(
-        &net.he,
-        &net.peer,
-        &vip,
-        &["-t", "2", "-R", "--connect-timeout", "5000"],
-        || {},
-    );
-    assert!(down_ok, "iperf3 inside -> router failed:\n{down_json}");
-    let (up, down) = (
-        received_bytes(&up_json) as u64,
-        received_bytes(&down_json) as u64,
-    );
+    let (up, down) = iperf3_up_and_down(&net, &vip, &he);
     // Stragglers of the last TCP connection settle before the counters are read.
     std::thread::sleep(Duration::from_secs(1));
     let (detail, rows) = child_sas(&control);
@@ -508,10 +426,7 @@ fn esp_strongswan_peer_gets_a_port_narrowed_local_ts_and_only_that_traffic_flows
     );
 
     // ICMP is outside the selectors: no ping gets through, and none enters the SA.
-    let pings = |ns: &support::netns::Netns, from: &str, to: &str| {
-        ns.exec(&[ping, "-c", "3", "-i", "0.2", "-W", "1", "-I", from, to])
-            .ok()
-    };
+    let pings = |ns: &Netns, from: &str, to: &str| ns.ping(Some(from), to, 3, 1).ok();
     assert!(
         !pings(&net.peer, &vip, INSIDE_ADDR),
         "ICMP router -> inside crossed a TCP 5201 CHILD SA"
