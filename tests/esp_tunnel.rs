@@ -13,7 +13,7 @@ use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use headend::dataplane::{sys, Dataplane, DataplaneConfig, DataplaneHandle};
+use headend::dataplane::{sys, Counters, Dataplane, DataplaneConfig, DataplaneHandle};
 use ike::esp::EspDrop;
 use ike::{ChildSa, EncrAlg, EspKeys, IkeSaId, Spi, TrafficSelector};
 use support::netns::{veth, Netns};
@@ -1434,6 +1434,73 @@ fn payload(n: u8) -> Vec<u8> {
     (0..3992u32).map(|i| (i % 251) as u8 ^ n).collect()
 }
 
+/// One direction through a pair: (from, to, the sender's namespace, the receiver's).
+type Way<'a> = (&'static str, &'static str, &'a Netns, &'a Netns);
+
+/// Both directions through `p`: the router to the inside address, then back.
+fn both_ways(p: &Pair) -> [Way<'_>; 2] {
+    [
+        (A_VIP, INSIDE, &p.a_ns, &p.b_ns),
+        (INSIDE, A_VIP, &p.b_ns, &p.a_ns),
+    ]
+}
+
+/// The UDP datagram `d` from `from` to `to` as IPv4 datagram `id` (DF clear) cut in
+/// three fragments, 1368 + 1368 + 1264 octets of it (within the 1400-octet TUN MTU),
+/// the last first.
+fn fragments_last_first(from: &str, to: &str, id: u16, d: &[u8]) -> [Vec<u8>; 3] {
+    [
+        ipv4_udp(from, to, id, 2736, false, &d[2736..]),
+        ipv4_udp(from, to, id, 1368, true, &d[1368..2736]),
+        ipv4_udp(from, to, id, 0, true, &d[..1368]),
+    ]
+}
+
+/// Sends three UDP datagrams (payloads `payload(seed)`, `payload(seed + 1)`, ...,
+/// Identifications from `first_id` up) from `from` in `ns` to port 5201 of `to`, each as
+/// [`fragments_last_first`] from a raw socket: the payloads sent and those a socket on
+/// `to` in `rx_ns` received within 3 s.
+fn send_fragments_last_first(way: Way, first_id: u16, seed: u8) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+    let (from, to, ns, rx_ns) = way;
+    let to_addr: SocketAddr = format!("{to}:5201").parse().unwrap();
+    let rx = udp_listener(rx_ns, to_addr, Duration::from_secs(3));
+    let mut sent = Vec::new();
+    let mut packets = Vec::new();
+    for i in 0..3u16 {
+        let data = payload(seed + i as u8);
+        let d = udp_datagram(5201, &data);
+        packets.extend(fragments_last_first(from, to, first_id + i, &d));
+        sent.push(data);
+    }
+    send_raw(ns, packets);
+    (sent, rx.join().unwrap())
+}
+
+/// A CHILD SA pair (generation `gen`, UDP-encapsulated) whose head-end side admits only
+/// UDP between the router's virtual IP (any port) and port 5201 of the inside network;
+/// the router's side the same if `a_narrow`, else wide open.
+fn udp_5201_children(gen: u32, a_narrow: bool) -> (ChildSa, ChildSa) {
+    let narrowed = vec![ts_port("10.200.0.0", "10.200.255.255", 17, 5201, 5201)];
+    let peer = vec![ts_port(A_VIP, A_VIP, 17, 0, 65535)];
+    let (mut ca, mut cb) = child_pair_encap(gen, true);
+    cb.local_ts = narrowed.clone();
+    cb.remote_ts = peer.clone();
+    if a_narrow {
+        ca.local_ts = peer;
+        ca.remote_ts = narrowed;
+    }
+    (ca, cb)
+}
+
+/// No drop for any of `reasons` at either end between the snapshots `(before, after)`.
+fn assert_no_drops(ends: [(&Counters, &Counters); 2], reasons: &[EspDrop], ctx: &str) {
+    for (c0, c1) in ends {
+        for &d in reasons {
+            assert_eq!(c1.dropped(d), c0.dropped(d), "{d}: {ctx}");
+        }
+    }
+}
+
 /// Issue 3 follow-up: IPv4 without DF longer than the SA carries is fragmented before
 /// encapsulation (RFC 4301 8.1), like a router would. Both TUN devices' MTUs raised to
 /// 9000 (above the 1400 the tunnel and the SA carry), a 4000-octet UDP datagram with DF
@@ -1445,13 +1512,7 @@ fn esp_ipv4_without_df_longer_than_the_sa_is_fragmented_and_arrives_whole() {
     for ns in [&p.a_ns, &p.b_ns] {
         ns.ip(&["link", "set", "esp0", "mtu", "9000"]);
     }
-    for (n, (from, to, ns, rx_ns)) in [
-        (A_VIP, INSIDE, &p.a_ns, &p.b_ns),
-        (INSIDE, A_VIP, &p.b_ns, &p.a_ns),
-    ]
-    .into_iter()
-    .enumerate()
-    {
+    for (n, (from, to, ns, rx_ns)) in both_ways(&p).into_iter().enumerate() {
         let (a0, b0) = (p.a.counters(), p.b.counters());
         let to_addr: SocketAddr = format!("{to}:5300").parse().unwrap();
         let rx = udp_listener(rx_ns, to_addr, Duration::from_secs(3));
@@ -1498,20 +1559,10 @@ fn esp_ipv4_without_df_longer_than_the_sa_is_fragmented_and_arrives_whole() {
 #[test]
 fn esp_reordered_fragments_through_port_narrowed_selectors_arrive_whole() {
     let p = pair("esp-reorder");
-    let a_addr: SocketAddr = format!("{A_OUTER}:4500").parse().unwrap();
-    let b_addr: SocketAddr = format!("{B_OUTER}:4500").parse().unwrap();
-    let narrowed = vec![ts_port("10.200.0.0", "10.200.255.255", 17, 5201, 5201)];
-    let peer = vec![ts_port(A_VIP, A_VIP, 17, 0, 65535)];
     // (gen, the router narrowed too): first both ends, then only the head-end.
     let mut prev: Option<(ChildSa, ChildSa)> = None;
     for (gen, a_narrow) in [(2, true), (3, false)] {
-        let (mut ca, mut cb) = child_pair_at(gen, true, a_addr, b_addr);
-        cb.local_ts = narrowed.clone();
-        cb.remote_ts = peer.clone();
-        if a_narrow {
-            ca.local_ts = peer.clone();
-            ca.remote_ts = narrowed.clone();
-        }
+        let (ca, cb) = udp_5201_children(gen, a_narrow);
         match prev.take() {
             None => replace_first_child(&p, &ca, &cb),
             Some((pa, pb)) => {
@@ -1522,55 +1573,34 @@ fn esp_reordered_fragments_through_port_narrowed_selectors_arrive_whole() {
             }
         }
         prev = Some((ca, cb));
-        let mut dirs = vec![(A_VIP, INSIDE, &p.a_ns, &p.b_ns)];
-        if a_narrow {
-            dirs.push((INSIDE, A_VIP, &p.b_ns, &p.a_ns));
-        }
-        for (from, to, ns, rx_ns) in dirs {
+        // Both ways with both ends narrowed, the router's way only with its side open.
+        let ways = both_ways(&p);
+        let ways = if a_narrow { &ways[..] } else { &ways[..1] };
+        for &way in ways {
+            let (from, to, ..) = way;
             let (a0, b0) = (p.a.counters(), p.b.counters());
-            let to_addr: SocketAddr = format!("{to}:5201").parse().unwrap();
-            let rx = udp_listener(rx_ns, to_addr, Duration::from_secs(3));
-            let mut sent = Vec::new();
-            let mut packets = Vec::new();
-            for id in 0..3u16 {
-                let data = payload(id as u8 + gen as u8);
-                let d = udp_datagram(5201, &data);
-                // 1368 + 1368 + 1264 octets of UDP (within the 1400-octet TUN MTU),
-                // reversed.
-                let id = 1000 * gen as u16 + id;
-                packets.push(ipv4_udp(from, to, id, 2736, false, &d[2736..]));
-                packets.push(ipv4_udp(from, to, id, 1368, true, &d[1368..2736]));
-                packets.push(ipv4_udp(from, to, id, 0, true, &d[..1368]));
-                sent.push(data);
-            }
-            send_raw(ns, packets);
-            let got = rx.join().unwrap();
+            let (sent, got) = send_fragments_last_first(way, 1000 * gen as u16, gen as u8);
             let (a1, b1) = (p.a.counters(), p.b.counters());
             let ctx = format!("{from} -> {to}, router narrowed: {a_narrow}\na: {a0:?} -> {a1:?}\nb: {b0:?} -> {b1:?}");
             let lens: Vec<usize> = got.iter().map(Vec::len).collect();
             assert!(got == sent, "datagrams of {lens:?} octets, {ctx}");
-            for (c0, c1) in [(&a0, &a1), (&b0, &b1)] {
-                for d in [
+            assert_no_drops(
+                [(&a0, &a1), (&b0, &b1)],
+                &[
                     EspDrop::NonInitialFragment,
                     EspDrop::FragmentExpired,
                     EspDrop::BadFragment,
                     EspDrop::TsMismatch,
-                ] {
-                    assert_eq!(c1.dropped(d), c0.dropped(d), "{d}: {ctx}");
-                }
-            }
+                ],
+                &ctx,
+            );
         }
     }
     // Orphans: the router (wide open) seals them, the head-end holds, then expires them.
     let b0 = p.b.counters();
     let d = udp_datagram(5201, &payload(9));
-    send_raw(
-        &p.a_ns,
-        vec![
-            ipv4_udp(A_VIP, INSIDE, 7777, 2736, false, &d[2736..]),
-            ipv4_udp(A_VIP, INSIDE, 7777, 1368, true, &d[1368..2736]),
-        ],
-    );
+    let [last, middle, _initial] = fragments_last_first(A_VIP, INSIDE, 7777, &d);
+    send_raw(&p.a_ns, vec![last, middle]);
     let deadline = Instant::now() + Duration::from_secs(5);
     while p.b.counters().dropped(EspDrop::FragmentExpired) < 2 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
@@ -1617,40 +1647,13 @@ fn esp_released_early_fragments_longer_than_the_sa_are_fragmented_again() {
     for ns in [&p.a_ns, &p.b_ns] {
         ns.ip(&["link", "set", "eth0", "mtu", "1200"]);
     }
-    let a_addr: SocketAddr = format!("{A_OUTER}:4500").parse().unwrap();
-    let b_addr: SocketAddr = format!("{B_OUTER}:4500").parse().unwrap();
-    let narrowed = vec![ts_port("10.200.0.0", "10.200.255.255", 17, 5201, 5201)];
-    let peer = vec![ts_port(A_VIP, A_VIP, 17, 0, 65535)];
-    let (mut ca, mut cb) = child_pair_at(2, true, a_addr, b_addr);
-    cb.local_ts = narrowed.clone();
-    cb.remote_ts = peer.clone();
-    ca.local_ts = peer;
-    ca.remote_ts = narrowed;
+    let (ca, cb) = udp_5201_children(2, true);
     replace_first_child(&p, &ca, &cb);
-    for (n, (from, to, ns, rx_ns)) in [
-        (A_VIP, INSIDE, &p.a_ns, &p.b_ns),
-        (INSIDE, A_VIP, &p.b_ns, &p.a_ns),
-    ]
-    .into_iter()
-    .enumerate()
-    {
+    for (n, way) in both_ways(&p).into_iter().enumerate() {
+        let (from, to, ns, _) = way;
         let (a0, b0) = (p.a.counters(), p.b.counters());
         let frags0 = outer_frag_creates(ns);
-        let to_addr: SocketAddr = format!("{to}:5201").parse().unwrap();
-        let rx = udp_listener(rx_ns, to_addr, Duration::from_secs(3));
-        let mut sent = Vec::new();
-        let mut packets = Vec::new();
-        for id in 0..3u16 {
-            let data = payload(id as u8 + 3 * n as u8);
-            let d = udp_datagram(5201, &data);
-            let id = 3000 + 10 * n as u16 + id;
-            packets.push(ipv4_udp(from, to, id, 2736, false, &d[2736..]));
-            packets.push(ipv4_udp(from, to, id, 1368, true, &d[1368..2736]));
-            packets.push(ipv4_udp(from, to, id, 0, true, &d[..1368]));
-            sent.push(data);
-        }
-        send_raw(ns, packets);
-        let got = rx.join().unwrap();
+        let (sent, got) = send_fragments_last_first(way, 3000 + 10 * n as u16, 3 * n as u8);
         let (a1, b1) = (p.a.counters(), p.b.counters());
         let frags1 = outer_frag_creates(ns);
         let ctx = format!("{from} -> {to}\na: {a0:?} -> {a1:?}\nb: {b0:?} -> {b1:?}");
@@ -1666,16 +1669,16 @@ fn esp_released_early_fragments_longer_than_the_sa_are_fragmented_again() {
             3 * 6,
             "each fragment in two ESP packets, {ctx}"
         );
-        for (c0, c1) in [(&a0, &a1), (&b0, &b1)] {
-            for d in [
+        assert_no_drops(
+            [(&a0, &a1), (&b0, &b1)],
+            &[
                 EspDrop::Oversized,
                 EspDrop::NonInitialFragment,
                 EspDrop::FragmentExpired,
                 EspDrop::BadFragment,
                 EspDrop::TsMismatch,
-            ] {
-                assert_eq!(c1.dropped(d), c0.dropped(d), "{d}: {ctx}");
-            }
-        }
+            ],
+            &ctx,
+        );
     }
 }
