@@ -101,19 +101,7 @@ listen = "192.0.2.1:9400"
     let sock = dir.join("control.sock");
     let metrics = format!("127.0.0.1:{}", tcp_port());
     let run = |name: &str| {
-        let p = Proc::spawn(
-            &[
-                "run",
-                "--config",
-                conf.to_str().unwrap(),
-                "--control",
-                sock.to_str().unwrap(),
-                "--metrics",
-                &metrics,
-            ],
-            &[],
-            dir.join(name),
-        );
+        let p = Proc::run(&conf, &sock, &metrics, &[], dir.join(name));
         p.wait_for("authoritative DNS server listening");
         let end = Instant::now() + Duration::from_secs(10);
         while !sock.exists() {

@@ -105,16 +105,10 @@ fn daemon_notifies_ready_pings_the_watchdog_and_says_stopping() {
     let (conf, ike, _, dns) = config(&dir, 1, "");
     let ctl = dir.join("control.sock");
     let metrics = format!("127.0.0.1:{}", port(true));
-    let mut he = Proc::spawn(
-        &[
-            "run",
-            "--config",
-            conf.to_str().unwrap(),
-            "--control",
-            ctl.to_str().unwrap(),
-            "--metrics",
-            &metrics,
-        ],
+    let mut he = Proc::run(
+        &conf,
+        &ctl,
+        &metrics,
         &[
             ("NOTIFY_SOCKET", notify.to_str().unwrap()),
             ("WATCHDOG_USEC", "500000"),
@@ -656,19 +650,7 @@ fn natt_refusals_without_a_data_plane_are_counted_by_reason() {
     let metrics = format!("127.0.0.1:{}", port(true));
     let (conf, _, natt, _) = config(&dir, 1, "");
     let sock = dir.join("m1.sock");
-    let p = Proc::spawn(
-        &[
-            "run",
-            "--config",
-            conf.to_str().unwrap(),
-            "--control",
-            sock.to_str().unwrap(),
-            "--metrics",
-            &metrics,
-        ],
-        &[],
-        dir.join("m1.log"),
-    );
+    let p = Proc::run(&conf, &sock, &metrics, &[], dir.join("m1.log"));
     let end = Instant::now() + Duration::from_secs(15);
     while std::net::TcpStream::connect(&metrics).is_err() {
         assert!(Instant::now() < end, "no /metrics:\n{}", p.text());

@@ -1,7 +1,7 @@
 //! A `headend` process whose output goes to a log file, for the tests that drive the
 //! daemon from outside (`cli_control`, `daemon_ops`) without the namespace support:
 //! killed on drop, waited on by what it logs. Included with `#[path]`.
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -30,6 +30,30 @@ impl Proc {
             .spawn()
             .unwrap();
         Proc(c, log)
+    }
+
+    /// `headend run` on `conf` with its control socket at `control` and `/metrics` on
+    /// `metrics`; otherwise as [`Proc::spawn`].
+    pub fn run(
+        conf: &Path,
+        control: &Path,
+        metrics: &str,
+        env: &[(&str, &str)],
+        log: PathBuf,
+    ) -> Proc {
+        Proc::spawn(
+            &[
+                "run",
+                "--config",
+                conf.to_str().unwrap(),
+                "--control",
+                control.to_str().unwrap(),
+                "--metrics",
+                metrics,
+            ],
+            env,
+            log,
+        )
     }
 
     pub fn text(&self) -> String {
