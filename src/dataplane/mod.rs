@@ -276,8 +276,11 @@ impl WorkerCounters {
         self.drops[slot].fetch_add(1, Ordering::Relaxed);
     }
     fn esp_drop(&self, d: EspDrop) {
+        self.esp_drops(d, 1);
+    }
+    fn esp_drops(&self, d: EspDrop, n: u64) {
         if let Some(i) = EspDrop::ALL.iter().position(|x| *x == d) {
-            self.count_drop(i);
+            self.drops[i].fetch_add(n, Ordering::Relaxed);
         }
     }
 }

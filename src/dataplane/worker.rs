@@ -108,7 +108,8 @@ impl Worker {
         let mtu = self.shared.cfg.mtu as usize;
         let seg_len = HEADROOM + mtu.max(1280) + MAX_TAILROOM + 64;
         // Fragments are at most `mtu` long, released ones at most a hold slot.
-        *self.scratch.borrow_mut() = vec![0u8; HEADROOM + self.early_slot_len() + MAX_TAILROOM];
+        *self.scratch.borrow_mut() =
+            vec![0u8; HEADROOM + early_slot_len(&self.shared.cfg) + MAX_TAILROOM];
         let mut original = vec![0u8; VIRTIO_NET_HDR_LEN + 65535];
         let mut bufs: Vec<Vec<u8>> = (0..TUN_BATCH).map(|_| vec![0u8; seg_len]).collect();
         let mut sizes = vec![0usize; TUN_BATCH];
@@ -262,11 +263,6 @@ impl Worker {
         }
     }
 
-    /// Longest held fragment: an inner packet of the tunnel or of the outer path.
-    fn early_slot_len(&self) -> usize {
-        early_slot_len(&self.shared.cfg)
-    }
-
     /// Drops and counts the held fragments whose time is up (nothing to do, and no clock
     /// read, while none is held).
     fn expire_early(&self) {
@@ -278,9 +274,8 @@ impl Worker {
     }
 
     fn count_expired(&self, n: usize) {
-        for _ in 0..n {
-            self.counters.esp_drop(ike::esp::EspDrop::FragmentExpired);
-        }
+        self.counters
+            .esp_drops(ike::esp::EspDrop::FragmentExpired, n as u64);
     }
 
     /// Holds `pkt`, a non-initial fragment refused for want of its initial fragment on

@@ -137,9 +137,7 @@ impl OutboundSa {
     ///
     /// [`max_inner_len`]: Self::max_inner_len
     pub fn fit_padding(&mut self, budget: usize) {
-        let align = self.transform.block_align();
-        let room = budget.saturating_sub(self.header_len() + self.transform.icv_len());
-        self.block_pad_upto = ((room / align) * align).saturating_sub(2);
+        self.block_pad_upto = self.longest_inner(budget, self.transform.block_align());
     }
 
     pub fn spi(&self) -> Spi {
@@ -166,7 +164,12 @@ impl OutboundSa {
     /// The longest inner packet whose ESP packet (header, padding, trailer, ICV) fits in
     /// `budget` octets (the path MTU less the outer IP and UDP headers); 0 when none does.
     pub fn max_inner_len(&self, budget: usize) -> usize {
-        let align = self.transform.align();
+        self.longest_inner(budget, self.transform.align())
+    }
+
+    /// The longest inner packet that, padded to `align` with pad length and next header,
+    /// fits `budget` octets behind the ESP header and IV and before the ICV.
+    fn longest_inner(&self, budget: usize, align: usize) -> usize {
         let room = budget.saturating_sub(self.header_len() + self.transform.icv_len());
         ((room / align) * align).saturating_sub(2)
     }
