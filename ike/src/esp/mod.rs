@@ -161,6 +161,11 @@ impl EspDrop {
         EspDrop::FragmentExpired,
     ];
 
+    /// This reason's place in [`ALL`](Self::ALL): the index of its counter.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     /// A short stable label for counters.
     pub fn label(self) -> &'static str {
         match self {

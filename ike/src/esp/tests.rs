@@ -997,3 +997,10 @@ pub(in crate::esp) mod fragments {
         p
     }
 }
+
+#[test]
+fn every_drop_reason_indexes_its_place_in_all() {
+    for (i, d) in EspDrop::ALL.iter().enumerate() {
+        assert_eq!(d.index(), i, "{d:?}");
+    }
+}
